@@ -1,0 +1,5 @@
+import sys
+
+from flowdiff.cli import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""``flowdiff`` command line. Thin: each subcommand lives in ``flowdiff/commands/<name>.py``
+with ``register(subparsers)`` (argument definitions only, cheap to import) and a ``run(args)``
+that imports the heavy machinery it needs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from flowdiff import __version__
+
+# Order here is the order in --help. Each entry is a module under flowdiff.commands.
+COMMANDS = ("ingest", "codec", "train", "generate", "serve", "config", "eval", "baseline")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flowdiff",
+        description="Learn real network traffic, then stream realistic synthetic flows "
+                    "without end (Diffusion-TS around NetShare's pre/post-processing).",
+    )
+    parser.add_argument("--version", action="version", version=f"flowdiff {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"flowdiff.commands.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

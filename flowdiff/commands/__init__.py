@@ -1,0 +1,1 @@
+"""Subcommands of the flowdiff CLI, one module each (see flowdiff.cli)."""

@@ -1,0 +1,1 @@
+"""The serving daemon: streams, rolling contexts, pacing, fan-out, metrics, health, state."""

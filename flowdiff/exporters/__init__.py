@@ -1,0 +1,1 @@
+"""Sinks for generated flow records. Every exporter implements ``exporters.base.Exporter``."""

@@ -1,0 +1,41 @@
+"""The exporter interface: small on purpose (submit a batch, flush, close, health).
+
+The daemon's fan-out owns one bounded queue and one worker thread per exporter; an exporter
+itself is called from that single worker thread only, so it needs no locking of its own.
+A batch is a canonical flow table (see ``flowdiff.schema``) with ``stream_id`` and ``seq``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import pandas as pd
+
+
+class ExporterError(RuntimeError):
+    """An exporter could not deliver and cannot recover by itself (message names the target)."""
+
+
+class Exporter(ABC):
+    #: short kind name used in configs and metric labels, e.g. "stdout", "kafka"
+    kind: str = "exporter"
+
+    def __init__(self, name: str):
+        self.name = name  # instance name from the config (metric label ``exporter``)
+
+    @abstractmethod
+    def submit(self, batch: pd.DataFrame) -> int:
+        """Deliver (or buffer for delivery) a batch; return the number of records accepted.
+        Raise ExporterError on a failure that loses records, never swallow it."""
+
+    def flush(self) -> None:
+        """Push out anything buffered."""
+
+    def close(self) -> None:
+        """Flush and release resources; the exporter is not used afterwards."""
+        self.flush()
+
+    @property
+    def healthy(self) -> bool:
+        """True while the exporter can deliver (e.g. broker reachable)."""
+        return True

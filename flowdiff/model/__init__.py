@@ -1,0 +1,1 @@
+"""Diffusion-TS: network, diffusion process, samplers, trainer. Independent of network data."""

@@ -1,0 +1,48 @@
+"""Shared fixtures: paths to the real data in ../shared/data (skipped with a reason if absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_file(relative: str) -> Path:
+    """Path to a file in ../shared/data, or skip the test saying which file is missing."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"real data file {path} is absent (tests use ../shared/data when present)")
+    return path
+
+
+@pytest.fixture
+def ugr16_sample() -> Path:
+    return shared_file("ugr16/ugr16_sample_20k.csv")
+
+
+@pytest.fixture
+def ugr16_day1() -> Path:
+    return shared_file("ugr16/ugr16_day1_train.csv.gz")
+
+
+@pytest.fixture
+def netshare_small() -> Path:
+    return shared_file("netshare/ugr16-small.csv")
+
+
+@pytest.fixture
+def caida_pcap() -> Path:
+    return shared_file("caida/caida-small-v1.pcap")
+
+
+@pytest.fixture
+def stock_csv() -> Path:
+    return shared_file("timeseries/stock_data.csv")
+
+
+@pytest.fixture
+def etth_csv() -> Path:
+    return shared_file("timeseries/ETTh.csv")
