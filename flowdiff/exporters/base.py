@@ -22,6 +22,9 @@ class Exporter(ABC):
 
     def __init__(self, name: str):
         self.name = name  # instance name from the config (metric label ``exporter``)
+        # Delivery failures the exporter detected itself (e.g. asynchronous Kafka send
+        # errors). The fan-out publishes this as a metric; count, log, never swallow.
+        self.errors = 0
 
     @abstractmethod
     def submit(self, batch: pd.DataFrame) -> int:
