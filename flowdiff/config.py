@@ -1,0 +1,444 @@
+"""YAML configuration: typed dataclasses per section, validated at load with every error listed.
+
+One file may hold any of the sections below; ``train`` reads ``data, codec, model, train,
+window``, ``serve`` reads ``serve, metrics, exporters``. Unknown keys, wrong types and values
+out of range are all collected and raised together as one ``ConfigError`` whose message names
+the file, the YAML line and the dotted field path, e.g.::
+
+    configs/serve.yaml:7: serve.streams: expected an integer >= 1, got 0
+    configs/serve.yaml:12: exporters[0].polcy: unknown key (known: kind, name, policy, queue)
+
+``codec``, ``model`` and ``train`` are validated against the dataclasses of their own modules
+(``flowdiff.codec.CodecConfig``, ``flowdiff.model.ModelConfig``, ``flowdiff.model.TrainConfig``),
+imported lazily, so this module stays the one place that turns YAML into typed objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+DEFAULT_MODEL = "default"  # serve.model value meaning "the model packaged in flowdiff/default_model"
+
+
+class ConfigError(ValueError):
+    """Every problem found in one config file; ``errors`` holds one line per problem."""
+
+    def __init__(self, source: str, errors: list[str]):
+        self.source = source
+        self.errors = errors
+        super().__init__(f"{len(errors)} error(s) in {source}:\n  " + "\n  ".join(errors))
+
+
+def _range(low=None, high=None, *, low_open=False) -> dict:
+    return {"low": low, "high": high, "low_open": low_open}
+
+
+# ---------------------------------------------------------------- sections
+@dataclass
+class DataConfig:
+    """Which trace to learn from and how to split it (time order: train part first)."""
+    path: str | None = None  # trace file; `flowdiff train --data` overrides it
+    format: str = "auto"  # ingest format (auto-detected by default)
+    skip_bad: bool = False  # drop and count bad rows instead of stopping at the first
+    max_rows: int | None = field(default=None, metadata=_range(1))  # first N records (file order)
+    val_fraction: float = field(default=0.1, metadata=_range(0.0, 1.0))  # last part, by time
+
+
+@dataclass
+class WindowConfig:
+    """Window geometry: the model sees context + horizon steps; predict mode fills the horizon."""
+    context: int = field(default=400, metadata=_range(1))
+    horizon: int = field(default=100, metadata=_range(1))
+    stride: int = field(default=1, metadata=_range(1))  # training windows start every `stride` records
+
+    @property
+    def length(self) -> int:
+        return self.context + self.horizon
+
+
+@dataclass
+class SamplerConfig:
+    kind: Literal["guided", "replacement", "ddim", "ddpm"] = "replacement"
+    steps: int = field(default=10, metadata=_range(1))
+
+
+@dataclass
+class ServeConfig:
+    """The generation loop: streams, start, sampler, pacing, state and shutdown."""
+    model: str = DEFAULT_MODEL  # artifact directory, or "default" for the packaged model
+    streams: int = field(default=16, metadata=_range(1, 4096))  # parallel streams = batch size
+    seed: int = field(default=0, metadata=_range(0))  # stream i uses seed + i
+    start: Literal["unconditional", "real"] = "unconditional"  # how contexts are first filled
+    seed_data: str | None = None  # trace for start: real (a window per stream)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pace: Literal["realtime", "fast"] = "realtime"
+    speed: float = field(default=1.0, metadata=_range(0.0, low_open=True))  # realtime x speed
+    lag_warning_seconds: float = field(default=1.0, metadata=_range(0.0))
+    state_dir: str | None = None  # where state.pt lives; None = no state (no resume)
+    state_every: int = field(default=50, metadata=_range(1))  # turns between periodic saves
+    shutdown_timeout: float = field(default=30.0, metadata=_range(0.0, low_open=True))
+    health_stale_seconds: float = field(default=60.0, metadata=_range(0.0, low_open=True))
+    max_records: int | None = field(default=None, metadata=_range(1))  # stop after N (None: run forever)
+    device: str = "cpu"
+    threads: int | None = field(default=None, metadata=_range(1))  # torch.set_num_threads
+
+
+@dataclass
+class MetricsConfig:
+    enabled: bool = True
+    listen: str = "127.0.0.1:9108"  # host:port of /metrics, /healthz, /readyz
+
+
+@dataclass
+class ExporterConfig:
+    """One sink. ``options`` holds the kind-specific keys, validated by the exporter registry
+    against the dataclass the exporter module declares (``CONFIG``)."""
+    kind: str
+    name: str = ""  # defaults to the kind
+    policy: Literal["block", "drop"] = "block"  # when the queue is full
+    queue: int = field(default=8, metadata=_range(1))  # queue bound, in batches (turns)
+    options: Any = None  # the exporter's own config dataclass instance, set by the registry
+
+
+@dataclass
+class Config:
+    source: str = "<defaults>"
+    data: DataConfig = field(default_factory=DataConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    codec: Any = None  # flowdiff.codec.CodecConfig (lazy)
+    model: Any = None  # flowdiff.model.ModelConfig (lazy)
+    train: Any = None  # flowdiff.model.TrainConfig (lazy)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    exporters: list[ExporterConfig] = field(default_factory=lambda: [ExporterConfig(kind="stdout")])
+
+
+_OWN_SECTIONS = {"data": DataConfig, "window": WindowConfig, "serve": ServeConfig,
+                 "metrics": MetricsConfig}
+
+
+def _foreign_section(name: str) -> type:
+    if name == "codec":
+        from flowdiff.codec import CodecConfig
+        return CodecConfig
+    from flowdiff import model
+    return model.ModelConfig if name == "model" else model.TrainConfig
+
+
+# Set by the training pipeline from `window` and the fitted codec, never by hand.
+DERIVED_MODEL_KEYS = ("seq_len", "feature_size")
+
+
+def _build_foreign(name: str, data, problems: "Problems"):
+    """Build a section owned by another module through its own validating ``from_dict``;
+    each problem it reports becomes one of ours."""
+    if name == "model" and isinstance(data, dict):
+        for key in DERIVED_MODEL_KEYS:
+            if key in data:
+                problems.add(f"model.{key}", "set automatically (seq_len = window.context + "
+                                             "window.horizon, feature_size = codec width); "
+                                             "remove it")
+        data = {k: v for k, v in data.items() if k not in DERIVED_MODEL_KEYS}
+    if data is None:
+        data = {}
+    cls = _foreign_section(name)
+    try:
+        return cls.from_dict(data) if name == "codec" else cls.from_dict(data, name)
+    except ValueError as exc:
+        found = getattr(exc, "problems", None) or str(exc).split("; ")
+        for problem in found:
+            problem = problem.strip()
+            path = problem.split(":", 1)[0] if problem.startswith(name + ".") else name
+            if name == "codec" and not problem.startswith("codec"):
+                path = "codec." + problem.split(":", 1)[0].split(" ", 1)[0]
+            problems.add(path, problem)
+        return _MISSING
+
+
+SECTIONS = ("data", "window", "codec", "model", "train", "serve", "metrics", "exporters")
+
+
+# ---------------------------------------------------------------- YAML line numbers
+def _line_index(node: yaml.Node | None, path: str = "", out: dict | None = None) -> dict[str, int]:
+    """Map dotted paths (``serve.sampler.steps``, ``exporters[0].kind``) to 1-based YAML lines."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            sub = f"{path}.{key.value}" if path else str(key.value)
+            out[sub] = key.start_mark.line + 1
+            _line_index(value, sub, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            sub = f"{path}[{i}]"
+            out[sub] = value.start_mark.line + 1
+            _line_index(value, sub, out)
+    return out
+
+
+class Problems:
+    """Collects errors as ``file:line: path: message``."""
+
+    def __init__(self, source: str, lines: dict[str, int] | None = None):
+        self.source = source
+        self.lines = lines or {}
+        self.errors: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        for prefix in (path, path.partition(".")[2]):  # messages from other modules may
+            if prefix and message.startswith(prefix + ":"):  # repeat the path
+                message = message[len(prefix) + 1:].strip()
+        probe = path
+        while probe and probe not in self.lines:
+            probe = probe.rpartition(".")[0] if "." in probe else probe.rpartition("[")[0]
+        where = f"{self.source}:{self.lines[probe]}" if probe in self.lines else self.source
+        self.errors.append(f"{where}: {path}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise ConfigError(self.source, self.errors)
+
+
+# ---------------------------------------------------------------- typed conversion
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
+    return getattr(tp, "__name__", str(tp))
+
+
+_MISSING = object()
+
+
+def _convert(tp, value, path: str, problems: Problems):
+    """Return ``value`` as type ``tp`` or ``_MISSING`` after recording a problem."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            trial = Problems(problems.source)
+            out = _convert(arg, value, path, trial)
+            if not trial.errors:
+                return out
+        problems.add(path, f"expected {_describe(tp)}, got {value!r}")
+        return _MISSING
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        problems.add(path, f"expected {_describe(tp)}, got {value!r}")
+        return _MISSING
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin in (list, tuple):
+        if isinstance(value, list):
+            (item_tp, *_rest) = typing.get_args(tp) or (Any,)
+            items = [_convert(item_tp, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+            return tuple(items) if origin is tuple else items
+    elif origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, path, problems)
+    else:
+        return value
+    problems.add(path, f"expected {_describe(tp)}, got {value!r}")
+    return _MISSING
+
+
+def _check_range(meta, value, path: str, problems: Problems) -> None:
+    low, high, low_open = meta.get("low"), meta.get("high"), meta.get("low_open", False)
+    if value is None or "low" not in meta:
+        return
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if low_open else '>='} {low}")
+        if high is not None:
+            bounds.append(f"<= {high}")
+        problems.add(path, f"expected a value {' and '.join(bounds)}, got {value!r}")
+
+
+def build_dataclass(cls: type, data, path: str, problems: Problems):
+    """Build ``cls`` from a mapping: unknown keys, wrong types, ranges and the class's own
+    ``__post_init__`` checks (ValueError/TypeError) all become problems. Returns the instance,
+    or a default instance when the section had problems (so later checks can continue)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.add(path, f"expected a mapping, got {data!r}")
+        return _MISSING
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    before = len(problems.errors)
+    for key in data:
+        if key not in fields:
+            problems.add(f"{path}.{key}" if path else str(key),
+                         f"unknown key (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{path}.{name}" if path else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.add(sub, f"required key missing (expected {_describe(hints[name])})")
+            continue
+        value = _convert(hints[name], data[name], sub, problems)
+        if value is _MISSING:
+            continue
+        _check_range(f.metadata, value, sub, problems)
+        kwargs[name] = value
+    if len(problems.errors) > before:
+        return _MISSING
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        problems.add(path or cls.__name__, str(exc))
+        return _MISSING
+
+
+# ---------------------------------------------------------------- loading
+def parse_config(raw, source: str, lines: dict[str, int] | None = None) -> Config:
+    """Validate an already parsed YAML document (a mapping) into a ``Config``."""
+    problems = Problems(source, lines)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.add("<top>", f"expected a mapping of sections ({', '.join(SECTIONS)}), "
+                              f"got {type(raw).__name__}")
+        problems.raise_if_any()
+    cfg = Config(source=source)
+    for key in raw:
+        if key not in SECTIONS:
+            problems.add(str(key), f"unknown section (known: {', '.join(SECTIONS)})")
+    for name, cls in _OWN_SECTIONS.items():
+        if name in raw:
+            value = build_dataclass(cls, raw[name], name, problems)
+            if value is not _MISSING:
+                setattr(cfg, name, value)
+    for name in ("codec", "model", "train"):  # absent: None, the trainer uses the defaults
+        if name in raw:
+            value = _build_foreign(name, raw[name], problems)
+            if value is not _MISSING:
+                setattr(cfg, name, value)
+    cfg.exporters = _parse_exporters(raw.get("exporters", [{"kind": "stdout"}]), problems)
+    _cross_checks(cfg, raw, problems)
+    problems.raise_if_any()
+    return cfg
+
+
+def _parse_exporters(raw, problems: Problems) -> list[ExporterConfig]:
+    from flowdiff.exporters.registry import exporter_config_type
+
+    if not isinstance(raw, list) or not raw:
+        problems.add("exporters", f"expected a non-empty list of exporters, got {raw!r}")
+        return []
+    out, names = [], set()
+    common = {f.name for f in dataclasses.fields(ExporterConfig)} - {"options"}
+    for i, item in enumerate(raw):
+        path = f"exporters[{i}]"
+        if not isinstance(item, dict):
+            problems.add(path, f"expected a mapping with at least 'kind', got {item!r}")
+            continue
+        kind = item.get("kind")
+        if "kind" in item and kind is None:
+            problems.add(f"{path}.kind", "is empty: write kind: \"null\" in quotes for the null "
+                                         "exporter (bare null means nothing in YAML)")
+            continue
+        base = build_dataclass(ExporterConfig, {k: v for k, v in item.items() if k in common},
+                               path, problems)
+        try:
+            options_cls = exporter_config_type(kind) if isinstance(kind, str) else None
+        except (KeyError, ImportError) as exc:
+            problems.add(f"{path}.kind", str(exc.args[0] if exc.args else exc))
+            continue
+        if options_cls is None:
+            continue
+        own = {f.name for f in dataclasses.fields(options_cls) if f.init}
+        unknown = [k for k in item if k not in common and k not in own]
+        for key in unknown:
+            problems.add(f"{path}.{key}", f"unknown key for a {kind} exporter (known: "
+                                          f"{', '.join(sorted(common | own))})")
+        specific = {k: v for k, v in item.items() if k in own}
+        options = build_dataclass(options_cls, specific, path, problems)
+        if unknown:
+            continue
+        if base is _MISSING or options is _MISSING:
+            continue
+        base.name = base.name or base.kind
+        if base.name in names:
+            problems.add(f"{path}.name", f"duplicate exporter name {base.name!r} "
+                                         "(names label metrics; give each a distinct name)")
+        names.add(base.name)
+        base.options = options
+        out.append(base)
+    return out
+
+
+def _cross_checks(cfg: Config, raw: dict, problems: Problems) -> None:
+    serve = raw.get("serve") if isinstance(raw.get("serve"), dict) else {}
+    if serve.get("start") == "real" and not serve.get("seed_data"):
+        problems.add("serve.seed_data", "required when serve.start is 'real' (a trace file)")
+    host, sep, port = cfg.metrics.listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        problems.add("metrics.listen", f"expected host:port with port 0..65535, "
+                                       f"got {cfg.metrics.listen!r}")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config (``yaml.safe_load``); raise ConfigError listing all errors.
+    Relative paths inside the file (data, model, state_dir, seed_data) stay as written."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), [f"{path}: cannot read: {exc.strerror}"]) from exc
+    try:
+        raw = yaml.safe_load(text)
+        lines = _line_index(yaml.compose(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(str(path), [f"{where}: invalid YAML: {exc}"]) from exc
+    return parse_config(raw, str(path), lines)
+
+
+def default_config() -> Config:
+    """The built-in defaults (packaged model, stdout exporter), validated like a file."""
+    return parse_config({}, "<defaults>")

@@ -1,0 +1,123 @@
+"""Endless generation: S parallel streams, each with a rolling context of C encoded steps.
+
+Each ``step()`` runs the model's predict mode on all streams at once (the batch dimension),
+decodes the H new steps of every stream to flow records starting at that stream's clock,
+stamps ``stream_id`` and a per-stream ``seq``, appends the new steps to the contexts and
+slides them. Stream i draws all its noise from its own ``torch.Generator`` seeded with
+``seed + i``, so a stream's records do not depend on how many other streams run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from flowdiff.daemon.state import StreamState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Turn:
+    """What one ``step()`` produced."""
+    records: pd.DataFrame  # S*H-ish records (canonical columns + stream_id, seq)
+    stream_counts: np.ndarray  # (S,) records per stream
+    repairs: dict  # field -> values the codec repaired in this turn
+    predict_seconds: float
+
+
+class StreamGenerator:
+    def __init__(self, model, codec, sampler, *, context: int, horizon: int, streams: int,
+                 seed: int, device: str = "cpu"):
+        self.model = model
+        self.codec = codec
+        self.sampler = sampler
+        self.context = context
+        self.horizon = horizon
+        self.streams = streams
+        self.seed = seed
+        self.device = device
+        self.rngs = [torch.Generator(device=device).manual_seed(seed + i) for i in range(streams)]
+        self.contexts: torch.Tensor | None = None  # (S, C, F)
+        self.next_seq = torch.zeros(streams, dtype=torch.int64)  # (S,)
+        self.clocks = torch.zeros(streams, dtype=torch.float64)  # (S,) last ts per stream
+        self.turns = 0
+
+    # ------------------------------------------------------------ starting points
+    def start_unconditional(self, sampler, start_ts: float) -> None:
+        """Fill every context with the last C steps of an unconditional sample drawn with
+        ``sampler`` (an unconditional kind: ddim or ddpm)."""
+        with torch.no_grad():
+            window = self.model.sample(self.streams, sampler, self.rngs)  # (S, L, F)
+        self.contexts = window[:, -self.context:, :].clamp(0.0, 1.0).to(self.device)  # (S, C, F)
+        self.clocks.fill_(start_ts)
+
+    def start_from_windows(self, windows: np.ndarray, start_ts: float) -> None:
+        """Use real encoded windows (S, C, F) as the first contexts."""
+        expected = (self.streams, self.context, self.codec.width)
+        if windows.shape != expected:
+            raise ValueError(f"seed windows have shape {windows.shape}, expected {expected} "
+                             "(streams, context, codec width)")
+        self.contexts = torch.as_tensor(windows, dtype=torch.float32, device=self.device)
+        self.clocks.fill_(start_ts)
+
+    def restore(self, state: StreamState, rebase_to: float) -> None:
+        """Continue from a saved state. Clocks behind ``rebase_to`` (the daemon was down)
+        move forward to it, so timestamps stay on the wall clock and never go back."""
+        self.contexts = state.contexts.to(self.device)
+        for rng, saved in zip(self.rngs, state.rng_states):
+            rng.set_state(saved)
+        self.next_seq = state.next_seq.clone()
+        self.clocks = torch.clamp(state.clocks.clone(), min=rebase_to)
+        self.turns = state.turns
+
+    def snapshot(self, fingerprint: dict) -> StreamState:
+        return StreamState(contexts=self.contexts.detach().cpu().clone(),
+                           rng_states=[g.get_state() for g in self.rngs],
+                           next_seq=self.next_seq.clone(), clocks=self.clocks.clone(),
+                           turns=self.turns, fingerprint=fingerprint)
+
+    # ------------------------------------------------------------ one turn
+    def step(self) -> Turn:
+        if self.contexts is None:
+            raise RuntimeError("StreamGenerator.step() before a start_* or restore() call")
+        t0 = time.perf_counter()
+        new = self.model.predict(self.contexts, self.horizon, self.sampler, self.rngs)  # (S, H, F)
+        new = new.detach().clamp(0.0, 1.0)  # (S, H, F)
+        predict_seconds = time.perf_counter() - t0
+        records, repairs = self._decode(new.cpu().numpy())  # (S, H, F) -> S*H records
+        # slide: drop the oldest H steps, append the new ones
+        self.contexts = torch.cat([self.contexts, new], dim=1)[:, -self.context:, :]  # (S, C, F)
+        self.turns += 1
+        counts = np.full(self.streams, self.horizon, dtype=np.int64)
+        return Turn(records=records, stream_counts=counts, repairs=repairs,
+                    predict_seconds=predict_seconds)
+
+    def _decode(self, steps: np.ndarray) -> tuple[pd.DataFrame, dict]:
+        """Decode all streams in ONE codec call (the per-call overhead dominates small
+        blocks), then rebuild each stream's timestamps from its own clock exactly as
+        ``codec.decode(steps[s], start_ts=clock[s])`` would: ts = clock + cumsum(iat)."""
+        n_streams, horizon, width = steps.shape
+        flat = steps.reshape(n_streams * horizon, width)  # (S*H, F), stream-major
+        decoded = self.codec.decode(flat, start_ts=0.0)
+        table = decoded.table
+        if len(table) != len(flat):
+            raise RuntimeError(f"codec returned {len(table)} records for {len(flat)} steps")
+        ts_transform = self.codec.transforms["ts"]
+        iat, _ = ts_transform.decode(flat[:, self.codec.feature_slices["ts"]])  # (S*H,)
+        clocks = self.clocks.numpy()[:, None]  # (S, 1)
+        ts = clocks + np.cumsum(iat.reshape(n_streams, horizon), axis=1, dtype=np.float64)
+        if ts_transform.decimals is not None:
+            ts = np.round(ts, ts_transform.decimals)  # (S, H)
+        seq = self.next_seq.numpy()[:, None] + np.arange(horizon)  # (S, H)
+        table = table.assign(ts=ts.reshape(-1),
+                             stream_id=np.repeat(np.arange(n_streams, dtype=np.int32), horizon),
+                             seq=seq.reshape(-1).astype(np.int64))
+        self.clocks = torch.from_numpy(np.maximum(ts[:, -1], clocks[:, 0]))  # (S,) float64
+        self.next_seq += horizon
+        return table, {k: int(v) for k, v in decoded.repairs.items() if v}

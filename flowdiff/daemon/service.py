@@ -1,0 +1,256 @@
+"""The serve loop: load the artifact, start or resume streams, generate turn after turn into
+the fan-out, and shut down in order when asked.
+
+Signals only set a flag (``StopFlag.set``); the loop notices it between turns, then:
+STOPPING=1 -> fan-out drains (queues -> exporters flush and close) -> state saved ->
+HTTP server stopped -> exit 0, all inside ``serve.shutdown_timeout``.
+
+Everything long-lived that touches the outside world (exporters, the metrics registry, the
+environment for sd_notify, the clock) can be passed in, so tests give real local ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from flowdiff.config import Config, ExporterConfig
+from flowdiff.daemon.fanout import Fanout, Sink
+from flowdiff.daemon.generator import StreamGenerator
+from flowdiff.daemon.http import OpsServer
+from flowdiff.daemon.metrics import DaemonMetrics
+from flowdiff.daemon.pacing import LagWatch, Pacer
+from flowdiff.daemon.sdnotify import SdNotifier
+from flowdiff.daemon.state import load_state, save_state
+from flowdiff.exporters.base import Exporter
+
+log = logging.getLogger(__name__)
+
+REALTIME_LEAD_SECONDS = 5.0  # realtime: generate at most this far ahead of the wall clock
+STATE_SAVE_RESERVE = 2.0  # seconds of the shutdown bound kept for saving state
+
+
+class StopFlag:
+    """Set from a signal handler (only sets an event and notes when)."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.requested_at: float | None = None
+
+    def set(self, *_signal_args) -> None:
+        if self.requested_at is None:
+            self.requested_at = time.monotonic()
+        self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        return self.event.wait(timeout)
+
+
+@dataclass
+class ServeResult:
+    turns: int = 0
+    records: int = 0
+    resumed: bool = False
+    clean_shutdown: bool = True
+    next_seq: list[int] = field(default_factory=list)
+
+
+def build_exporters(configs: list[ExporterConfig]) -> list[tuple[ExporterConfig, Exporter]]:
+    from flowdiff.exporters.registry import build_exporter
+
+    return [(c, build_exporter(c.kind, c.name, c.options)) for c in configs]
+
+
+def _seed_windows(cfg: Config, codec, context: int, streams: int) -> np.ndarray:
+    """(S, C, F) real encoded windows from ``serve.seed_data``, one random offset per stream."""
+    from flowdiff.ingest import read_flows
+
+    table, _summary = read_flows(cfg.serve.seed_data)
+    encoded = codec.encode(table)  # (n, F)
+    if len(encoded) < context:
+        raise ValueError(f"serve.seed_data {cfg.serve.seed_data}: {len(encoded)} records, "
+                         f"need at least context = {context}")
+    offsets = np.random.default_rng(cfg.serve.seed).integers(0, len(encoded) - context + 1,
+                                                             streams)
+    return np.stack([encoded[o:o + context] for o in offsets]).astype(np.float32)
+
+
+class Service:
+    def __init__(self, cfg: Config, stop: StopFlag, *, registry: CollectorRegistry | None = None,
+                 exporters: list[tuple[ExporterConfig, Exporter]] | None = None,
+                 environ: dict | None = None, clock: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.stop = stop
+        self.registry = registry or CollectorRegistry()
+        self.metrics = DaemonMetrics(self.registry)
+        self.exporters = exporters
+        self.notifier = SdNotifier(environ)
+        self.clock = clock
+        self.loaded = False
+        self.heartbeat: float | None = None  # monotonic time the loop last made progress
+        self.fanout: Fanout | None = None
+        self.server: OpsServer | None = None
+        self.result = ServeResult()
+
+    # ------------------------------------------------------------ probes
+    def health(self) -> tuple[bool, str]:
+        if self.heartbeat is None:
+            return False, "starting: generation loop has not turned yet"
+        age = time.monotonic() - self.heartbeat
+        bound = self.cfg.serve.health_stale_seconds
+        if age > bound:
+            return False, f"stalled: last loop progress {age:.1f} s ago (bound {bound:.0f} s)"
+        return True, f"ok: last loop progress {age:.1f} s ago"
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.loaded or self.fanout is None:
+            return False, "not ready: model loading"
+        bad = self.fanout.healthy()
+        if bad:
+            return False, f"not ready: unhealthy exporter(s) {', '.join(bad)}"
+        return True, "ready"
+
+    # ------------------------------------------------------------ run
+    def run(self) -> ServeResult:
+        import torch
+
+        from flowdiff.artifact import load_artifact, resolve_model_dir
+        from flowdiff.model import make_sampler
+
+        s = self.cfg.serve
+        if s.threads:
+            torch.set_num_threads(s.threads)
+        if self.cfg.metrics.enabled:
+            self.server = OpsServer(self.cfg.metrics.listen, self.registry, self.health,
+                                    self.ready).start()
+        gen = fingerprint = None
+        try:
+            artifact = load_artifact(resolve_model_dir(s.model), device=s.device)
+            gen = StreamGenerator(artifact.model, artifact.codec,
+                                  make_sampler(s.sampler.kind, steps=s.sampler.steps),
+                                  context=artifact.context, horizon=artifact.horizon,
+                                  streams=s.streams, seed=s.seed, device=s.device)
+            fingerprint = {"artifact": artifact.artifact_id, "streams": s.streams,
+                           "seed": s.seed, "context": artifact.context,
+                           "horizon": artifact.horizon, "width": int(artifact.codec.width)}
+            self._start_streams(gen, artifact, fingerprint)
+            self._publish_info(artifact)
+            exporters = self.exporters if self.exporters is not None else \
+                build_exporters(self.cfg.exporters)
+            pacer = Pacer(s.pace, s.speed, anchor_ts=float(gen.clocks.min()),
+                          anchor_wall=self.clock(), clock=self.clock)
+            self.fanout = Fanout([Sink(e, c.policy, c.queue) for c, e in exporters],
+                                 self.metrics, pacer, give_up=self._past_drain_deadline).start()
+            self.fanout.healthy()
+            self.loaded = True
+            self.notifier.ready(f"{s.streams} streams, model {artifact.path}")
+            log.info("serving %d streams (C=%d, H=%d, sampler %s/%d steps, pace %s)",
+                     s.streams, artifact.context, artifact.horizon, s.sampler.kind,
+                     s.sampler.steps, s.pace)
+            self._loop(gen, pacer, fingerprint)
+        except BaseException:
+            self._shutdown(None, None)  # no state save: a half-done turn must not be persisted
+            raise
+        self._shutdown(gen, fingerprint)
+        return self.result
+
+    def _start_streams(self, gen: StreamGenerator, artifact, fingerprint: dict) -> None:
+        """Resume from the saved state if there is one, else start fresh."""
+        from flowdiff.model import make_sampler
+
+        s = self.cfg.serve
+        now = self.clock()
+        saved = load_state(s.state_dir, fingerprint) if s.state_dir else None
+        if saved is not None:
+            gen.restore(saved, rebase_to=now)
+            self.result.resumed = True
+            log.info("resumed %d streams from %s (turn %d)", s.streams, s.state_dir,
+                     saved.turns)
+        elif s.start == "real":
+            windows = _seed_windows(self.cfg, artifact.codec, artifact.context, s.streams)
+            gen.start_from_windows(windows, start_ts=now)
+        else:  # the unconditional start needs an unconditional sampler kind
+            gen.start_unconditional(make_sampler("ddim", steps=s.sampler.steps), start_ts=now)
+
+    def _publish_info(self, artifact) -> None:
+        s = self.cfg.serve
+        self.metrics.model_info.info({
+            "artifact": artifact.artifact_id, "path": str(artifact.path),
+            "version": str(artifact.meta.get("flowdiff_version", "")),
+            "data_sha256": str(artifact.meta.get("data_sha256", ""))[:16],
+            "context": str(artifact.context), "horizon": str(artifact.horizon),
+            "features": str(artifact.codec.width), "sampler": s.sampler.kind,
+            "sampler_steps": str(s.sampler.steps), "streams": str(s.streams)})
+
+    def _loop(self, gen: StreamGenerator, pacer: Pacer, fingerprint: dict) -> None:
+        s = self.cfg.serve
+        lag = LagWatch(self.metrics.lag, s.lag_warning_seconds)
+        self.heartbeat = time.monotonic()
+        while not self.stop.is_set():
+            if s.max_records is not None and self.result.records >= s.max_records:
+                break
+            ahead = pacer.seconds_until(float(gen.clocks.min())) - REALTIME_LEAD_SECONDS
+            if ahead > 0:  # realtime and far enough ahead: wait for the clock
+                self._tick()
+                self.stop.wait(min(ahead, 1.0))
+                continue
+            turn = gen.step()
+            records = turn.records
+            if s.max_records is not None and s.state_dir is None:
+                records = records.iloc[:max(0, s.max_records - self.result.records)]
+            m = self.metrics
+            m.predict_seconds.observe(turn.predict_seconds)
+            m.count_generated(turn.stream_counts)
+            m.count_repairs(turn.repairs)
+            self.fanout.submit(records)
+            self.result.turns += 1
+            self.result.records += len(records)
+            m.turns.inc()
+            m.last_turn.set(self.clock())
+            if pacer.realtime:
+                lag.update(-pacer.seconds_until(float(gen.clocks.min())))
+            self._tick()
+            if s.state_dir and gen.turns % s.state_every == 0:
+                self._save(gen, fingerprint)
+
+    def _tick(self) -> None:
+        self.heartbeat = time.monotonic()
+        self.notifier.watchdog()
+        self.fanout.healthy()
+
+    def _past_drain_deadline(self) -> bool:
+        """True once the shutdown bound (minus the state-save reserve) has passed."""
+        at = self.stop.requested_at
+        bound = self.cfg.serve.shutdown_timeout
+        return at is not None and time.monotonic() > at + max(0.0, bound - STATE_SAVE_RESERVE)
+
+    def _save(self, gen: StreamGenerator, fingerprint: dict) -> None:
+        save_state(self.cfg.serve.state_dir, gen.snapshot(fingerprint))
+        self.metrics.state_saves.inc()
+
+    def _shutdown(self, gen: StreamGenerator | None, fingerprint: dict | None) -> None:
+        self.notifier.stopping()
+        began = self.stop.requested_at or time.monotonic()
+        bound = self.cfg.serve.shutdown_timeout
+        if self.fanout is not None:
+            remaining = max(0.5, began + bound - STATE_SAVE_RESERVE - time.monotonic())
+            self.result.clean_shutdown = self.fanout.close(remaining)
+        if gen is not None and gen.contexts is not None:
+            self.result.next_seq = [int(x) for x in gen.next_seq]
+            if self.cfg.serve.state_dir:
+                self._save(gen, fingerprint)
+                log.info("state saved to %s (next seq %s)", self.cfg.serve.state_dir,
+                         self.result.next_seq[:8])
+        if self.server is not None:
+            self.server.stop()
+        log.info("stopped after %d turns, %d records (%.1f s after the stop request)",
+                 self.result.turns, self.result.records, time.monotonic() - began)

@@ -1,0 +1,241 @@
+"""``file`` exporter: records to rotating files — canonical CSV, UGR'16-layout CSV, JSON lines
+or Parquet — each written as ``*.part`` and renamed when complete (see ``rotation``).
+
+Formats (all readable by ``flowdiff.ingest.read_flows`` except JSON lines):
+
+* ``csv``: the canonical columns plus ``stream_id, seq``, header line, dotted IPs,
+  ``.AP.SF`` flags, protocol numbers, ``ts`` in epoch seconds (as ``write_flows`` writes).
+* ``ugr16``: UGR'16's own layout ``te,td,sa,da,sp,dp,pr,flg,fwd,stos,pkt,byt,label`` —
+  ``te`` = flow END time ``YYYY-MM-DD HH:MM:SS`` in UTC, whole seconds (as in the dataset),
+  protocol names, ``fwd`` 0; no ``stream_id``/``seq``. ``header: false`` matches the
+  original header-less release files.
+* ``jsonl``: one JSON object per record (text forms, microsecond times).
+* ``parquet``: the canonical dtypes (uint32 IPs, uint8 flags), one row group per batch.
+
+``gzip: true`` compresses CSV/JSON lines files (``.gz``) and selects gzip inside Parquet.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import numpy as np
+import pandas as pd
+
+from flowdiff.exporters.base import Exporter
+from flowdiff.exporters.rotation import RotatingFiles, RotationPolicy
+from flowdiff.schema import conform, flags_to_text, int_to_ip, proto_name
+
+SUFFIXES = {"csv": ".csv", "ugr16": ".csv", "jsonl": ".jsonl", "parquet": ".parquet"}
+
+
+@dataclass
+class FileConfig:
+    directory: str = "out"
+    format: Literal["csv", "ugr16", "jsonl", "parquet"] = "csv"
+    prefix: str = "flows"
+    header: bool = True                   # csv / ugr16: write a header line in each file
+    gzip: bool = False
+    gzip_level: int = 6
+    rotate_records: int | None = 1_000_000
+    rotate_bytes: int | None = None       # bytes on disk (compressed size when gzip)
+    rotate_seconds: float | None = 3600.0
+    fsync: bool = True                    # fsync each file before renaming it into place
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not self.directory:
+            errors.append("directory: expected a directory path")
+        if not self.prefix or "/" in self.prefix:
+            errors.append(f"prefix: expected a file name prefix without '/', got {self.prefix!r}")
+        if not 1 <= self.gzip_level <= 9:
+            errors.append(f"gzip_level: expected 1..9, got {self.gzip_level!r}")
+        for name in ("rotate_records", "rotate_bytes", "rotate_seconds"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                errors.append(f"{name}: expected a value > 0 or null (no limit), got {value!r}")
+        if self.format in ("jsonl", "parquet") and not self.header:
+            errors.append(f"header: only meaningful for csv/ugr16, not {self.format}")
+        return errors
+
+    def __post_init__(self):
+        errors = self.validate()
+        if errors:
+            raise ValueError("; ".join(errors))
+
+    def policy(self) -> RotationPolicy:
+        return RotationPolicy(self.rotate_records, self.rotate_bytes, self.rotate_seconds)
+
+
+# ---------------------------------------------------------------- record encodings
+_FLAG_TEXT = flags_to_text(np.arange(256))  # bitmask -> ".AP.SF", every value once
+
+
+def text_columns(batch: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The canonical columns (conformed, plus ``stream_id, seq``) in their outside text forms,
+    as ``schema.to_text`` gives them; IPs are converted once per distinct address."""
+    table = conform(batch)
+    out = {}
+    for name in table.columns:
+        values = table[name].to_numpy()
+        if name in ("srcip", "dstip"):
+            distinct, index = np.unique(values, return_inverse=True)
+            values = int_to_ip(distinct)[index]
+        elif name == "flags":
+            values = _FLAG_TEXT[values]
+        elif name == "label":
+            values = values.astype(object)
+        out[name] = values
+    return out
+
+
+def ugr16_columns(batch: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The UGR'16 column layout (end time in whole UTC seconds, protocol names)."""
+    text = text_columns(batch)
+    n = len(batch)
+    td = text.get("td", np.zeros(n))
+    te = (text["ts"] + td).astype("datetime64[s]")
+    protos = text["proto"]
+    names = np.array([proto_name(p) for p in range(256)], dtype=object)
+    return {
+        "te": np.char.replace(te.astype(str), "T", " ").astype(object), "td": td,
+        "sa": text["srcip"], "da": text["dstip"],
+        "sp": text.get("srcport", np.zeros(n, dtype=np.int32)),
+        "dp": text.get("dstport", np.zeros(n, dtype=np.int32)),
+        "pr": names[protos], "flg": text.get("flags", np.full(n, "......", dtype=object)),
+        "fwd": np.zeros(n, dtype=np.int64), "stos": text.get("tos", np.zeros(n, dtype=np.uint8)),
+        "pkt": text.get("pkt", np.zeros(n, dtype=np.int64)),
+        "byt": text.get("byt", np.zeros(n, dtype=np.int64)),
+        "label": text.get("label", np.full(n, "", dtype=object)),
+    }
+
+
+def csv_bytes(columns: dict[str, np.ndarray]) -> bytes:
+    """CSV rows without header: Arrow's writer (fast, no quotes), or pandas when a text value
+    needs quoting (a comma or quote inside a label)."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    arrays = {name: pa.array(v.tolist(), pa.string()) if v.dtype == object else pa.array(v)
+              for name, v in columns.items()}
+    sink = io.BytesIO()
+    try:
+        pa_csv.write_csv(pa.table(arrays), sink,
+                         pa_csv.WriteOptions(include_header=False, quoting_style="none"))
+        return sink.getvalue()
+    except pa.ArrowInvalid:
+        return pd.DataFrame(columns).to_csv(index=False, header=False,
+                                            lineterminator="\n").encode()
+
+
+class CsvSegment:
+    """CSV rows from ``encode(batch) -> columns``; the header names the columns (written with
+    the first batch, since canonical tables may lack optional columns)."""
+
+    def __init__(self, stream: BinaryIO, encode, header: bool):
+        self.stream, self.encode, self.header = stream, encode, header
+
+    def begin(self) -> None:
+        self._header_pending = self.header
+
+    def write(self, batch: pd.DataFrame) -> None:
+        columns = self.encode(batch)
+        if self._header_pending:
+            self.stream.write((",".join(columns) + "\n").encode())
+            self._header_pending = False
+        self.stream.write(csv_bytes(columns))
+
+    def end(self) -> None:
+        pass
+
+
+class JsonLinesSegment:
+    def __init__(self, stream: BinaryIO):
+        self.stream = stream
+
+    def begin(self) -> None:
+        pass
+
+    def write(self, batch: pd.DataFrame) -> None:
+        text = pd.DataFrame(text_columns(batch)).to_json(orient="records", lines=True,
+                                                         double_precision=6)
+        self.stream.write(text.encode() + (b"" if text.endswith("\n") else b"\n"))
+
+    def end(self) -> None:
+        pass
+
+
+class ParquetSegment:
+    def __init__(self, stream: BinaryIO, compression: str):
+        self.stream, self.compression = stream, compression
+        self._writer = None
+
+    def begin(self) -> None:
+        pass
+
+    def write(self, batch: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = conform(batch)
+        if "label" in table:
+            table = table.astype({"label": object})
+        arrow = pa.Table.from_pandas(table, preserve_index=False)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.stream, arrow.schema.remove_metadata(),
+                                            compression=self.compression)
+        self._writer.write_table(arrow.cast(self._writer.schema))
+
+    def end(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class FileExporter(Exporter):
+    kind = "file"
+
+    def __init__(self, name: str, config: FileConfig):
+        super().__init__(name)
+        self.config = config
+        self.files = RotatingFiles(
+            Path(config.directory), config.prefix, SUFFIXES[config.format], config.policy(),
+            self._segment, gzip_level=config.gzip_level if config.gzip and
+            config.format != "parquet" else None, fsync=config.fsync)
+
+    def _segment(self, stream: BinaryIO):
+        fmt = self.config.format
+        if fmt == "csv":
+            return CsvSegment(stream, text_columns, self.config.header)
+        if fmt == "ugr16":
+            return CsvSegment(stream, ugr16_columns, self.config.header)
+        if fmt == "jsonl":
+            return JsonLinesSegment(stream)
+        return ParquetSegment(stream, "gzip" if self.config.gzip else "snappy")
+
+    @property
+    def completed(self) -> list[Path]:
+        """Files renamed into place so far, oldest first."""
+        return list(self.files.completed)
+
+    def submit(self, batch: pd.DataFrame) -> int:
+        start = 0
+        while start < len(batch):
+            room = self.files.room()
+            stop = len(batch) if room is None else min(len(batch), start + room)
+            self.files.write(batch.iloc[start:stop], stop - start)
+            start = stop
+        return len(batch)
+
+    def flush(self) -> None:
+        self.files.rotate_if_old()
+        self.files.flush()
+
+    def close(self) -> None:
+        self.files.finish()
+
+
+CONFIG = FileConfig
+EXPORTER = FileExporter

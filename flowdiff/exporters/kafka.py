@@ -1,0 +1,303 @@
+"""``kafka`` exporter: one JSON message per record, keyed so each stream stays in order.
+
+Value: the canonical record in its text form (dotted IPs, ``.AP.SF`` flags) plus
+``stream_id``, ``seq`` and ``generator_version`` (see docs/exporters.md for the schema).
+Key: ``stream_id`` (default; all records of a stream land in one partition, in order) or the
+five-tuple ``srcip:srcport>dstip:dstport/proto``.
+
+Delivery is at-least-once and blocking: ``submit`` returns once the broker acknowledged every
+record of the batch. While the broker is unreachable the exporter reports ``healthy == False``,
+counts each failed delivery attempt in ``errors``, logs it, and retries the undelivered records
+in order; the fan-out's queue in front of it then fills and applies the exporter's ``block`` or
+``drop`` policy. With ``retry_timeout_s`` set, ``submit`` gives up after that long and raises
+``ExporterError`` naming the number of records lost.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import pandas as pd
+
+from flowdiff import __version__
+from flowdiff.exporters.base import Exporter, ExporterError
+from flowdiff.schema import to_text
+
+log = logging.getLogger(__name__)
+
+Message = tuple[bytes, bytes]  # (key, value)
+
+
+@dataclass
+class KafkaConfig:
+    bootstrap_servers: str = "127.0.0.1:9092"  # comma-separated host:port list
+    topic: str = "flowdiff.flows"
+    key: Literal["stream_id", "five_tuple"] = "stream_id"
+    create_topic: bool = True            # create the topic when missing (else: error)
+    topic_partitions: int = 4            # used when the exporter creates the topic
+    topic_replication: int = 1
+    acks: Literal["all", 0, 1] = "all"
+    compression_type: Literal["none", "gzip", "lz4", "zstd"] = "none"
+    linger_ms: int = 20
+    batch_size: int = 65536              # bytes per partition batch
+    client_id: str = "flowdiff"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    sasl_password_env: str | None = None  # read the password from this environment variable
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+    request_timeout_ms: int = 10000
+    delivery_timeout_ms: int = 30000     # an unacknowledged record counts as failed after this
+    max_block_ms: int = 5000             # longest wait for a connection or metadata
+    retry_backoff_s: float = 1.0         # pause between delivery rounds while the broker is down
+    retry_timeout_s: float | None = None  # give up (ExporterError) after this; None: never
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not self.bootstrap_servers.strip():
+            errors.append("bootstrap_servers: expected host:port[,host:port...]")
+        for server in filter(None, (s.strip() for s in self.bootstrap_servers.split(","))):
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+                errors.append(f"bootstrap_servers: expected host:port, got {server!r}")
+        if not self.topic or len(self.topic) > 249 or any(
+                not (c.isalnum() or c in "._-") for c in self.topic):
+            errors.append(f"topic: expected 1-249 characters of [a-zA-Z0-9._-], got {self.topic!r}")
+        for name in ("topic_partitions", "topic_replication", "batch_size", "request_timeout_ms",
+                     "delivery_timeout_ms", "max_block_ms"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+        if self.linger_ms < 0:
+            errors.append(f"linger_ms: expected an integer >= 0, got {self.linger_ms!r}")
+        if self.delivery_timeout_ms < self.linger_ms + self.request_timeout_ms:
+            errors.append(f"delivery_timeout_ms: expected >= linger_ms + request_timeout_ms "
+                          f"({self.linger_ms + self.request_timeout_ms}), got {self.delivery_timeout_ms}")
+        if self.retry_backoff_s < 0:
+            errors.append(f"retry_backoff_s: expected >= 0, got {self.retry_backoff_s!r}")
+        if self.retry_timeout_s is not None and self.retry_timeout_s <= 0:
+            errors.append(f"retry_timeout_s: expected > 0 or null (retry forever), "
+                          f"got {self.retry_timeout_s!r}")
+        sasl = self.security_protocol.startswith("SASL")
+        if sasl and self.sasl_mechanism is None:
+            errors.append(f"sasl_mechanism: required with security_protocol {self.security_protocol}")
+        if sasl and not self.sasl_username:
+            errors.append(f"sasl_username: required with security_protocol {self.security_protocol}")
+        if sasl and self.sasl_password is None and self.sasl_password_env is None:
+            errors.append("sasl_password or sasl_password_env: one is required with "
+                          f"security_protocol {self.security_protocol}")
+        if not sasl and (self.sasl_mechanism or self.sasl_username):
+            errors.append(f"sasl_*: set, but security_protocol is {self.security_protocol} "
+                          "(use SASL_PLAINTEXT or SASL_SSL)")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                errors.append(f"{name}: file {path!r} does not exist")
+        return errors
+
+    def __post_init__(self):
+        errors = self.validate()
+        if errors:
+            raise ValueError("; ".join(errors))
+
+    def producer_settings(self) -> dict:
+        """Keyword arguments for ``kafka.KafkaProducer`` (names as kafka-python spells them)."""
+        settings = dict(
+            bootstrap_servers=[s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
+            client_id=self.client_id, acks=self.acks, linger_ms=self.linger_ms,
+            batch_size=self.batch_size,
+            compression_type=None if self.compression_type == "none" else self.compression_type,
+            request_timeout_ms=self.request_timeout_ms,
+            delivery_timeout_ms=self.delivery_timeout_ms, max_block_ms=self.max_block_ms,
+            bootstrap_timeout_ms=self.max_block_ms,  # the constructor waits this long at most
+            # An idempotent producer cannot continue after a broker loses its state (a
+            # restarted broker answers UnknownProducerId and the producer turns fatal); the
+            # exporter's own retry rounds give at-least-once delivery instead.
+            enable_idempotence=False, retries=0,
+            max_in_flight_requests_per_connection=1,  # keep per-partition order
+            reconnect_backoff_max_ms=1000,
+        )
+        settings.update(self.security_settings())
+        return settings
+
+    def security_settings(self) -> dict:
+        """SASL/SSL settings shared by the producer and the admin client."""
+        out: dict = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            password = self.sasl_password
+            if password is None and self.sasl_password_env is not None:
+                password = os.environ.get(self.sasl_password_env)
+                if password is None:
+                    raise ExporterError(f"environment variable {self.sasl_password_env!r} "
+                                        "(kafka sasl_password_env) is not set")
+            out.update(sasl_mechanism=self.sasl_mechanism,
+                       sasl_plain_username=self.sasl_username, sasl_plain_password=password)
+        if self.security_protocol.endswith("SSL"):
+            out.update(ssl_cafile=self.ssl_cafile, ssl_certfile=self.ssl_certfile,
+                       ssl_keyfile=self.ssl_keyfile, ssl_check_hostname=self.ssl_check_hostname)
+        return out
+
+
+def encode_messages(batch: pd.DataFrame, key: str) -> list[Message]:
+    """(key, JSON value) per record, vectorised through pandas (microsecond time precision)."""
+    text = to_text(batch)
+    if key == "stream_id":
+        keys = batch["stream_id"].astype("int64").astype(str)
+    else:
+        keys = (text["srcip"].astype(str) + ":" + batch["srcport"].astype(str) + ">"
+                + text["dstip"].astype(str) + ":" + batch["dstport"].astype(str) + "/"
+                + batch["proto"].astype(str))
+    text["generator_version"] = __version__
+    values = text.to_json(orient="records", lines=True, double_precision=6).splitlines()
+    return [(k.encode(), v.encode()) for k, v in zip(keys.tolist(), values)]
+
+
+class KafkaExporter(Exporter):
+    kind = "kafka"
+
+    def __init__(self, name: str, config: KafkaConfig):
+        super().__init__(name)
+        self.config = config
+        self.delivered = 0       # records acknowledged by the broker
+        self.retried = 0         # records sent again after a failed attempt
+        self._producer = None    # created on first use: the constructor touches no network
+        self._topic_ready = False
+        self._healthy = True
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    # ------------------------------------------------------------- connection
+    def _connect(self) -> None:
+        from kafka import KafkaProducer
+
+        if self._producer is None:
+            self._producer = KafkaProducer(**self.config.producer_settings())
+        if not self._topic_ready:
+            self._ensure_topic()
+            self._topic_ready = True
+
+    def _ensure_topic(self) -> None:
+        from kafka.admin import KafkaAdminClient, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        cfg = self.config
+        admin = KafkaAdminClient(bootstrap_servers=cfg.producer_settings()["bootstrap_servers"],
+                                 client_id=f"{cfg.client_id}-admin",
+                                 request_timeout_ms=cfg.request_timeout_ms,
+                                 bootstrap_timeout_ms=cfg.max_block_ms,
+                                 **cfg.security_settings())
+        try:
+            if cfg.topic in admin.list_topics():
+                return
+            if not cfg.create_topic:
+                raise ExporterError(f"kafka exporter {self.name}: topic {cfg.topic!r} does not "
+                                    f"exist on {cfg.bootstrap_servers} and create_topic is false")
+            try:
+                admin.create_topics([NewTopic(cfg.topic, cfg.topic_partitions,
+                                              cfg.topic_replication)])
+                log.info("kafka exporter %s: created topic %s (%d partitions)", self.name,
+                         cfg.topic, cfg.topic_partitions)
+            except TopicAlreadyExistsError:
+                pass
+        finally:
+            admin.close()
+
+    # ------------------------------------------------------------- delivery
+    def _partitioner(self):
+        """key -> partition exactly as kafka-python's default partitioner (murmur2 of the key),
+        computed once per distinct key: few keys (streams) repeat over many records."""
+        from kafka.partitioner.default import murmur2
+
+        partitions = sorted(self._producer.partitions_for(self.config.topic) or ())
+        if not partitions:
+            return lambda key: None  # unknown yet: let the producer decide
+
+        @functools.lru_cache(maxsize=65536)
+        def partition_of(key: bytes) -> int:
+            return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+
+        return partition_of
+
+    def _send_round(self, pending: list[Message]) -> tuple[list[Message], Exception | None]:
+        """Send ``pending`` and wait for every acknowledgement; return the records that failed
+        (in their original order) and the first error seen."""
+        from kafka.errors import KafkaError
+
+        futures, first_error = [], None
+        partition_of = self._partitioner()
+        for i, (key, value) in enumerate(pending):
+            try:
+                futures.append(self._producer.send(self.config.topic, value=value, key=key,
+                                                   partition=partition_of(key)))
+            except KafkaError as exc:  # e.g. no metadata within max_block_ms
+                first_error = exc
+                futures.extend([None] * (len(pending) - i))
+                break
+        self._producer.flush()  # returns when every future is done (bounded by delivery_timeout_ms)
+        failed = []
+        for message, future in zip(pending, futures):
+            if future is None or future.failed():
+                failed.append(message)
+                if first_error is None and future is not None:
+                    first_error = future.exception
+        return failed, first_error
+
+    def submit(self, batch: pd.DataFrame) -> int:
+        if len(batch) == 0:
+            return 0
+        from kafka.errors import KafkaError
+
+        pending = encode_messages(batch, self.config.key)
+        total, started = len(pending), time.monotonic()
+        while True:
+            try:
+                self._connect()
+                pending, error = self._send_round(pending)
+            except KafkaError as exc:  # broker unreachable while connecting or creating the topic
+                error = exc
+            if not pending:
+                if not self._healthy:
+                    log.info("kafka exporter %s: delivering to %s again", self.name,
+                             self.config.bootstrap_servers)
+                self._healthy = True
+                self.delivered += total
+                return total
+            self._healthy = False
+            self._topic_ready = False  # a restarted broker may have lost the topic
+            self.errors += len(pending)
+            self.retried += len(pending)
+            waited = time.monotonic() - started
+            if self.config.retry_timeout_s is not None and waited >= self.config.retry_timeout_s:
+                raise ExporterError(
+                    f"kafka exporter {self.name}: {len(pending)} of {total} record(s) not delivered "
+                    f"to topic {self.config.topic!r} on {self.config.bootstrap_servers} within "
+                    f"retry_timeout_s={self.config.retry_timeout_s}: {error}")
+            log.warning("kafka exporter %s: %d of %d record(s) not delivered to topic %r on %s "
+                        "(%s); retrying in %.1f s", self.name, len(pending), total,
+                        self.config.topic, self.config.bootstrap_servers, error,
+                        self.config.retry_backoff_s)
+            time.sleep(self.config.retry_backoff_s)
+
+    def flush(self) -> None:
+        if self._producer is not None:
+            self._producer.flush()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush()
+            self._producer.close(timeout=5)
+            self._producer = None
+
+
+CONFIG = KafkaConfig
+EXPORTER = KafkaExporter

@@ -1,0 +1,41 @@
+"""``null`` exporter: counts records and discards them (benchmarks; backpressure tests can
+slow it down with ``delay_seconds``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+
+from flowdiff.exporters.base import Exporter
+
+
+@dataclass
+class NullConfig:
+    delay_seconds: float = 0.0  # sleep per batch, to simulate a slow sink
+
+    def __post_init__(self):
+        if self.delay_seconds < 0:
+            raise ValueError(f"delay_seconds must be >= 0, got {self.delay_seconds}")
+
+
+class NullExporter(Exporter):
+    kind = "null"
+
+    def __init__(self, name: str, config: NullConfig):
+        super().__init__(name)
+        self.config = config
+        self.records = 0
+        self.batches = 0
+
+    def submit(self, batch: pd.DataFrame) -> int:
+        if self.config.delay_seconds:
+            time.sleep(self.config.delay_seconds)
+        self.records += len(batch)
+        self.batches += 1
+        return len(batch)
+
+
+CONFIG = NullConfig
+EXPORTER = NullExporter

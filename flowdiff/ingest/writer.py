@@ -1,0 +1,81 @@
+"""Writing a canonical flow table: CSV (``.csv``, ``.csv.gz``) with text IPs and flags, or
+Parquet with the canonical dtypes. Written to a temporary file, then renamed (atomic).
+Floats are written in their shortest exact form, so ``read_flows`` gives the table back
+bit for bit; gzip output has a zero mtime, so equal tables give equal files."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from flowdiff import schema
+
+CSV_SUFFIXES = (".csv", ".csv.gz")
+GZIP_LEVEL = 6
+BATCH_ROWS = 200_000
+TEXT_FORMS = {"srcip": schema.int_to_ip, "dstip": schema.int_to_ip,
+              "flags": schema.flags_to_text}
+
+
+def write_flows(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``table`` (conformed first) to ``path``; the suffix chooses the format.
+    ``read_flows(path)`` gives the same table back exactly."""
+    path = Path(path)
+    name = path.name.lower()
+    if not (name.endswith(CSV_SUFFIXES) or name.endswith(".parquet")):
+        raise ValueError(f"{path}: unknown output format: expected a name ending in .csv, "
+                         ".csv.gz or .parquet")
+    table = schema.conform(table)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            if name.endswith(".parquet"):
+                table.to_parquet(raw, index=False, engine="pyarrow")
+            elif name.endswith(".gz"):
+                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL,
+                                   mtime=0) as zipped:
+                    _write_csv(table, zipped)
+            else:
+                _write_csv(table, raw)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_csv(table: pd.DataFrame, out: BinaryIO) -> None:
+    out.write((",".join(table.columns) + "\n").encode("utf-8"))
+    arrow = pa.Table.from_pandas(_as_text(table), preserve_index=False)
+    for batch in arrow.to_batches(max_chunksize=BATCH_ROWS):
+        try:  # unquoted unless a label holds a comma, quote or newline
+            out.write(_csv_bytes(batch, "none"))
+        except pa.ArrowInvalid:
+            out.write(_csv_bytes(batch, "needed"))
+
+
+def _csv_bytes(batch: pa.RecordBatch, quoting: str) -> bytes:
+    sink = pa.BufferOutputStream()
+    pa_csv.write_csv(batch, sink, pa_csv.WriteOptions(include_header=False,
+                                                      quoting_style=quoting))
+    return sink.getvalue().to_pybytes()
+
+
+def _as_text(table: pd.DataFrame) -> pd.DataFrame:
+    """IPs and flags in their text forms: the schema helpers run on the distinct values
+    only (tens of thousands, not millions) and the results are spread back."""
+    text = {}
+    for column, to_text in TEXT_FORMS.items():
+        if column in table:
+            codes, distinct = pd.factorize(table[column])
+            text[column] = to_text(np.asarray(distinct))[codes] if len(distinct) else \
+                np.zeros(0, dtype=object)
+    return table.assign(**text)

@@ -1,0 +1,85 @@
+"""Checkpoints: one file that alone rebuilds the model.
+
+Contents (only tensors and plain Python values, loadable with torch.load(weights_only=True)):
+``format``, ``model_config`` (ModelConfig as a dict), ``model`` (the weights to sample with:
+the EMA weights when saved by the trainer) and ``extra`` (caller's plain dict, e.g. the
+scaler, the training state for --resume, metrics). Writes are atomic (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flowdiff.model.config import ConfigError, ModelConfig
+from flowdiff.model.diffusion_ts import DiffusionTS
+
+FORMAT = "flowdiff-diffusion-ts/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable or not a flowdiff Diffusion-TS checkpoint."""
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temp file in the same directory, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, model: DiffusionTS, extra: dict | None = None) -> None:
+    """Save ``model``'s current weights, its config and ``extra`` (plain values/tensors only)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save({"format": FORMAT, "model_config": model.cfg.to_dict(), "model": state,
+                       "extra": dict(extra or {})}, path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw checkpoint dict, validated for format (weights_only loading)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, foreign pickle, truncated write
+        raise CheckpointError(f"{path}: cannot read as a weights-only torch checkpoint: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise CheckpointError(f"{path}: not a flowdiff Diffusion-TS checkpoint "
+                              f"(format {found!r}, expected {FORMAT!r})")
+    for key in ("model_config", "model", "extra"):
+        if key not in raw:
+            raise CheckpointError(f"{path}: checkpoint lacks the '{key}' entry")
+    return raw
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
+                    ) -> tuple[DiffusionTS, dict]:
+    """Rebuild the model from the checkpoint alone -> (model in eval mode on device, extra)."""
+    raw = read_checkpoint(path)
+    try:
+        cfg = ModelConfig.from_dict(raw["model_config"], where=f"{path}:model_config")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
+    model = DiffusionTS(cfg)
+    try:
+        model.load_state_dict(raw["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the stored model_config: {exc}") from exc
+    return model.to(device).eval(), raw["extra"]

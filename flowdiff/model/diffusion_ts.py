@@ -1,0 +1,119 @@
+"""DiffusionTS: the network plus the diffusion process, with the public sampling API.
+
+Data outside the model is in [0, 1]; the model works in [-1, 1] (x -> 2x - 1) and maps
+back on output. Observed entries of infill/predict results are copied from the input
+exactly (in [0, 1] space, so no rounding through the scaling).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flowdiff.model.config import ModelConfig
+from flowdiff.model.diffusion import DiffusionProcess
+from flowdiff.model.network import DiffusionTSNetwork
+from flowdiff.model.rng import Generators, check_generators, randint_rows, randn_like_rows
+from flowdiff.model.samplers import Sampler, run_sampler
+
+
+def to_model_space(x: torch.Tensor) -> torch.Tensor:
+    return x * 2.0 - 1.0
+
+
+def to_data_space(x: torch.Tensor) -> torch.Tensor:
+    return (x + 1.0) * 0.5
+
+
+class DiffusionTS(nn.Module):
+    """Diffusion-TS model. ``cfg`` (a ModelConfig) fully determines the architecture."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"DiffusionTS: expected a ModelConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.network = DiffusionTSNetwork(cfg)
+        self.process = DiffusionProcess(cfg.timesteps, cfg.cosine_s)
+
+    @property
+    def device(self) -> torch.device:
+        return self.network.pos_enc.device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Model space: x_t (B, L, F), t (B,) long -> x0_hat (B, L, F), unclipped."""
+        return self.network(x_t, t)
+
+    def _check_windows(self, x: torch.Tensor, name: str, length: int | None = None) -> None:
+        length = self.cfg.seq_len if length is None else length
+        expected = (length, self.cfg.feature_size)
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or tuple(x.shape[1:]) != expected:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{name}: expected a tensor of shape (B, {expected[0]}, {expected[1]}), "
+                             f"got {got}")
+
+    def loss(self, x0: torch.Tensor, generator: Generators | None = None) -> torch.Tensor:
+        """Training loss on clean windows x0 (B, L, F) in [0, 1]; t and noise from ``generator``."""
+        self._check_windows(x0, "loss: x0")
+        x0 = to_model_space(x0)
+        batch = x0.shape[0]
+        if generator is None:
+            t = torch.randint(0, self.cfg.timesteps, (batch,), device=x0.device)
+            noise = torch.randn_like(x0)
+        else:
+            t = randint_rows(batch, self.cfg.timesteps, generator, x0.device)
+            noise = randn_like_rows(x0.shape, generator, x0.device, x0.dtype)
+        x_t = self.process.q_sample(x0, t, noise)                                 # (B, L, F)
+        x0_hat = self.denoise(x_t, t)
+        fourier_weight = self.cfg.fourier_weight_value if self.cfg.fourier_loss else 0.0
+        return self.process.loss(x0_hat, x0, t, fourier_weight)
+
+    @torch.no_grad()
+    def sample(self, n: int, sampler: Sampler, generator: Generators) -> torch.Tensor:
+        """n unconditional windows (n, L, F) in [0, 1]."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"sample: n must be an integer >= 1, got {n!r}")
+        check_generators(generator, n)
+        shape = (n, self.cfg.seq_len, self.cfg.feature_size)
+        x = run_sampler(self.denoise, self.process, sampler, shape, generator, self.device)
+        return to_data_space(x)
+
+    @torch.no_grad()
+    def infill(self, observed: torch.Tensor, mask: torch.Tensor, sampler: Sampler,
+               generator: Generators) -> torch.Tensor:
+        """Fill the unobserved entries. observed (B, L, F) in [0, 1], mask (B, L, F) bool
+        True = observed -> (B, L, F); result[mask] == observed[mask] exactly."""
+        self._check_windows(observed, "infill: observed")
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != observed.shape:
+            raise ValueError(f"infill: mask must be a bool tensor of shape {tuple(observed.shape)}, got "
+                             f"{getattr(mask, 'dtype', type(mask).__name__)} "
+                             f"{tuple(getattr(mask, 'shape', ()))}")
+        observed_values = observed[mask]
+        if observed_values.numel() and not torch.isfinite(observed_values).all():
+            raise ValueError("infill: observed entries contain NaN or Inf")
+        check_generators(generator, observed.shape[0])
+        observed = observed.to(self.device, torch.float32)
+        mask = mask.to(self.device)
+        target = to_model_space(observed).masked_fill(~mask, 0.0)                # (B, L, F)
+        x = run_sampler(self.denoise, self.process, sampler, tuple(observed.shape), generator,
+                        self.device, target=target, mask=mask)
+        return torch.where(mask, observed, to_data_space(x))
+
+    def predict(self, context: torch.Tensor, horizon: int, sampler: Sampler,
+                generator: Generators) -> torch.Tensor:
+        """Continue context (B, C, F) in [0, 1] by ``horizon`` steps -> (B, horizon, F).
+        C + horizon must equal cfg.seq_len."""
+        if not isinstance(horizon, int) or not 1 <= horizon < self.cfg.seq_len:
+            raise ValueError(f"predict: horizon must be an integer in [1, {self.cfg.seq_len - 1}], "
+                             f"got {horizon!r}")
+        self._check_windows(context, "predict: context", self.cfg.seq_len - horizon)
+        batch, n_context, n_feat = context.shape
+        observed = torch.cat([context.to(self.device, torch.float32),
+                              context.new_zeros((batch, horizon, n_feat), dtype=torch.float32,
+                                                device=self.device)], dim=1)       # (B, L, F)
+        mask = torch.zeros_like(observed, dtype=torch.bool)
+        mask[:, :n_context] = True
+        return self.infill(observed, mask, sampler, generator)[:, n_context:]      # (B, H, F)

@@ -1,0 +1,225 @@
+"""Samplers: swappable objects over a step grid, driven by one loop (``run_sampler``).
+
+Interface (diffusers-like): ``set_timesteps(T)`` fixes the grid of (t, t_next) pairs,
+``step`` turns (x_t, x0_hat) into the mean and std of x_{t_next}, ``refine`` may improve the
+unobserved part of a conditional sample (guided only), and ``add_noise`` (= q_sample) noises
+the observation. Kinds:
+
+- ``ddpm``        ancestral sampling over all T steps (posterior mean + posterior std).
+- ``ddim``        DDIM on S steps over linspace(-1, T-1, S+1), eta configurable.
+- ``replacement`` DDIM grid; observed entries replaced by the noised observation each step.
+- ``guided``      as ``replacement`` plus the reconstruction-guided refinement of Diffusion-TS:
+                  K sign-gradient steps of size eta_t on
+                  coef * sum((mu - x')^2 / sigma) + mean_obs((net(x', t) - y)^2) / sigma.
+
+Every sampler can run unconditionally or with an observation mask; ``guided`` requires
+an observation. All noise is drawn through ``randn_like_rows`` (one generator or one per row).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from flowdiff.model.diffusion import DiffusionProcess
+from flowdiff.model.rng import Generators, randn_like_rows
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,L,F), t (B,)) -> x0_hat
+
+SAMPLER_KINDS = ("ddpm", "ddim", "guided", "replacement")
+DEFAULT_DDIM_STEPS = 50
+DEFAULT_CONDITIONAL_STEPS = 200
+
+
+class SamplerError(ValueError):
+    """A sampler was configured or used wrongly (message says what was expected)."""
+
+
+def ddim_grid(timesteps: int, steps: int) -> list[tuple[int, int]]:
+    """(t, t_next) pairs over linspace(-1, T-1, S+1) truncated to int, largest t first."""
+    times = torch.linspace(-1, timesteps - 1, steps + 1, dtype=torch.float64).int().tolist()
+    times = list(reversed(times))
+    return list(zip(times[:-1], times[1:]))
+
+
+class Sampler:
+    """Base: DDIM-style step on a grid; subclasses change the grid, step or refinement."""
+
+    kind = "ddim"
+    needs_observation = False
+
+    def __init__(self, steps: int | None = None, eta: float = 0.0):
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise SamplerError(f"sampler steps: expected an integer >= 1, got {steps!r}")
+        if not 0.0 <= eta <= 1.0:
+            raise SamplerError(f"sampler eta: expected a number in [0, 1], got {eta!r}")
+        self.steps = steps
+        self.eta = float(eta)
+        self.timesteps: int | None = None
+        self.pairs: list[tuple[int, int]] = []
+
+    def default_steps(self, timesteps: int) -> int:
+        return min(timesteps, DEFAULT_DDIM_STEPS)
+
+    def set_timesteps(self, timesteps: int) -> None:
+        steps = self.steps if self.steps is not None else self.default_steps(timesteps)
+        if steps > timesteps:
+            raise SamplerError(f"{self.kind} sampler: steps={steps} exceeds the model's "
+                               f"T={timesteps} diffusion steps")
+        self.timesteps = timesteps
+        self.pairs = ddim_grid(timesteps, steps)
+
+    def step(self, process: DiffusionProcess, x_t: torch.Tensor, x0_hat: torch.Tensor,
+             t: int, t_next: int) -> tuple[torch.Tensor, float]:
+        """DDIM: mean of x_{t_next} and the std of the noise to add (0 = deterministic)."""
+        if t_next < 0:
+            return x0_hat, 0.0
+        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        eps = process.noise_from_x0(x_t, t_batch, x0_hat)                     # (B, L, F)
+        abar = process.alphas_cumprod[t]
+        abar_next = process.alphas_cumprod[t_next]
+        sigma = self.eta * ((1 - abar / abar_next) * (1 - abar_next) / (1 - abar)).sqrt()
+        c = (1 - abar_next - sigma ** 2).sqrt()
+        return x0_hat * abar_next.sqrt() + c * eps, float(sigma)
+
+    @staticmethod
+    def add_noise(process: DiffusionProcess, x0: torch.Tensor, t: int,
+                  noise: torch.Tensor) -> torch.Tensor:
+        t_batch = torch.full((x0.shape[0],), t, device=x0.device, dtype=torch.long)
+        return process.q_sample(x0, t_batch, noise)
+
+    def refine(self, denoise: Denoiser, x: torch.Tensor, mean: torch.Tensor, std: float, t: int,
+               target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Improve the unobserved entries of x (B, L, F); identity except for ``guided``."""
+        return x
+
+
+class DDPMSampler(Sampler):
+    kind = "ddpm"
+
+    def __init__(self, steps: int | None = None, eta: float = 0.0):
+        super().__init__(steps, eta)
+
+    def set_timesteps(self, timesteps: int) -> None:
+        if self.steps not in (None, timesteps):
+            raise SamplerError(f"ddpm sampler: runs all T={timesteps} steps; got steps={self.steps} "
+                               "(use kind 'ddim' for fewer steps)")
+        self.timesteps = timesteps
+        self.pairs = [(t, t - 1) for t in range(timesteps - 1, -1, -1)]
+
+    def step(self, process: DiffusionProcess, x_t: torch.Tensor, x0_hat: torch.Tensor,
+             t: int, t_next: int) -> tuple[torch.Tensor, float]:
+        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        mean = process.posterior_mean(x_t, t_batch, x0_hat)                   # (B, L, F)
+        std = float((0.5 * process.posterior_log_variance_clipped[t]).exp()) if t > 0 else 0.0
+        return mean, std
+
+
+class DDIMSampler(Sampler):
+    kind = "ddim"
+
+
+class ReplacementSampler(Sampler):
+    kind = "replacement"
+
+    def default_steps(self, timesteps: int) -> int:
+        return min(timesteps, DEFAULT_CONDITIONAL_STEPS)
+
+
+class GuidedSampler(ReplacementSampler):
+    kind = "guided"
+    needs_observation = True
+
+    def __init__(self, steps: int | None = None, eta: float = 0.0,
+                 guidance_coef: float = 1e-2, guidance_lr: float = 5e-2):
+        super().__init__(steps, eta)
+        if guidance_coef < 0 or guidance_lr < 0:
+            raise SamplerError("guided sampler: guidance_coef and guidance_lr must be >= 0, got "
+                               f"{guidance_coef!r}, {guidance_lr!r}")
+        self.guidance_coef = float(guidance_coef)
+        self.guidance_lr = float(guidance_lr)
+
+    def inner_steps(self, t: int) -> tuple[int, float]:
+        """(K, eta_t) by phase of t relative to T."""
+        total = self.timesteps
+        if total is None:
+            raise SamplerError("guided sampler: set_timesteps(T) must be called before stepping")
+        if t < 0.05 * total:
+            return 0, 0.0
+        if t > 0.9 * total:
+            return 3, self.guidance_lr
+        if t > 0.75 * total:
+            return 2, self.guidance_lr * 0.5
+        return 1, self.guidance_lr * 0.25
+
+    def refine(self, denoise: Denoiser, x: torch.Tensor, mean: torch.Tensor, std: float, t: int,
+               target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        n_inner, lr = self.inner_steps(t)
+        if n_inner == 0:
+            return x
+        sigma = std if std > 0 else 1.0
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        weight = mask.to(x.dtype)                                             # (B, L, F)
+        n_observed = weight.flatten(1).sum(dim=1).clamp(min=1.0)              # (B,)
+        mean = mean.detach()
+        refined = x.detach()
+        for _ in range(n_inner):
+            refined.requires_grad_(True)
+            with torch.enable_grad():
+                x0_hat = denoise(refined, t_batch)                            # (B, L, F)
+                logp = self.guidance_coef * ((mean - refined) ** 2 / sigma).flatten(1).sum(dim=1)
+                fit = (((x0_hat - target) ** 2) * weight).flatten(1).sum(dim=1) / n_observed / sigma
+                (grad,) = torch.autograd.grad((logp + fit).sum(), refined)    # rows independent
+            # A fresh Adagrad per inner step (the reference) moves by lr * sign(grad).
+            refined = (refined - lr * grad.sign()).detach()
+        return torch.where(mask, x, refined)
+
+
+def make_sampler(kind: str, steps: int | None = None, eta: float = 0.0,
+                 guidance_coef: float = 1e-2, guidance_lr: float = 5e-2) -> Sampler:
+    """A sampler by kind: ddpm | ddim | guided | replacement.
+
+    steps: grid size S (ddpm: must be None or T; ddim default min(T, 50); guided and
+    replacement default min(T, 200)). eta: DDIM stochasticity (0 = deterministic).
+    guidance_coef / guidance_lr: the guided refinement's coef and eta (reference 1e-2, 5e-2).
+    """
+    if kind == "ddpm":
+        return DDPMSampler(steps, eta)
+    if kind == "ddim":
+        return DDIMSampler(steps, eta)
+    if kind == "replacement":
+        return ReplacementSampler(steps, eta)
+    if kind == "guided":
+        return GuidedSampler(steps, eta, guidance_coef, guidance_lr)
+    raise SamplerError(f"sampler kind: expected one of {', '.join(SAMPLER_KINDS)}, got {kind!r}")
+
+
+def run_sampler(denoise: Denoiser, process: DiffusionProcess, sampler: Sampler,
+                shape: tuple[int, int, int], generators: Generators, device: torch.device,
+                target: torch.Tensor | None = None, mask: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """The one sampling loop. Returns x_0 (B, L, F) in [-1, 1] model space.
+
+    target, mask (B, L, F): observation (model space) and True where observed; then the
+    observed entries are replaced by q_sample(target, t) after every step and by target at
+    the end (exactly).
+    """
+    if sampler.needs_observation and mask is None:
+        raise SamplerError(f"{sampler.kind} sampler needs an observation: use infill/predict, "
+                           "or kind 'ddim'/'ddpm' for unconditional sampling")
+    sampler.set_timesteps(process.timesteps)
+    batch = shape[0]
+    x = randn_like_rows(shape, generators, device)                           # (B, L, F) = x_T
+    for t, t_next in sampler.pairs:
+        t_batch = torch.full((batch,), t, device=device, dtype=torch.long)
+        x0_hat = denoise(x, t_batch).clamp(-1.0, 1.0)                         # (B, L, F)
+        mean, std = sampler.step(process, x, x0_hat, t, t_next)
+        x = mean + std * randn_like_rows(shape, generators, device) if std > 0 else mean
+        if mask is not None and t_next >= 0:
+            x = sampler.refine(denoise, x, mean, std, t, target, mask)
+            noised = sampler.add_noise(process, target, t, randn_like_rows(shape, generators, device))
+            x = torch.where(mask, noised, x)
+    if mask is not None:
+        x = torch.where(mask, target, x)
+    return x

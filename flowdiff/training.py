@@ -1,0 +1,129 @@
+"""Trace -> artifact: ingest, fit the codec on the training part, encode, window, train
+Diffusion-TS, write one self-contained artifact directory (see ``flowdiff.artifact``).
+
+The split is by time and happens before anything is fitted: the first ``1 - val_fraction``
+of the records train the codec and the model; the rest only measure validation loss (no
+leakage of the validation period into the codec's ranges or vocabularies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from flowdiff.artifact import Artifact, file_sha256, save_artifact
+from flowdiff.config import Config
+
+log = logging.getLogger(__name__)
+
+CURVE_FILES = ("train_log.jsonl", "loss_curve.png")  # copied from the work dir into the artifact
+
+
+@dataclass
+class TrainingReport:
+    artifact: Path
+    records: int
+    train_records: int
+    windows: int
+    steps: int
+    final_loss: float
+    val_loss: float | None
+    seconds: float
+
+
+def read_trace(cfg: Config, path: str | Path) -> pd.DataFrame:
+    """The trace as a canonical table sorted by ts; with ``data.max_rows``, the first rows of
+    the file only (read chunk by chunk, so a large file is not loaded whole)."""
+    from flowdiff.ingest import iter_flow_chunks, read_flows
+
+    d = cfg.data
+    if d.max_rows is None:
+        table, _summary = read_flows(path, format=d.format, skip_bad=d.skip_bad)
+        return table
+    chunks, rows = [], 0
+    for chunk in iter_flow_chunks(path, format=d.format, skip_bad=d.skip_bad,
+                                  chunk_rows=min(d.max_rows, 100_000)):
+        chunks.append(chunk)
+        rows += len(chunk)
+        if rows >= d.max_rows:
+            break
+    if not chunks:
+        raise ValueError(f"{path}: no flow records")
+    table = pd.concat(chunks, ignore_index=True).iloc[:d.max_rows]
+    return table.sort_values("ts", kind="stable", ignore_index=True)
+
+
+def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
+                work_dir: str | Path | None = None, resume: bool = False) -> TrainingReport:
+    from flowdiff.codec import CodecConfig, FlowCodec
+    from flowdiff.model import DiffusionTS, ModelConfig, TrainConfig, train
+    from flowdiff.windows import WindowDataset
+
+    data_path, out_dir = Path(data_path), Path(out_dir)
+    work_dir = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
+    train_cfg = cfg.train or TrainConfig()
+    window = cfg.window
+    table = read_trace(cfg, data_path)
+    cut = int(round(len(table) * (1.0 - cfg.data.val_fraction)))
+    train_part, val_part = table.iloc[:cut], table.iloc[cut:]
+    if len(train_part) < window.length + 1:
+        raise ValueError(f"{data_path}: {len(train_part)} training records, fewer than one "
+                         f"window of {window.length} (context + horizon); use more data "
+                         "(data.max_rows) or a smaller window")
+    codec = FlowCodec.fit(train_part, cfg.codec or CodecConfig(), seed=train_cfg.seed)
+    encoded_train = codec.encode(train_part)  # (n_train, F)
+    train_windows = WindowDataset(encoded_train, window.length, window.stride)
+    val_windows = None
+    if len(val_part) >= window.length:
+        encoded_val = codec.encode(val_part, prev_ts=float(train_part["ts"].iloc[-1]))
+        val_windows = WindowDataset(encoded_val, window.length, window.stride)
+    model_cfg = dataclasses.replace(cfg.model or ModelConfig(), seq_len=window.length,
+                                    feature_size=codec.width)
+    model = DiffusionTS(model_cfg)
+    log.info("training on %d records (%d windows of %d, %d features), %d parameters, "
+             "%d steps", len(train_part), len(train_windows), window.length, codec.width,
+             model.num_parameters(), train_cfg.steps)
+    result = train(model, train_windows, val_windows, train_cfg, work_dir, resume=resume)
+    losses = _loss_history(work_dir / "train_log.jsonl")
+    meta = {
+        "data_file": data_path.name, "data_sha256": file_sha256(data_path),
+        "records": len(table), "train_records": len(train_part), "val_records": len(val_part),
+        "train_windows": len(train_windows), "steps": result.steps,
+        "final_loss": result.final_loss, "val_loss": result.val_loss,
+        "nan_skipped": result.nan_skipped, "train_seconds": round(result.seconds, 1),
+        "losses": losses, "config": {
+            "data": dataclasses.asdict(cfg.data), "window": dataclasses.asdict(window),
+            "codec": codec.config.to_dict(), "model": model_cfg.to_dict(),
+            "train": train_cfg.to_dict()},
+        "source_config": cfg.source,
+    }
+    from flowdiff import __version__
+    meta["flowdiff_version"] = __version__
+    artifact = Artifact(model=model, codec=codec, context=window.context,
+                        horizon=window.horizon, meta=meta)
+    path = save_artifact(out_dir, artifact)
+    for name in CURVE_FILES:
+        if (work_dir / name).exists():
+            shutil.copy2(work_dir / name, path / name)
+    return TrainingReport(artifact=path, records=len(table), train_records=len(train_part),
+                          windows=len(train_windows), steps=result.steps,
+                          final_loss=result.final_loss, val_loss=result.val_loss,
+                          seconds=result.seconds)
+
+
+def _loss_history(log_path: Path) -> list[dict]:
+    """(step, loss[, val_loss]) of every logged step, for the artifact's metadata."""
+    if not log_path.exists():
+        return []
+    history = []
+    for line in log_path.read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            history.append({k: record[k] for k in ("step", "loss", "val_loss") if k in record})
+    return history

@@ -1,0 +1,369 @@
+"""Codec on real UGR'16 records: exact round trip, valid decoding, repairs, persistence."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flowdiff import schema
+from flowdiff.codec import (CodecConfig, CodecConfigError, CodecFileError, CodecVersionError,
+                            FlowCodec)
+from flowdiff.codec.repair import ProtocolProfile
+
+DISCRETE = ("srcip", "dstip", "srcport", "dstport", "proto", "pkt", "flags", "tos", "label")
+
+
+def load_ugr16(path, nrows=None) -> pd.DataFrame:
+    """UGR'16 CSV -> canonical table (a small local reader: ts = te - td, sorted by ts)."""
+    raw = pd.read_csv(path, nrows=nrows)
+    end_time = pd.to_datetime(raw["te"], format="%Y-%m-%d %H:%M:%S").to_numpy()
+    end = end_time.astype("datetime64[ms]").astype(np.int64) / 1e3        # epoch seconds
+    table = pd.DataFrame({
+        "ts": np.round(end - raw["td"].to_numpy(), 3), "td": raw["td"],
+        "srcip": schema.ip_to_int(raw["sa"]), "dstip": schema.ip_to_int(raw["da"]),
+        "srcport": raw["sp"], "dstport": raw["dp"], "proto": schema.proto_to_int(raw["pr"]),
+        "pkt": raw["pkt"], "byt": raw["byt"], "flags": schema.flags_to_int(raw["flg"]),
+        "tos": raw["stos"], "label": raw["label"].astype(object)})
+    return schema.conform(table.sort_values("ts", kind="stable").reset_index(drop=True))
+
+
+@functools.lru_cache(maxsize=1)
+def _sample_and_codec(path) -> tuple[pd.DataFrame, FlowCodec]:
+    """Read and fit once per test session (each test gets copies it cannot spoil)."""
+    table = load_ugr16(path)
+    return table, FlowCodec.fit(table, CodecConfig(), seed=0)
+
+
+@pytest.fixture
+def table(ugr16_sample) -> pd.DataFrame:
+    return _sample_and_codec(ugr16_sample)[0].copy()
+
+
+@pytest.fixture
+def codec(ugr16_sample) -> FlowCodec:
+    return _sample_and_codec(ugr16_sample)[1]
+
+
+def assert_valid(decoded: pd.DataFrame, codec: FlowCodec) -> None:
+    """The domain rules every decoded table must satisfy."""
+    assert list(decoded.columns) == [c for c in schema.COLUMNS if c in codec.fields]
+    assert decoded["srcport"].between(0, 65535).all() and decoded["dstport"].between(0, 65535).all()
+    assert (decoded["pkt"] >= 1).all()
+    assert (decoded["byt"] >= 20 * decoded["pkt"]).all()
+    assert (decoded["byt"] <= 65535 * decoded["pkt"]).all()
+    assert (np.diff(decoded["ts"].to_numpy()) >= 0).all() and (decoded["td"] >= 0).all()
+    icmp = decoded[decoded["proto"] == schema.ICMP]
+    assert (icmp["srcport"] == 0).all()
+    assert icmp["dstport"].isin(codec.profile.ports["dstport"][schema.ICMP]).all()
+    for proto, group in decoded[decoded["proto"] != schema.TCP].groupby("proto"):
+        assert group["flags"].isin(codec.profile.flags.get(int(proto), [0])).all()
+        if int(proto) not in schema.PORTED_PROTOS:
+            assert group["srcport"].isin(codec.profile.ports["srcport"].get(int(proto), [0])).all()
+
+
+# ---------------------------------------------------------------------------- round trip
+def test_round_trip_is_exact_on_training_data(table, codec):
+    x = codec.encode(table)
+    assert x.dtype == np.float32 and x.shape == (len(table), codec.width)
+    result = codec.decode(x, start_ts=float(table["ts"].iloc[0]))
+    decoded = result.table
+    assert result.total_repairs == 0, result.repairs
+    for name in DISCRETE:
+        np.testing.assert_array_equal(decoded[name].to_numpy(), table[name].to_numpy(), name)
+    # ts: cumulative sum of ms-rounded inter-arrivals, rounded to the training resolution
+    np.testing.assert_allclose(decoded["ts"], table["ts"], rtol=0, atol=1e-6)
+    # td: UGR'16 stores some durations with float noise (312.92400000000004); decoding
+    # gives the millisecond value
+    np.testing.assert_allclose(decoded["td"], table["td"], rtol=0, atol=1e-9)
+    assert decoded.dtypes.to_dict() == {c: np.dtype(schema.DTYPES[c]) if schema.DTYPES[c] != "object"
+                                        else decoded[c].dtype for c in decoded.columns}
+
+
+def test_bytes_exact_below_the_float32_bound(table, codec):
+    byt = codec.transforms["byt"]
+    bound = byt.exact_integer_bound()
+    assert 100_000 < bound < float(table["byt"].max())  # the bound matters on this data
+    decoded = codec.decode(codec.encode(table), float(table["ts"].iloc[0])).table
+    original, back = table["byt"].to_numpy(), decoded["byt"].to_numpy()
+    small = original <= bound
+    np.testing.assert_array_equal(back[small], original[small])
+    # above the bound: within float32 rounding of the log scale
+    relative = np.abs(back - original) / original
+    assert relative.max() <= byt.max_relative_error()
+
+
+def test_encoded_values_lie_in_unit_interval_with_one_slice_per_field(table, codec):
+    x = codec.encode(table)
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    assert codec.fields == tuple(c for c in schema.COLUMNS if c in table.columns)
+    slices = list(codec.feature_slices.values())
+    assert slices[0].start == 0 and slices[-1].stop == codec.width
+    assert all(a.stop == b.start for a, b in zip(slices, slices[1:]))
+    widths = {f: s.stop - s.start for f, s in codec.feature_slices.items()}
+    assert widths["srcip"] == 32 and widths["srcport"] == 10 and widths["proto"] == 10
+    assert widths["flags"] == 8 and widths["label"] == 2 and widths["ts"] == 1
+
+
+def test_chunked_encoding_continues_time_with_prev_ts(table, codec):
+    first, second = table.iloc[:1000], table.iloc[1000:2000].reset_index(drop=True)
+    prev = float(first["ts"].iloc[-1])
+    x = codec.encode(second, prev_ts=prev)
+    decoded = codec.decode(x, start_ts=prev).table
+    np.testing.assert_allclose(decoded["ts"], second["ts"], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(codec.encode(table)[1000:2000], x)
+
+
+def test_unsorted_table_is_refused_naming_the_row(table, codec):
+    shuffled = table.iloc[[0, 2, 1, 3]].reset_index(drop=True)
+    with pytest.raises(ValueError, match=r"field ts: ts must not decrease: row 2"):
+        codec.encode(shuffled)
+
+
+# ---------------------------------------------------------------------------- decoding any float
+def test_decoding_arbitrary_floats_yields_valid_records(codec):
+    rng = np.random.default_rng(7)
+    x = rng.normal(0.5, 0.8, size=(3000, codec.width)).astype(np.float32)
+    result = codec.decode(x, start_ts=1.46e9)
+    assert len(result.table) == 3000
+    assert_valid(result.table, codec)
+    assert result.repairs["ts_out_of_range"] > 0 and result.repairs["tcp_flags_on_non_tcp"] > 0
+
+
+def test_repairs_are_counted_on_deliberately_invalid_vectors(table, codec):
+    x = codec.encode(table)
+    sl = codec.feature_slices
+    icmp_row = int(np.flatnonzero(table["proto"].to_numpy() == schema.ICMP)[0])
+    udp_row = int(np.flatnonzero(table["proto"].to_numpy() == schema.UDP)[0])
+    tcp_row = int(np.flatnonzero(table["proto"].to_numpy() == schema.TCP)[0])
+    port80 = x[int(np.flatnonzero(table["srcport"].to_numpy() == 80)[0]), sl["srcport"]]
+    bad = x[[icmp_row, udp_row, tcp_row, tcp_row]].copy()                 # (4, F)
+    bad[0, sl["srcport"]] = port80                  # ICMP with source port 80
+    bad[1, sl["flags"]] = [0, 0, 0, 0, 0, 0, 1, 0]  # UDP with SYN
+    bad[2, sl["pkt"]] = 1.0                         # most packets seen ...
+    bad[2, sl["byt"]] = 0.0                         # ... with the fewest bytes
+    bad[3, sl["td"]] = 7.5                          # far outside [0, 1]
+    bad[3, sl["srcip"].start] = np.nan
+    result = codec.decode(bad, start_ts=1.46e9)
+    assert result.repairs["ports_on_portless_proto"] == 1
+    assert result.repairs["tcp_flags_on_non_tcp"] == 1
+    assert result.repairs["byt_below_20_per_pkt"] == 1
+    assert result.repairs["td_out_of_range"] == 1
+    assert result.repairs["non_finite"] == 1
+    assert result.repairs["pkt_below_1"] == 0
+    assert_valid(result.table, codec)
+    icmp = result.table.iloc[0]
+    assert icmp["srcport"] == 0
+    assert result.table["flags"].iloc[1] == codec.profile.flags[schema.UDP][0]
+    assert result.table["byt"].iloc[2] == 20 * result.table["pkt"].iloc[2]
+
+
+def test_profile_repairs_packets_and_oversized_bytes():
+    profile = ProtocolProfile(ports={"srcport": {}, "dstport": {1: [771, 0]}}, flags={17: [16]})
+    columns = {"proto": np.array([6, 1, 17, 47]), "pkt": np.array([0, 2, 1, 1]),
+               "byt": np.array([10, 10**6, 5000, 40]), "srcport": np.array([80, 5, 53, 0]),
+               "dstport": np.array([443, 80, 53, 0]), "flags": np.array([2, 0, 2, 0])}
+    repairs = profile.repair(columns)
+    assert repairs == {"pkt_below_1": 1, "byt_below_20_per_pkt": 1,
+                       "byt_above_65535_per_pkt": 1, "ports_on_portless_proto": 2,
+                       "tcp_flags_on_non_tcp": 1}
+    np.testing.assert_array_equal(columns["pkt"], [1, 2, 1, 1])
+    np.testing.assert_array_equal(columns["byt"], [20, 131070, 5000, 40])
+    np.testing.assert_array_equal(columns["srcport"], [80, 0, 53, 0])   # ICMP -> 0 (none seen)
+    np.testing.assert_array_equal(columns["dstport"], [443, 771, 53, 0])  # ICMP -> most frequent
+    np.testing.assert_array_equal(columns["flags"], [2, 0, 16, 0])      # GRE unseen -> 0
+
+
+def test_decode_rejects_wrong_shape(codec):
+    with pytest.raises(ValueError, match=rf"shape \(n, {codec.width}\), got \(5, 3\)"):
+        codec.decode(np.zeros((5, 3), dtype=np.float32), start_ts=0.0)
+
+
+# ---------------------------------------------------------------------------- unseen values
+def test_unseen_values_map_to_known_ones_and_are_counted(table, codec):
+    vocabulary = set(codec.transforms["srcport"].table.values.tolist())
+    unseen_port = next(p for p in range(40000, 65536) if p not in vocabulary)
+    rows = table.iloc[:3].copy()
+    rows["srcport"] = np.array([unseen_port, 80, 80], dtype=np.int32)
+    rows["proto"] = np.array([132, 6, 6], dtype=np.uint8)              # SCTP never seen
+    rows["label"] = np.array(["scan", "background", "background"], dtype=object)
+    rows["byt"] = np.array([10**12, 100, 100], dtype=np.int64)           # beyond the range
+    result = codec.encode_report(rows)
+    assert result.unknown["srcport"] == 1 and result.unknown["proto"] == 1
+    assert result.unknown["label"] == 1 and result.unknown["byt"] == 1
+    decoded = codec.decode(result.array, start_ts=float(rows["ts"].iloc[0])).table
+    known = np.array(sorted(vocabulary))
+    nearest = known[np.argmin(np.abs(known - unseen_port))]
+    assert decoded["srcport"].iloc[0] == nearest
+    assert decoded["proto"].iloc[0] == schema.TCP                      # most frequent
+    assert decoded["label"].iloc[0] == "background"
+    assert decoded["byt"].iloc[0] == table["byt"].max()
+
+
+def test_encode_names_missing_columns(table, codec):
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['flags', 'label'\]"):
+        codec.encode(table.drop(columns=["flags", "label"]))
+
+
+# ---------------------------------------------------------------------------- word2vec
+def test_every_vocabulary_token_decodes_to_itself(codec):
+    for name in ("srcport", "proto"):
+        emb = codec.transforms[name].table
+        np.testing.assert_array_equal(emb.decode(emb.scaled), emb.values)
+        assert emb.scaled.min() >= 0.0 and emb.scaled.max() <= 1.0
+
+
+def test_off_token_queries_find_a_near_token(codec):
+    """Model output is not on a token: the cell index returns the nearest token of the
+    probed cells, which is close to the true nearest (brute force) on real embeddings."""
+    emb = codec.transforms["srcport"].table
+    rng = np.random.default_rng(5)
+    queries = np.clip(emb.scaled[rng.integers(0, len(emb.values), 300)]
+                      + rng.normal(0, 0.02, (300, emb.dim)), 0, 1).astype(np.float32)
+    got = emb.index.query(queries)
+    d_got = np.linalg.norm(emb.scaled[got] - queries, axis=1)
+    d_best = np.array([np.linalg.norm(emb.scaled - q, axis=1).min() for q in queries])
+    assert (d_got >= d_best - 1e-6).all()
+    assert np.mean(d_got / d_best) < 1.05
+    assert np.mean(np.isclose(d_got, d_best)) > 0.6
+
+
+def test_cell_index_is_exact_for_separated_points():
+    from flowdiff.codec.nearest import NearestIndex
+    rng = np.random.default_rng(2)
+    grid = np.stack(np.meshgrid(*[np.linspace(0, 1, 5)] * 3), -1).reshape(-1, 3)  # (125, 3)
+    index = NearestIndex.build(grid.astype(np.float32), seed=0)
+    truth = rng.integers(0, len(grid), 2000)
+    queries = grid[truth] + rng.uniform(-0.1, 0.1, (2000, 3))   # spacing 0.25: stays nearest
+    np.testing.assert_array_equal(index.query(queries), truth)
+    np.testing.assert_array_equal(index.query(grid), np.arange(len(grid)))
+
+
+def test_colliding_vectors_are_separated():
+    from flowdiff.codec.word2vec import PORT, EmbeddingTable, _separate
+    vectors = np.array([[0.1, 0.2], [0.1, 0.2], [0.5, 0.9], [0.1, 0.2], [0.3, 0.3]],
+                       dtype=np.float32)
+    separated, moved = _separate(vectors, np.random.default_rng(0))
+    assert moved == 2
+    emb = EmbeddingTable(PORT, np.arange(5), separated, np.ones(5), seed=0)
+    np.testing.assert_array_equal(emb.decode(emb.encode(np.arange(5))), np.arange(5))
+
+
+def test_fit_is_reproducible_for_a_seed(table):
+    part = table.iloc[:4000]
+    a = FlowCodec.fit(part, CodecConfig(), seed=3).encode(part)
+    b = FlowCodec.fit(part, CodecConfig(), seed=3).encode(part)
+    c = FlowCodec.fit(part, CodecConfig(), seed=4).encode(part)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+# ---------------------------------------------------------------------------- config choices
+def test_per_field_transform_choice(table, tmp_path):
+    config = CodecConfig.from_dict({"fields": {"srcport": "bits", "dstport": "bits",
+                                               "proto": "onehot", "tos": "bits",
+                                               "flags": "onehot", "label": "none",
+                                               "td": "minmax"}})
+    part = table.iloc[:5000]
+    codec = FlowCodec.fit(part, config, seed=0)
+    transforms = {f: t.name for f, t in codec.transforms.items()}
+    assert transforms == {"ts": "log_minmax", "td": "minmax", "srcip": "bits", "dstip": "bits",
+                          "srcport": "bits", "dstport": "bits", "proto": "onehot",
+                          "pkt": "log_minmax", "byt": "log_minmax", "flags": "onehot",
+                          "tos": "bits"}
+    assert codec.feature_slices["srcport"].stop - codec.feature_slices["srcport"].start == 16
+    assert codec.feature_slices["proto"].stop - codec.feature_slices["proto"].start == \
+        part["proto"].nunique()
+    codec.save(tmp_path)
+    assert not (tmp_path / "word2vec.bin").exists()
+    loaded = FlowCodec.load(tmp_path)
+    decoded = loaded.decode(loaded.encode(part), float(part["ts"].iloc[0])).table
+    assert "label" not in decoded.columns
+    for name in ("srcip", "dstip", "srcport", "dstport", "proto", "pkt", "flags", "tos"):
+        np.testing.assert_array_equal(decoded[name].to_numpy(), part[name].to_numpy(), name)
+
+
+def test_bits_ports_decode_any_float_to_valid_records(table):
+    config = CodecConfig.from_dict({"fields": {"srcport": "bits", "dstport": "bits",
+                                               "proto": "bits"}})
+    codec = FlowCodec.fit(table.iloc[:3000], config, seed=0)
+    x = np.random.default_rng(1).uniform(-1, 2, size=(2000, codec.width))
+    result = codec.decode(x, start_ts=0.0)
+    decoded = result.table
+    assert decoded["srcport"].between(0, 65535).all()
+    portless = ~decoded["proto"].isin(list(schema.PORTED_PROTOS))
+    seen = set(codec.profile.ports["srcport"])
+    unseen_portless = portless & ~decoded["proto"].isin(list(seen))
+    assert unseen_portless.any()  # random proto bits produce protocols never seen
+    assert (decoded.loc[unseen_portless, ["srcport", "dstport", "flags"]] == 0).all().all()
+    assert result.repairs["ports_on_portless_proto"] > 0
+
+
+def test_fields_absent_from_training_stay_absent(table):
+    part = table.iloc[:2000].drop(columns=["tos", "label", "flags"])
+    codec = FlowCodec.fit(part, CodecConfig(), seed=0)
+    assert codec.fields == ("ts", "td", "srcip", "dstip", "srcport", "dstport", "proto",
+                            "pkt", "byt")
+    decoded = codec.decode(codec.encode(part), float(part["ts"].iloc[0])).table
+    assert list(decoded.columns) == list(codec.fields)
+
+
+def test_config_errors_are_all_listed():
+    with pytest.raises(CodecConfigError) as info:
+        CodecConfig.from_dict({"field": {}, "fields": {"srcport": "onehot", "sport": "bits",
+                                                       "srcip": "none"},
+                               "word2vec": {"vector_size": "ten", "windows": 3}})
+    problems = info.value.problems
+    assert len(problems) == 6, problems
+    text = str(info.value)
+    for fragment in ("unknown key 'field'", "fields.srcport: transform 'onehot' not allowed",
+                     "fields.sport: unknown field", "fields.srcip: transform 'none'",
+                     "word2vec.vector_size: expected a positive integer, got 'ten'"):
+        assert fragment in text
+
+
+def test_shipped_default_config_matches_built_in_defaults():
+    import yaml
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "configs" / "codec-default.yaml"
+    assert CodecConfig.from_dict(yaml.safe_load(path.read_text())) == CodecConfig()
+
+
+# ---------------------------------------------------------------------------- persistence
+def test_save_and_load_give_the_same_codec(table, codec, tmp_path):
+    codec.save(tmp_path / "codec")
+    assert sorted(p.name for p in (tmp_path / "codec").iterdir()) == \
+        ["codec.json", "word2vec.bin", "word2vec.json", "word2vec_index.npz"]
+    loaded = FlowCodec.load(tmp_path / "codec")
+    assert loaded.feature_slices == codec.feature_slices and loaded.width == codec.width
+    x = codec.encode(table)
+    np.testing.assert_array_equal(loaded.encode(table), x)
+    noisy = x + np.random.default_rng(0).normal(0, 0.05, x.shape).astype(np.float32)
+    a = codec.decode(noisy, start_ts=1.46e9)
+    b = loaded.decode(noisy, start_ts=1.46e9)
+    pd.testing.assert_frame_equal(a.table, b.table)
+    assert a.repairs == b.repairs
+
+
+def test_codec_of_another_version_is_refused(codec, tmp_path):
+    codec.save(tmp_path)
+    state = json.loads((tmp_path / "codec.json").read_text())
+    state["version"] = 99
+    (tmp_path / "codec.json").write_text(json.dumps(state))
+    with pytest.raises(CodecVersionError, match=r"codec\.json: codec format version 99, .* "
+                                                r"reads version 1"):
+        FlowCodec.load(tmp_path)
+
+
+def test_missing_or_foreign_codec_files_are_refused(tmp_path):
+    with pytest.raises(CodecFileError, match="no codec file here"):
+        FlowCodec.load(tmp_path)
+    (tmp_path / "codec.json").write_text('{"weights": []}')
+    with pytest.raises(CodecFileError, match="not a flowdiff codec file"):
+        FlowCodec.load(tmp_path)
+    (tmp_path / "codec.json").write_text("{broken")
+    with pytest.raises(CodecFileError, match="not valid JSON"):
+        FlowCodec.load(tmp_path)

@@ -1,0 +1,153 @@
+"""Operations pieces on their own: sd_notify datagrams, state files, the HTTP endpoints and
+the metric catalogue (linted by the real promtool)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+from prometheus_client import CollectorRegistry
+
+from flowdiff.daemon.http import OpsServer
+from flowdiff.daemon.metrics import DaemonMetrics
+from flowdiff.daemon.sdnotify import SdNotifier
+from flowdiff.daemon.state import StateError, StreamState, load_state, save_state
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(2)
+    yield path, sock
+    sock.close()
+
+
+def test_sd_notify_sends_datagrams(notify_socket):
+    path, sock = notify_socket
+    now = [0.0]
+    notifier = SdNotifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"},
+                          clock=lambda: now[0])
+    assert notifier.enabled and notifier.watchdog_interval == 1.0
+    notifier.ready("3 streams")
+    assert sock.recv(256) == b"READY=1\nSTATUS=3 streams"
+    notifier.watchdog()
+    notifier.watchdog()  # within the interval: rate-limited
+    now[0] = 1.5
+    notifier.watchdog()
+    notifier.stopping()
+    assert [sock.recv(256) for _ in range(3)] == [b"WATCHDOG=1", b"WATCHDOG=1", b"STOPPING=1"]
+
+
+def test_sd_notify_is_a_noop_outside_systemd():
+    notifier = SdNotifier({})
+    assert not notifier.enabled
+    assert notifier.notify("READY=1") is False
+
+
+def _state(streams=3, fingerprint=None):
+    gens = [torch.Generator().manual_seed(i) for i in range(streams)]
+    return StreamState(contexts=torch.rand(streams, 5, 4), rng_states=[g.get_state() for g in gens],
+                       next_seq=torch.arange(streams, dtype=torch.int64) * 100,
+                       clocks=torch.full((streams,), 1.7e9, dtype=torch.float64), turns=7,
+                       fingerprint=fingerprint or {"artifact": "abc", "streams": streams})
+
+
+def test_state_round_trip_is_atomic_and_exact(tmp_path):
+    state = _state()
+    path = save_state(tmp_path, state)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]  # no temp left behind
+    loaded = load_state(tmp_path, state.fingerprint)
+    assert torch.equal(loaded.contexts, state.contexts)
+    assert torch.equal(loaded.next_seq, state.next_seq)
+    assert loaded.turns == 7
+    g = torch.Generator()
+    g.set_state(loaded.rng_states[2])
+    assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=torch.Generator()
+                                                                  .manual_seed(2)))
+    assert path.stat().st_size < 100_000
+
+
+def test_state_missing_mismatched_or_corrupt(tmp_path):
+    assert load_state(tmp_path, {"artifact": "abc"}) is None
+    save_state(tmp_path, _state())
+    with pytest.raises(StateError, match="streams: saved 3, now 4"):
+        load_state(tmp_path, {"artifact": "abc", "streams": 4})
+    (tmp_path / "state.pt").write_bytes(b"not a torch file")
+    with pytest.raises(StateError, match="cannot read state file"):
+        load_state(tmp_path, {"artifact": "abc", "streams": 3})
+
+
+def _get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_ops_server_endpoints_answer_probe_values():
+    registry = CollectorRegistry()
+    metrics = DaemonMetrics(registry)
+    metrics.count_generated([5, 0, 2])
+    health = {"ok": False}
+    server = OpsServer("127.0.0.1:0", registry,
+                       health=lambda: (health["ok"], "loop" if health["ok"] else "stalled"),
+                       ready=lambda: (True, "ready")).start()
+    try:
+        host, port = server.address
+        assert host == "127.0.0.1"
+        base = f"http://127.0.0.1:{port}"
+        status, body = _get(base + "/metrics")
+        assert status == 200
+        assert 'flowdiff_records_generated_total{stream="0"} 5.0' in body
+        assert 'flowdiff_records_generated_total{stream="2"} 2.0' in body
+        assert _get(base + "/healthz") == (503, "stalled\n")
+        health["ok"] = True
+        assert _get(base + "/healthz") == (200, "loop\n")
+        assert _get(base + "/readyz") == (200, "ready\n")
+        assert _get(base + "/nope")[0] == 404
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed "
+                    "(apt-get install prometheus)")
+def test_metric_catalogue_is_promtool_clean():
+    from prometheus_client import generate_latest
+
+    registry = CollectorRegistry()
+    m = DaemonMetrics(registry)
+    m.count_generated([3, 4])
+    m.count_exported("out", [3, 4])
+    m.dropped.labels(exporter="out", reason="queue_full").inc(2)
+    m.queue_depth.labels(exporter="out").set(1)
+    m.queue_capacity.labels(exporter="out").set(8)
+    m.predict_seconds.observe(0.2)
+    m.turns.inc()
+    m.last_turn.set(1.7e9)
+    m.lag.set(0.0)
+    m.count_repairs({"proto_ports": 2})
+    m.exporter_errors.labels(exporter="out").inc()
+    m.exporter_healthy.labels(exporter="out").set(1)
+    m.state_saves.inc()
+    m.model_info.info({"artifact": "abc", "sampler": "replacement"})
+    text = generate_latest(registry)
+    proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    names = {line.split(" ")[2].removesuffix("_total") for line in text.decode().splitlines()
+             if line.startswith("# TYPE") and not line.split(" ")[2].endswith("_created")}
+    assert names == {"flowdiff_records_generated", "flowdiff_records_exported",
+                     "flowdiff_records_dropped", "flowdiff_queue_depth_batches",
+                     "flowdiff_queue_capacity_batches", "flowdiff_predict_seconds",
+                     "flowdiff_turns", "flowdiff_last_turn_timestamp_seconds",
+                     "flowdiff_pacing_lag_seconds", "flowdiff_codec_repairs",
+                     "flowdiff_exporter_errors", "flowdiff_exporter_healthy",
+                     "flowdiff_state_saves", "flowdiff_model_info"}

@@ -1,0 +1,200 @@
+"""Each fidelity metric on hand-made inputs with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flowdiff import schema
+from flowdiff.eval import marginals, structure, temporal, validity
+from flowdiff.eval.compare import EvalConfig, RealReference, compare, headline
+from flowdiff.eval.discriminative import (DiscriminativeConfig, DiscriminativeError,
+                                          discriminative_score)
+from flowdiff.eval.drift import drift, segment_bounds
+
+LN2 = math.log(2)
+
+
+def synthetic_trace(n: int, seed: int, hosts: int = 20, burst: int = 5) -> pd.DataFrame:
+    """A trace with temporal dependence: each host pair sends a burst of ``burst`` records."""
+    rng = np.random.default_rng(seed)
+    pairs = n // burst + 1
+    src = np.repeat(rng.integers(1, hosts, pairs), burst)[:n]
+    dst = np.repeat(rng.integers(100, 100 + hosts, pairs), burst)[:n]
+    proto = np.repeat(rng.choice([6, 17], pairs, p=[0.7, 0.3]), burst)[:n]
+    pkt = rng.integers(1, 50, n)
+    return schema.conform(pd.DataFrame({
+        "ts": 1.46e9 + np.cumsum(rng.exponential(0.01, n)),
+        "td": rng.exponential(2.0, n),
+        "srcip": src, "dstip": dst,
+        "srcport": rng.integers(1024, 1100, n), "dstport": rng.choice([53, 80, 443], n),
+        "proto": proto, "pkt": pkt, "byt": pkt * rng.integers(40, 1500, n),
+        "flags": np.where(proto == 6, 0x1B, 0x10),
+    }))
+
+
+def shuffled(table: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Records in random order, start times kept in place: same marginals, no dependence."""
+    out = table.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    out["ts"] = table["ts"].to_numpy()
+    return out
+
+
+# ----------------------------------------------------------------------------- marginals
+def test_jsd_identical_is_zero_and_disjoint_is_ln2():
+    a = np.array([80, 80, 443, 53])
+    assert marginals.jsd_categorical(a, a[::-1]) == pytest.approx(0.0, abs=1e-12)
+    assert marginals.jsd_categorical(a, a + 1000) == pytest.approx(LN2)
+
+
+def test_jsd_known_value():
+    # p = (1, 0), q = (1/2, 1/2): JSD = 1/2 KL(p||m) + 1/2 KL(q||m), m = (3/4, 1/4)
+    expected = 0.5 * math.log(1 / 0.75) + 0.5 * (0.5 * math.log(0.5 / 0.75)
+                                                  + 0.5 * math.log(0.5 / 0.25))
+    assert marginals.jsd_categorical([1, 1], [1, 2]) == pytest.approx(expected)
+
+
+def test_rank_frequency_ignores_addresses_but_not_shape():
+    real = np.array([1, 1, 1, 2, 3])
+    renamed = np.array([9, 9, 9, 7, 8])  # other addresses, same counts
+    assert marginals.jsd_rank_frequency(real, renamed) == pytest.approx(0.0, abs=1e-12)
+    flat = np.array([1, 2, 3, 4, 5])
+    assert marginals.jsd_rank_frequency(real, flat) > 0.05
+    assert list(marginals.rank_frequency(real)) == [3, 1, 1]
+
+
+def test_emd_raw_is_the_shift_and_scale_free_spans_0_to_half():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=1000)
+    assert marginals.emd_raw(x, x + 3.0) == pytest.approx(3.0)
+    assert marginals.emd_scale_free(x, rng.permutation(x)) == pytest.approx(0.0, abs=1e-12)
+    assert marginals.emd_scale_free(x, x + 100.0) == pytest.approx(0.5)
+    assert marginals.emd_scale_free(x, x - 100.0) == pytest.approx(0.5)
+    # scale-free: the same relative shape at another scale gives the same figure
+    y = rng.exponential(size=1000)
+    assert marginals.emd_scale_free(y, y * 2) == pytest.approx(
+        marginals.emd_scale_free(y * 1000, y * 2000))
+
+
+# ----------------------------------------------------------------------------- structure
+def test_structure_identical_zero_and_conditional_ports():
+    t = synthetic_trace(2000, seed=1)
+    m = structure.structure_metrics(t, t)
+    assert m["correlation_diff"] == pytest.approx(0.0, abs=1e-9)
+    assert m["bpp_emd"] == 0.0 and m["bpp_emd_scale_free"] == 0.0
+    assert m["dstport_jsd_tcp"] == pytest.approx(0.0, abs=1e-12)
+    other = t.copy()
+    other.loc[other["proto"] == 6, "dstport"] = 9999  # TCP ports disjoint, UDP unchanged
+    m = structure.structure_metrics(t, other)
+    assert m["dstport_jsd_tcp"] == pytest.approx(LN2)
+    assert m["dstport_jsd_udp"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_correlation_difference_sees_broken_dependence():
+    t = synthetic_trace(3000, seed=2)
+    t["byt"] = t["pkt"] * 100  # byt fully determined by pkt
+    broken = t.copy()
+    broken["byt"] = np.random.default_rng(0).permutation(t["byt"].to_numpy())
+    assert structure.correlation_difference(t, broken) > 1.0
+
+
+# ----------------------------------------------------------------------------- validity
+def test_validity_counts_each_rule():
+    t = schema.conform(pd.DataFrame({
+        "ts": [0.0, 1.0, 2.0, 1.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+        "td": [1.0, -1.0, 0, 0, 0, 0, 0, 0, 0, 0],
+        "srcip": [1] * 10, "dstip": [2] * 10,
+        "srcport": [1, 1, 1, 1, 5, 0, 0, 1, 1, 1],
+        "dstport": [80, 80, 80, 80, 0, 771, 60000, 80, 80, 80],
+        "proto": [6, 6, 6, 6, 1, 1, 1, 17, 17, 6],
+        "pkt": [1, 1, 1, 1, 1, 1, 1, 0, 1, 1],
+        "byt": [40, 40, 40, 40, 40, 40, 40, 40, 40, 10],
+        "flags": [2, 2, 2, 2, 0, 16, 0, 0, 2, 2],
+    }))
+    # record 1 td<0; 3 time goes back; 4 ICMP srcport; 6 ICMP type 234; 7 pkt 0 (bpp 40 ok);
+    # 8 SYN on UDP; 9 bpp 10 < 20. Record 5 carries the placeholder 16 and is fine.
+    m = validity.validity_metrics(t, flag_placeholder=16)
+    assert m["violation_fraction"] == pytest.approx(7 / 10)
+    assert m["rules"] == {"bpp_bounds": 0.1, "pkt_min": 0.1, "td_nonneg": 0.1,
+                          "flags_tcp": 0.1, "icmp_ports": 0.2, "time_order": 0.1}
+    assert validity.non_tcp_flag_placeholder(t) == 0  # non-TCP: 0, 16, 0, 0, 2 -> 0
+
+
+def test_validity_clean_trace_has_no_violation():
+    t = synthetic_trace(1000, seed=3)
+    t["byt"] = t["pkt"] * 100
+    assert validity.validity_metrics(t, 0x10)["violation_fraction"] == 0.0
+    assert validity.validity_metrics(t, 0)["violation_fraction"] > 0.1  # 0x10 on UDP
+
+
+# ----------------------------------------------------------------------------- temporal
+def test_repeat_rate_by_hand():
+    codes = np.array([1, 1, 2, 1, 3, 3])
+    assert temporal.repeat_rate(codes, 1) == pytest.approx(2 / 5)  # (1,1) and (3,3)
+    assert temporal.repeat_rate(codes, 2) == pytest.approx(2 / 4)  # idx 3 (1 in 1,2), idx 5
+
+
+def test_shuffle_keeps_marginals_but_loses_temporal_dependence():
+    t = synthetic_trace(5000, seed=4)
+    s = shuffled(t, seed=0)
+    config = EvalConfig(discriminative=DiscriminativeConfig(window=20))
+    same = headline(compare(RealReference.of(t, config), t, config))
+    shuf = headline(compare(RealReference.of(t, config), s, config))
+    for key in ("jsd_mean", "emd_sf_td", "emd_sf_pkt", "emd_sf_byt", "correlation_diff"):
+        assert same[key] == pytest.approx(0.0, abs=1e-9)
+        assert shuf[key] == pytest.approx(0.0, abs=1e-9), key
+    assert same["dependence_error"] == 0.0
+    # the real trace repeats dstip in ~4 of 5 consecutive records; shuffled ~1 in 20
+    assert shuf["dependence_error"] > 0.3
+    assert same["discriminative"] <= 0.05
+    assert shuf["discriminative"] > 0.3
+
+
+def test_flows_per_second_and_autocorrelation():
+    t = pd.DataFrame({"ts": np.array([0.1, 0.2, 0.3, 1.5, 3.2, 3.3])})
+    assert list(temporal.flows_per_second(t)) == [3, 1, 0, 2]
+    periodic = np.tile([10.0, 0.0], 50)
+    acf = temporal.autocorrelation(periodic, 2)
+    assert acf[0] == pytest.approx(-0.99) and acf[1] == pytest.approx(0.98)
+    assert not temporal.autocorrelation(np.ones(10), 3).any()
+
+
+# ----------------------------------------------------------------------------- discriminative
+def test_discriminative_needs_enough_windows():
+    t = synthetic_trace(100, seed=5)
+    with pytest.raises(DiscriminativeError, match="at least 10 windows of 50 records"):
+        discriminative_score(t, t)
+
+
+def test_discriminative_is_seeded():
+    a, b = synthetic_trace(3000, seed=6), synthetic_trace(3000, seed=7)
+    config = DiscriminativeConfig(window=20, seed=3)
+    assert discriminative_score(a, b, config) == discriminative_score(a, b, config)
+
+
+# ----------------------------------------------------------------------------- drift
+def test_segment_bounds():
+    assert segment_bounds(250, 100) == [(0, 100), (100, 200), (200, 250)]
+    assert segment_bounds(240, 100) == [(0, 100), (100, 240)]
+    assert segment_bounds(50, 100) == [(0, 50)]
+
+
+def test_drift_flags_a_stream_that_degrades():
+    real = synthetic_trace(4000, seed=8)
+    good = synthetic_trace(4000, seed=9)
+    degrading = good.copy()
+    degrading.loc[2000:, "dstport"] = 7777  # second half: one port never seen in real
+    config = EvalConfig(segment_records=2000, discriminative=DiscriminativeConfig(window=20))
+    reference = RealReference.of(real, config)
+    stable = drift(reference, good, config)
+    bad = drift(reference, degrading, config)
+    assert [(s["start"], s["stop"]) for s in bad["segments"]] == [(0, 2000), (2000, 4000)]
+    assert stable["relative_change"]["jsd_mean"] < 0.5
+    assert bad["relative_change"]["jsd_mean"] > 5
+    assert bad["segments"][1]["jsd_mean"] > bad["segments"][0]["jsd_mean"]
+    assert bad["max_relative_change"] == max(bad["relative_change"].values())
+    assert set(bad["absolute_change"]) == {"violation_fraction", "discriminative"}
+    assert bad["absolute_change"]["violation_fraction"] == 0.0

@@ -1,0 +1,123 @@
+"""Trace -> artifact pipeline: one self-contained directory, version-checked on load."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from flowdiff.artifact import ArtifactError, load_artifact, read_manifest
+from flowdiff.commands import train as train_command
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_train(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+    args = parser.parse_args(["train", *argv])
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def artifact_dir(tmp_path_factory) -> Path:
+    from conftest import shared_file
+
+    data = shared_file("ugr16/ugr16_sample_20k.csv")
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("train") / "model"
+    assert run_train(["--data", str(data), "--config", str(REPO / "configs" / "tiny-test.yaml"),
+                      "--out", str(out)]) == 0
+    return out
+
+
+def test_artifact_is_self_contained_with_metadata(artifact_dir):
+    from conftest import shared_file
+
+    from flowdiff.artifact import file_sha256
+
+    names = {p.name for p in artifact_dir.iterdir()}
+    assert {"artifact.json", "model.pt", "codec", "train_log.jsonl", "loss_curve.png"} <= names
+    manifest = read_manifest(artifact_dir)
+    meta = manifest["meta"]
+    assert manifest["version"] == 1 and manifest["window"] == {"context": 24, "horizon": 8}
+    assert meta["data_sha256"] == file_sha256(shared_file("ugr16/ugr16_sample_20k.csv"))
+    assert meta["records"] == 1500 and meta["train_records"] == 1200  # max_rows, val 20 %
+    assert meta["steps"] == 30 and len(meta["losses"]) == 3
+    assert all(l["loss"] > 0 for l in meta["losses"])
+    assert meta["config"]["model"]["seq_len"] == 32
+    # weights only: the resumable checkpoint (optimizer state) stays in the work directory
+    work_checkpoint = artifact_dir.parent / "model.work" / "checkpoint.pt"
+    assert (artifact_dir / "model.pt").stat().st_size < work_checkpoint.stat().st_size
+
+
+def test_artifact_loads_and_predicts(artifact_dir):
+    from flowdiff.model import make_sampler
+
+    art = load_artifact(artifact_dir)
+    assert art.model.cfg.seq_len == art.context + art.horizon
+    assert art.model.cfg.feature_size == art.codec.width
+    ctx = torch.rand(2, art.context, art.codec.width)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    out = art.model.predict(ctx, art.horizon, make_sampler("replacement", steps=2), gens)
+    assert out.shape == (2, art.horizon, art.codec.width)
+    decoded = art.codec.decode(out[0].numpy(), start_ts=0.0)
+    assert len(decoded.table) == art.horizon
+
+
+def test_artifact_version_and_format_are_checked(artifact_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact_dir, copy)
+    manifest = json.loads((copy / "artifact.json").read_text())
+    manifest["version"] = 99
+    (copy / "artifact.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="artifact version 99 is not supported"):
+        load_artifact(copy)
+    with pytest.raises(ArtifactError, match="not a flowdiff model directory"):
+        load_artifact(tmp_path)
+    manifest.update(version=1, window={"context": 20, "horizon": 8})
+    (copy / "artifact.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="model window 32 != context 20"):
+        load_artifact(copy)
+
+
+def test_too_little_data_is_a_clear_error(tmp_path):
+    from conftest import shared_file
+
+    config = tmp_path / "c.yaml"
+    config.write_text((REPO / "configs" / "tiny-test.yaml").read_text()
+                      .replace("max_rows: 1500", "max_rows: 30"))
+    with pytest.raises(ValueError, match="fewer than one window of 32"):
+        run_train(["--data", str(shared_file("ugr16/ugr16_sample_20k.csv")), "--config",
+                   str(config), "--out", str(tmp_path / "m")])
+
+
+def test_invalid_training_config_exits_2(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  steps: -1\nwindow:\n  context: 0\n")
+    assert run_train(["--data", "x.csv", "--config", str(config), "--out",
+                      str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "train.steps" in err and "window.context" in err
+
+
+def test_timeseries_kind_delegates_to_the_model_trainer(tmp_path):
+    from conftest import shared_file
+
+    csv = shared_file("timeseries/stock_data.csv")
+    config = tmp_path / "dts.yaml"
+    config.write_text(f"""
+data: {{csv: {csv}, train_fraction: 0.9}}
+model: {{seq_len: 8, feature_size: 6, n_layer_enc: 1, n_layer_dec: 1, d_model: 16,
+         n_heads: 2, timesteps: 20}}
+train: {{steps: 3, batch_size: 8, grad_accum: 1, warmup: 1, checkpoint_every: 3,
+         val_every: 0, device: cpu, num_threads: 1}}
+""")
+    assert run_train(["--kind", "timeseries", "--config", str(config),
+                      "--out", str(tmp_path / "ts")]) == 0
+    assert (tmp_path / "ts" / "checkpoint.pt").exists()
