@@ -60,9 +60,11 @@ PROTO_NAMES: dict[int, str] = {
 TCP, UDP, ICMP = 6, 17, 1
 PORTED_PROTOS = frozenset({TCP, UDP, 132})  # protocols whose records carry ports
 
-# UGR'16 / nfdump print flags as 6 positions "UAPRSF"; "." means unset.
+# UGR'16 prints flags as 6 positions "UAPRSF"; nfdump 1.7 adds ECE/CWR as "CEUAPRSF".
+# "." means unset. Text output uses 6 positions unless ECE/CWR are set.
 FLAG_LETTERS = "UAPRSF"
-FLAG_BITS = {"F": 1, "S": 2, "R": 4, "P": 8, "A": 16, "U": 32}
+FLAG_LETTERS_ECN = "CEUAPRSF"
+FLAG_BITS = {"F": 1, "S": 2, "R": 4, "P": 8, "A": 16, "U": 32, "E": 64, "C": 128}
 
 
 class SchemaError(ValueError):
@@ -98,16 +100,13 @@ def ip_to_int(values) -> np.ndarray:
 
 
 def int_to_ip(values) -> np.ndarray:
-    """uint32 array -> array of dotted-quad strings."""
-    v = np.asarray(values, dtype=np.uint32).astype(np.uint64)
-    return np.array([str(ipaddress.IPv4Address(int(x))) for x in v], dtype=object) if v.size < 64 \
-        else _int_to_ip_vectorised(v)
-
-
-def _int_to_ip_vectorised(v: np.ndarray) -> np.ndarray:
-    a, b, c, d = ((v >> s) & 255 for s in (24, 16, 8, 0))
-    s = pd.Series(a.astype(str)) + "." + b.astype(str) + "." + c.astype(str) + "." + d.astype(str)
-    return s.to_numpy(dtype=object)
+    """uint32 array -> array of dotted-quad strings (converts each distinct value once)."""
+    v = np.asarray(values, dtype=np.uint32)
+    if v.size == 0:
+        return np.zeros(0, dtype=object)
+    distinct, inverse = np.unique(v, return_inverse=True)
+    text = np.array([str(ipaddress.IPv4Address(int(x))) for x in distinct], dtype=object)
+    return text[inverse.reshape(v.shape)]
 
 
 # ---------------------------------------------------------------- protocol name <-> number
@@ -139,11 +138,11 @@ def flags_to_int(values) -> np.ndarray:
     out[is_num] = numeric[is_num].to_numpy().astype(np.int64)
     text = s[~is_num]
     if len(text):
-        bad = ~text.str.fullmatch(r"[UAPRSF.]{1,8}")
+        bad = ~text.str.fullmatch(r"[CEUAPRSF.]{1,8}")
         if bad.any():
             pos = int(np.flatnonzero(~is_num)[np.flatnonzero(bad.to_numpy())[0]])
             raise SchemaError(f"invalid TCP flags {s.iloc[pos]!r}: expected letters of "
-                              f"'{FLAG_LETTERS}' with '.' for unset, or a bitmask 0..255", pos)
+                              f"'{FLAG_LETTERS_ECN}' with '.' for unset, or a bitmask 0..255", pos)
         bits = np.zeros(len(text), dtype=np.int64)
         for letter, bit in FLAG_BITS.items():
             bits |= np.where(text.str.contains(letter, regex=False).to_numpy(), bit, 0)
@@ -154,12 +153,18 @@ def flags_to_int(values) -> np.ndarray:
     return out.astype(np.uint8)
 
 
+def _flag_text(bits: int) -> str:
+    letters = FLAG_LETTERS_ECN if bits & 0xC0 else FLAG_LETTERS
+    return "".join(c if bits & FLAG_BITS[c] else "." for c in letters)
+
+
+_FLAG_TEXT = np.array([_flag_text(b) for b in range(256)], dtype=object)
+
+
 def flags_to_text(values) -> np.ndarray:
-    """uint8 bitmask -> UGR'16 six-position text, e.g. 0x1B -> ``.AP.SF``."""
-    v = np.asarray(values, dtype=np.int64)
-    cols = [np.where(v & FLAG_BITS[c], c, ".") for c in FLAG_LETTERS]
-    return np.array(["".join(t) for t in zip(*cols)], dtype=object) if v.size else \
-        np.zeros(0, dtype=object)
+    """uint8 bitmask -> UGR'16 six-position text, e.g. 0x1B -> ``.AP.SF`` (eight positions
+    ``CEUAPRSF`` when ECE/CWR are set)."""
+    return _FLAG_TEXT[np.asarray(values, dtype=np.uint8)]
 
 
 # ---------------------------------------------------------------- tables
