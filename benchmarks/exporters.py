@@ -56,7 +56,7 @@ def bench_kafka(table, batch, workdir):
 
     broker = Tansu().start()
     try:
-        for compression in ("none", "lz4"):
+        for compression in ("gzip", "lz4", "zstd", "none"):
             exporter = EXPORTER("kafka", CONFIG(bootstrap_servers=broker.bootstrap,
                                                 topic=f"bench-{compression}", linger_ms=20,
                                                 compression_type=compression))

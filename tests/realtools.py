@@ -200,7 +200,8 @@ def suricata_flows(pcap: Path, outdir: Path) -> list[dict]:
 def synthetic_records(n: int, *, seed: int, streams: int = 3, start_seq: int = 0,
                       start_ts: float = 1_700_000_000.0, first_host: int = 0):
     """A canonical records batch (``stream_id``, ``seq`` included) of TCP/UDP/ICMP flows with
-    distinct five-tuples (source host 10.0.0.0 + ``first_host`` + i), byte counts that fit their packet counts, sorted by ``ts``."""
+    distinct five-tuples (source host 10.0.0.0 + ``first_host`` + i), byte counts that fit
+    their packet counts, sorted by ``ts``."""
     import numpy as np
     import pandas as pd
 

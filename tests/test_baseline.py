@@ -13,7 +13,6 @@ from flowdiff.baselines.iid import sample_iid
 from flowdiff.commands import baseline as baseline_command
 from flowdiff.eval import read_table
 from flowdiff.eval import marginals, temporal
-from flowdiff.ingest import write_flows
 
 
 def run_baseline(argv: list[str]) -> int:
@@ -105,3 +104,21 @@ def test_ctgan_cli_and_config_errors(ugr16_sample, tmp_path, one_torch_thread):
         CtganConfig(epochs=0)
     assert run_baseline(["--kind", "ctgan", "--data", str(ugr16_sample), "--records", "10",
                          "--batch-size", "55", "--out", str(out)]) == 2
+
+
+def test_ctgan_missing_package_is_a_clear_error(ugr16_sample, tmp_path):
+    """Without the ctgan package (import blocked in a fresh interpreter), --kind ctgan exits
+    with status 2 and says how to install it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['ctgan'] = None\n"
+            "from flowdiff.cli import main\n"
+            f"sys.exit(main(['baseline', '--kind', 'ctgan', '--data', {str(ugr16_sample)!r}, "
+            f"'--records', '10', '--out', {str(tmp_path / 'c.csv')!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert "needs the 'ctgan' package" in done.stderr
+    assert "pip install --no-deps ctgan rdt Faker" in done.stderr
+    assert not (tmp_path / "c.csv").exists()

@@ -79,8 +79,8 @@ def test_round_trip_is_exact_on_training_data(table, codec):
     # td: UGR'16 stores some durations with float noise (312.92400000000004); decoding
     # gives the millisecond value
     np.testing.assert_allclose(decoded["td"], table["td"], rtol=0, atol=1e-9)
-    assert decoded.dtypes.to_dict() == {c: np.dtype(schema.DTYPES[c]) if schema.DTYPES[c] != "object"
-                                        else decoded[c].dtype for c in decoded.columns}
+    expected = schema.conform(table).dtypes
+    assert (decoded.dtypes == expected).all(), decoded.dtypes
 
 
 def test_bytes_exact_below_the_float32_bound(table, codec):
@@ -115,6 +115,29 @@ def test_chunked_encoding_continues_time_with_prev_ts(table, codec):
     decoded = codec.decode(x, start_ts=prev).table
     np.testing.assert_allclose(decoded["ts"], second["ts"], rtol=0, atol=1e-6)
     np.testing.assert_array_equal(codec.encode(table)[1000:2000], x)
+
+
+def test_microsecond_timestamps_with_tiny_gaps_round_trip(caida_pcap):
+    """CAIDA backbone packets: gaps of microseconds between records (regression: a
+    resolution inferred from the gaps rounded them all to 0)."""
+    from flowdiff.ingest import read_flows
+    table, _ = read_flows(caida_pcap)
+    codec = FlowCodec.fit(table, CodecConfig(), seed=0)
+    assert codec.transforms["ts"].decimals == 6
+    decoded = codec.decode(codec.encode(table), float(table["ts"].iloc[0])).table
+    np.testing.assert_allclose(decoded["ts"], table["ts"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.diff(decoded["ts"]), np.diff(table["ts"]), rtol=0, atol=1e-6)
+    for name in ("srcip", "dstip", "srcport", "dstport", "proto", "flags", "tos"):
+        np.testing.assert_array_equal(decoded[name].to_numpy(), table[name].to_numpy(), name)
+
+
+@pytest.mark.parametrize("values, decimals", [
+    ([0.0, 1.0, 2.0], 0), ([0.004, 312.92400000000004, 6.0], 3),
+    ([1460332891.996, 1460332898.0], 3), ([1521118770.000123, 1521118770.25], 6),
+    ([3e-5, 6.3e-5], 6), ([1e-7, 2.5e-7], None)])
+def test_resolution_is_found_up_to_float_noise(values, decimals):
+    from flowdiff.codec.transforms import resolution
+    assert resolution(np.array(values)) == decimals
 
 
 def test_unsorted_table_is_refused_naming_the_row(table, codec):

@@ -133,6 +133,8 @@ def test_disk_full_fails_loudly_and_completed_files_stay_intact(tiny_fs, fmt):
         for i in range(200):
             exporter.submit(synthetic_records(250, seed=i, start_seq=i * 84))
     message = str(caught.value)
+    assert not exporter.healthy
+    assert message.startswith("file exporter f: cannot ")
     assert str(tiny_fs) in message and ".part" in message and "No space left" in message
     completed = exporter.completed
     assert completed, "some files should have completed before the disk filled"

@@ -55,6 +55,23 @@ def consume(bootstrap: str, topic: str, expected: int, timeout: float = 20.0) ->
     return out
 
 
+def consume_all(bootstrap: str, topic: str, idle: float = 2.0, timeout: float = 60.0) -> list:
+    """Every message of ``topic``, read until nothing new arrived for ``idle`` seconds."""
+    consumer = kafka.KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                   enable_auto_commit=False)
+    deadline = time.monotonic() + timeout
+    while not consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    consumer.assign([kafka.TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
+    out, last_new = [], time.monotonic()
+    while time.monotonic() - last_new < idle and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=200).values():
+            out.extend(batch)
+            last_new = time.monotonic()
+    consumer.close()
+    return out
+
+
 def seqs_by_stream(messages) -> dict[int, list[int]]:
     out = defaultdict(list)
     for m in messages:

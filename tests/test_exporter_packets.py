@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from flowdiff.exporters.base import ExporterError
-from flowdiff.exporters.packet_builder import ACK, FIN, PSH, RST, SYN, PacketBuilder, mac_bytes
+from flowdiff.exporters.packet_builder import ACK, FIN, PSH, SYN, PacketBuilder, mac_bytes
 from flowdiff.exporters.packets import CONFIG, EXPORTER
 from flowdiff.schema import conform, int_to_ip
 from realtools import (require_tool, suricata_flows, synthetic_records, tshark_fields,

@@ -87,3 +87,22 @@ def test_bad_shape_and_split_are_refused():
         ds.split(1.0)
     with pytest.raises(ValueError, match="validation part has 4 steps, fewer than one window"):
         ds.split(0.1)
+
+
+def test_windows_over_an_encoded_ugr16_slice(ugr16_sample):
+    """The model's real input: codec output of UGR'16 records, windowed and split by time."""
+    from flowdiff.codec import CodecConfig, FlowCodec
+    from flowdiff.ingest import read_flows
+    table, _ = read_flows(ugr16_sample)
+    table = table.iloc[:2000]
+    train_table = table.iloc[:1600]                                   # fit on training only
+    codec = FlowCodec.fit(train_table, CodecConfig(), seed=0)
+    encoded = codec.encode(table)                                     # (2000, F)
+    train, val = WindowDataset(encoded, length=32, stride=16).split(val_fraction=0.2)
+    assert train.n_steps == 1600 and val.n_steps == 400
+    assert train[0].shape == (32, codec.width)
+    np.testing.assert_array_equal(val[0].numpy(), encoded[1600:1632])
+    windows = train.windows()
+    assert windows.shape == ((1600 - 32) // 16 + 1, 32, codec.width)
+    assert windows.min() >= 0.0 and windows.max() <= 1.0
+    np.testing.assert_array_equal(windows[-1], encoded[1568:1600])

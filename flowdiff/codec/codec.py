@@ -22,7 +22,7 @@ from flowdiff import __version__
 from flowdiff.codec.config import CodecConfig
 from flowdiff.codec.repair import ProtocolProfile
 from flowdiff.codec.transforms import (FIELD_BITS, BitsTransform, MinMaxTransform,
-                                       OneHotTransform)
+                                       OneHotTransform, resolution)
 from flowdiff.codec.word2vec import PORT, PROTO, EmbeddingTransform, PortProtoEmbedding
 from flowdiff.schema import COLUMNS, conform
 
@@ -136,6 +136,9 @@ class FlowCodec:
                 transforms[f] = _new_transform(f, config.fields[f], embedding).fit(columns[f])
             except ValueError as err:
                 raise ValueError(f"field {f}: {err}") from err
+        # the time field rounds to the resolution of the timestamps themselves: differences
+        # of epoch seconds carry noise of their magnitude (2.4e-7 s near 1.5e9)
+        transforms["ts"].decimals = resolution(table["ts"].to_numpy())
         codec = cls(config, transforms, ProtocolProfile.fit(table), embedding, seed)
         log.info("codec fitted on %d records: %d features over fields %s",
                  len(table), codec.width, list(codec.fields))

@@ -47,6 +47,13 @@ class Word2VecConfig:
     epochs: int = 5
     negative: int = 5
 
+    def __post_init__(self):
+        problems = [f"word2vec.{name}: expected a positive integer, got {value!r}"
+                    for name, value in vars(self).items()
+                    if isinstance(value, bool) or not isinstance(value, int) or value < 1]
+        if problems:
+            raise CodecConfigError(problems)
+
 
 def default_transforms() -> dict[str, str]:
     return {name: choices[0] for name, choices in ALLOWED_TRANSFORMS.items()}
@@ -118,14 +125,10 @@ def _field_problems(fields: dict) -> list[str]:
 def _word2vec_from_dict(data) -> tuple[Word2VecConfig, list[str]]:
     if not isinstance(data, dict):
         return Word2VecConfig(), [f"'word2vec' must be a mapping, got {type(data).__name__}"]
-    problems = []
-    known = Word2VecConfig.__dataclass_fields__
-    values = {}
-    for key, value in data.items():
-        if key not in known:
-            problems.append(f"word2vec.{key}: unknown key; expected one of {list(known)}")
-        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            problems.append(f"word2vec.{key}: expected a positive integer, got {value!r}")
-        else:
-            values[key] = value
-    return Word2VecConfig(**values), problems
+    known = list(Word2VecConfig.__dataclass_fields__)
+    problems = [f"word2vec.{key}: unknown key; expected one of {known}"
+                for key in data if key not in known]
+    try:
+        return Word2VecConfig(**{k: v for k, v in data.items() if k in known}), problems
+    except CodecConfigError as err:
+        return Word2VecConfig(), problems + err.problems

@@ -102,7 +102,7 @@ class MinMaxTransform:
         self.low, self.high = float(scaled.min()), float(scaled.max())
         if self.high <= self.low:  # constant column: any span works, keep it 1
             self.high = self.low + 1.0
-        self.decimals = _resolution(np.asarray(column, dtype=np.float64))
+        self.decimals = resolution(column)
         return self
 
     def encode(self, column: np.ndarray) -> np.ndarray:
@@ -153,10 +153,15 @@ class MinMaxTransform:
                    None if decimals is None else int(decimals))
 
 
-def _resolution(values: np.ndarray) -> int | None:
-    """Fewest decimals (0..MAX_DECIMALS) that represent every value, or None."""
+def resolution(values: np.ndarray) -> int | None:
+    """Fewest decimals (0..MAX_DECIMALS) that represent every value up to float64 noise
+    (a few ulps of the largest magnitude), or None. UGR'16 durations give 3; timestamps in
+    epoch seconds with millisecond resolution give 3, with microseconds 6."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return None
+    tolerance = 4.0 * float(np.spacing(np.abs(values).max()))
     for decimals in range(MAX_DECIMALS + 1):
-        tolerance = 10.0 ** -(decimals + 3)
         if np.all(np.abs(np.round(values, decimals) - values) <= tolerance):
             return decimals
     return None

@@ -19,6 +19,7 @@ Saved as gensim's word2vec binary format (``word2vec.bin``, no pickle), token co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -45,6 +46,20 @@ def token(kind: str, value: int) -> str:
 
 def _kind_of(tok: str) -> tuple[str, int]:
     return (PROTO, int(tok[6:])) if tok.startswith("proto:") else (PORT, int(tok))
+
+
+@contextlib.contextmanager
+def _quiet_gensim():
+    """gensim logs every training epoch and file load at INFO; keep that at DEBUG level of
+    interest (shown with -vv) instead of flooding the CLI and daemon logs."""
+    gensim_log = logging.getLogger("gensim")
+    before = gensim_log.level
+    if not log.isEnabledFor(logging.DEBUG):
+        gensim_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        gensim_log.setLevel(before)
 
 
 def stable_hash(text: str) -> int:
@@ -157,9 +172,10 @@ class PortProtoEmbedding:
         token_columns = [np.char.add("proto:", values.astype(str)) if kind == PROTO
                          else values.astype(str) for kind, values in columns.values()]
         sentences = [list(words) for words in zip(*token_columns)]
-        model = Word2Vec(sentences, vector_size=config.vector_size, window=config.window,
-                         epochs=config.epochs, negative=config.negative, min_count=1,
-                         workers=1, seed=seed, hashfxn=stable_hash)
+        with _quiet_gensim():
+            model = Word2Vec(sentences, vector_size=config.vector_size, window=config.window,
+                             epochs=config.epochs, negative=config.negative, min_count=1,
+                             workers=1, seed=seed, hashfxn=stable_hash)
         rng = np.random.default_rng(seed)
         tables = {}
         for kind in sorted({kind for kind, _ in columns.values()}):
@@ -180,23 +196,28 @@ class PortProtoEmbedding:
         keyed = KeyedVectors(vector_size=dim)
         counts, arrays = {}, {}
         for kind, table in self.tables.items():
-            keys = [token(kind, int(v)) for v in table.values]
-            keyed.add_vectors(keys, table.vectors)
+            keyed.add_vectors([token(kind, int(v)) for v in table.values], table.vectors)
             counts[kind] = {"values": table.values.tolist(), "counts": table.counts.tolist()}
             arrays.update({f"{kind}_{k}": v for k, v in table.index.state_arrays().items()})
+        # gensim sorts the saved vectors by a "count" attribute (and warns when it is absent)
+        keyed.allocate_vecattrs(attrs=["count"], types=[np.int64])
+        keyed.expandos["count"][:] = np.concatenate([t.counts for t in self.tables.values()])
         writers = ((VECTORS_FILE, lambda f: keyed.save_word2vec_format(f, binary=True)),
                    (COUNTS_FILE, lambda f: Path(f).write_text(json.dumps(counts))),
                    (INDEX_FILE, lambda f: _save_npz(f, arrays)))
         for name, write in writers:
             tmp = directory / (name + ".tmp")
-            write(str(tmp))
+            with _quiet_gensim():
+                write(str(tmp))
             os.replace(tmp, directory / name)
 
     @classmethod
     def load(cls, directory: Path) -> "PortProtoEmbedding":
         from gensim.models import KeyedVectors
 
-        keyed = KeyedVectors.load_word2vec_format(str(directory / VECTORS_FILE), binary=True)
+        with _quiet_gensim():
+            keyed = KeyedVectors.load_word2vec_format(str(directory / VECTORS_FILE),
+                                                      binary=True)
         counts = json.loads((directory / COUNTS_FILE).read_text())
         tables = {}
         with np.load(directory / INDEX_FILE, allow_pickle=False) as arrays:

@@ -4,10 +4,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-
-log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -85,7 +82,8 @@ def _fit(args: argparse.Namespace) -> int:
     codec.save(args.out)
     print(f"codec fitted on {len(table)} records of {args.data}: {codec.width} features")
     for name, part in codec.feature_slices.items():
-        print(f"  {name:<8} {codec.transforms[name].name:<11} features {part.start}..{part.stop - 1}")
+        kind = codec.transforms[name].name
+        print(f"  {name:<8} {kind:<11} features {part.start}..{part.stop - 1}")
     print(f"saved to {args.out}")
     return 0
 

@@ -1,10 +1,16 @@
 """``flowdiff generate --model DIR --records N --seed S --out FILE``: one-shot generation
-through the daemon's own loop (pace fast, no state), written as JSON lines (``.jsonl``/``-``
-for stdout) or, when the file exporter is installed, CSV/Parquet by extension."""
+through the daemon's own loop (``Service``: pace fast, no state, no metrics server).
+
+Output by file name: ``.jsonl`` (or ``-`` for stdout) streams JSON lines; ``.csv``,
+``.csv.gz`` and ``.parquet`` are written at the end with ``flowdiff.ingest.write_flows``
+(so ``flowdiff ingest``/``eval`` read them back exactly).
+"""
 
 from __future__ import annotations
 
 import argparse
+
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
 
 def register(subparsers) -> None:
@@ -22,62 +28,81 @@ def register(subparsers) -> None:
                         help="timestamp the streams start at (default: now); fixing it makes "
                              "the output byte-identical for the same seed")
     parser.add_argument("--out", required=True, metavar="FILE",
-                        help="output file: .jsonl (or '-' for stdout); .csv/.parquet "
-                             "need the file exporter")
+                        help="output: .jsonl (or '-' for stdout), .csv, .csv.gz, .parquet")
     parser.set_defaults(func=run)
 
 
-def _exporter_entry(out: str) -> dict:
-    if out == "-":
-        return {"kind": "stdout"}
-    if out.endswith((".jsonl", ".json")):
-        return {"kind": "jsonl_file"}
-    return {"kind": "file", "path": out}
+def _check(args: argparse.Namespace) -> list[str]:
+    errors = [f"--{n}: expected an integer >= 1, got {v}"
+              for n, v in (("records", args.records), ("streams", args.streams),
+                           ("steps", args.steps)) if v < 1]
+    if args.seed < 0:
+        errors.append(f"--seed: expected an integer >= 0, got {args.seed}")
+    out = args.out.lower()
+    if out != "-" and not out.endswith((".jsonl", *TABLE_SUFFIXES)):
+        errors.append(f"--out {args.out}: expected a name ending in .jsonl, "
+                      f"{', '.join(TABLE_SUFFIXES)} (or '-' for stdout)")
+    return errors
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
+    import pandas as pd
     from prometheus_client import CollectorRegistry
 
     from flowdiff.config import ConfigError, ExporterConfig, parse_config
     from flowdiff.daemon.service import Service, StopFlag
+    from flowdiff.exporters.null import NullConfig, NullExporter
+    from flowdiff.exporters.stdout import JsonLinesExporter
 
-    errors = [f"--{n}: expected an integer >= 1, got {v}"
-              for n, v in (("records", args.records), ("streams", args.streams),
-                           ("steps", args.steps)) if v < 1]
-    if args.seed < 0:
-        errors.append(f"--seed: expected an integer >= 0, got {args.seed}")
+    errors = _check(args)
     if errors:
         print("\n".join(errors), file=sys.stderr)
         return 2
-    serve = {"model": args.model, "streams": args.streams, "seed": args.seed, "pace": "fast",
-             "max_records": args.records,
-             "sampler": {"kind": args.sampler, "steps": args.steps}}
-    exporters = None
-    entry = _exporter_entry(args.out)
-    raw = {"serve": serve, "metrics": {"enabled": False}}
-    if entry["kind"] != "jsonl_file":
-        raw["exporters"] = [entry]
+    raw = {"serve": {"model": args.model, "streams": args.streams, "seed": args.seed,
+                     "pace": "fast", "max_records": args.records,
+                     "sampler": {"kind": args.sampler, "steps": args.steps}},
+           "metrics": {"enabled": False}}
     try:
         cfg = parse_config(raw, "command line")
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    handle = None
-    if entry["kind"] == "jsonl_file":
-        from flowdiff.exporters.stdout import JsonLinesExporter
+    class Collect(NullExporter):
+        """Keeps the batches for one final table write (one-shot output is bounded by N)."""
 
+        def __init__(self, name, config):
+            super().__init__(name, config)
+            self.batches = []
+
+        def submit(self, batch):
+            self.batches.append(batch)
+            return super().submit(batch)
+
+    table_output = args.out.lower().endswith(TABLE_SUFFIXES)
+    handle = None
+    if table_output:
+        exporter = Collect("out", NullConfig())
+    elif args.out == "-":
+        exporter = JsonLinesExporter("out", sys.stdout)
+    else:
         handle = open(args.out, "w", encoding="utf-8")
-        exporters = [(ExporterConfig(kind="stdout", name="out"), JsonLinesExporter("out", handle))]
+        exporter = JsonLinesExporter("out", handle)
+    clock = (lambda: args.start_ts) if args.start_ts is not None else time.time
     try:
-        clock = (lambda: args.start_ts) if args.start_ts is not None else time.time
-        result = Service(cfg, StopFlag(), registry=CollectorRegistry(), exporters=exporters,
-                         clock=clock).run()
+        result = Service(cfg, StopFlag(), registry=CollectorRegistry(), clock=clock,
+                         exporters=[(ExporterConfig(kind="generate", name="out"), exporter)]
+                         ).run()
     finally:
         if handle is not None:
             handle.close()
+    if table_output:
+        from flowdiff.ingest import write_flows
+
+        write_flows(pd.concat(exporter.batches, ignore_index=True), args.out)
     print(f"wrote {result.records} records ({args.streams} stream(s), seed {args.seed}) "
           f"to {args.out}", file=sys.stderr)
     return 0 if result.clean_shutdown else 1
+

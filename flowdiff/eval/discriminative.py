@@ -19,7 +19,6 @@ import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
-from flowdiff.eval import fields
 from flowdiff.schema import ICMP, TCP, UDP
 
 MIN_WINDOWS = 10

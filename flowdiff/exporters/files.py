@@ -25,7 +25,7 @@ from typing import BinaryIO, Literal
 import numpy as np
 import pandas as pd
 
-from flowdiff.exporters.base import Exporter
+from flowdiff.exporters.base import Exporter, ExporterError
 from flowdiff.exporters.rotation import RotatingFiles, RotationPolicy
 from flowdiff.schema import conform, flags_to_text, int_to_ip, proto_name
 
@@ -72,6 +72,7 @@ class FileConfig:
 
 # ---------------------------------------------------------------- record encodings
 _FLAG_TEXT = flags_to_text(np.arange(256))  # bitmask -> ".AP.SF", every value once
+_PROTO_NAMES = np.array([proto_name(p) for p in range(256)], dtype=object)  # 6 -> "TCP"
 
 
 def text_columns(batch: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -98,14 +99,12 @@ def ugr16_columns(batch: pd.DataFrame) -> dict[str, np.ndarray]:
     n = len(batch)
     td = text.get("td", np.zeros(n))
     te = (text["ts"] + td).astype("datetime64[s]")
-    protos = text["proto"]
-    names = np.array([proto_name(p) for p in range(256)], dtype=object)
     return {
         "te": np.char.replace(te.astype(str), "T", " ").astype(object), "td": td,
         "sa": text["srcip"], "da": text["dstip"],
         "sp": text.get("srcport", np.zeros(n, dtype=np.int32)),
         "dp": text.get("dstport", np.zeros(n, dtype=np.int32)),
-        "pr": names[protos], "flg": text.get("flags", np.full(n, "......", dtype=object)),
+        "pr": _PROTO_NAMES[text["proto"]], "flg": text.get("flags", np.full(n, "......", dtype=object)),
         "fwd": np.zeros(n, dtype=np.int64), "stos": text.get("tos", np.zeros(n, dtype=np.uint8)),
         "pkt": text.get("pkt", np.zeros(n, dtype=np.int64)),
         "byt": text.get("byt", np.zeros(n, dtype=np.int64)),
@@ -204,6 +203,7 @@ class FileExporter(Exporter):
             Path(config.directory), config.prefix, SUFFIXES[config.format], config.policy(),
             self._segment, gzip_level=config.gzip_level if config.gzip and
             config.format != "parquet" else None, fsync=config.fsync)
+        self._healthy = True
 
     def _segment(self, stream: BinaryIO):
         fmt = self.config.format
@@ -220,13 +220,23 @@ class FileExporter(Exporter):
         """Files renamed into place so far, oldest first."""
         return list(self.files.completed)
 
+    @property
+    def healthy(self) -> bool:
+        """False after a write failed, until a later write succeeds."""
+        return self._healthy
+
     def submit(self, batch: pd.DataFrame) -> int:
         start = 0
-        while start < len(batch):
-            room = self.files.room()
-            stop = len(batch) if room is None else min(len(batch), start + room)
-            self.files.write(batch.iloc[start:stop], stop - start)
-            start = stop
+        try:
+            while start < len(batch):
+                room = self.files.room()
+                stop = len(batch) if room is None else min(len(batch), start + room)
+                self.files.write(batch.iloc[start:stop], stop - start)
+                start = stop
+        except ExporterError as exc:
+            self._healthy = False
+            raise ExporterError(f"file exporter {self.name}: {exc}") from exc
+        self._healthy = True
         return len(batch)
 
     def flush(self) -> None:

@@ -42,7 +42,8 @@ class KafkaConfig:
     topic_partitions: int = 4            # used when the exporter creates the topic
     topic_replication: int = 1
     acks: Literal["all", 0, 1] = "all"
-    compression_type: Literal["none", "gzip", "lz4", "zstd"] = "none"
+    compression_type: Literal["none", "gzip", "lz4", "zstd"] = "gzip"  # gzip: stdlib, and
+    # measured faster end to end than none against tansu (fewer bytes through Python sockets)
     linger_ms: int = 20
     batch_size: int = 65536              # bytes per partition batch
     client_id: str = "flowdiff"

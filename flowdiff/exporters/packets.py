@@ -128,16 +128,30 @@ class PcapExporter(Exporter):
         return self._healthy
 
     def submit(self, batch: pd.DataFrame) -> int:
-        skipped = self.builder.stats.skipped
+        before = (self.builder.stats.skipped, self.builder.stats.adjusted)
         packets = self.builder.build(batch)
-        if self.builder.stats.skipped > skipped:
-            log.debug("pcap exporter %s: %d record(s) of protocols without a packet form",
-                      self.name, self.builder.stats.skipped - skipped)
+        self._note_inexact(before)
         if self.files is not None:
-            self._write(packets)
+            try:
+                self._write(packets)
+            except ExporterError as exc:
+                self._healthy = False
+                raise ExporterError(f"pcap exporter {self.name}: {exc}") from exc
+            self._healthy = True
         if self.config.interface is not None:
             self._send(packets)
         return len(batch)
+
+    def _note_inexact(self, before: tuple[int, int]) -> None:
+        """Log (warning the first time, debug after) records not rendered exactly."""
+        skipped = self.builder.stats.skipped - before[0]
+        adjusted = self.builder.stats.adjusted - before[1]
+        if skipped or adjusted:
+            first = before == (0, 0)
+            log.log(logging.WARNING if first else logging.DEBUG,
+                    "pcap exporter %s: %d record(s) skipped (protocol without a packet form: "
+                    "only TCP, UDP, ICMP), %d with sizes clamped to 1 header..mtu per packet "
+                    "(totals in .stats)", self.name, skipped, adjusted)
 
     def _write(self, packets: list[tuple[float, bytes]]) -> None:
         start = 0

@@ -16,9 +16,11 @@ class ConfigError(ValueError):
     """A model or training configuration is invalid; the message lists every problem."""
 
 
-def _check_types(cls: type, data: dict[str, Any], where: str) -> list[str]:
-    """Problems with unknown keys and value types of ``data`` for dataclass ``cls``."""
+def _check_types(cls: type, data: dict[str, Any], where: str) -> tuple[list[str], set[str]]:
+    """Problems with unknown keys and value types of ``data`` for dataclass ``cls``, and the
+    names of the badly typed keys."""
     problems = []
+    badly_typed = set()
     known = {f.name: f for f in fields(cls)}
     for key in data:
         if key not in known:
@@ -39,23 +41,21 @@ def _check_types(cls: type, data: dict[str, Any], where: str) -> list[str]:
             ok = True
         if not ok:
             problems.append(f"{where}.{name}: expected {expected}, got {value!r}")
-    return problems
+            badly_typed.add(name)
+    return problems, badly_typed
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(data).__name__}")
-    problems = _check_types(cls, data, where)
-    if problems:
-        raise ConfigError("; ".join(problems))
-    known = {f.name for f in fields(cls)}
+    problems, badly_typed = _check_types(cls, data, where)
     converted = {}
     for f in fields(cls):
-        if f.name in data:
+        if f.name in data and f.name not in badly_typed:
             value = data[f.name]
             converted[f.name] = float(value) if f.type in ("float", float) else value
-    cfg = cls(**{k: v for k, v in converted.items() if k in known})
-    problems = cfg.problems(where)
+    cfg = cls(**converted)
+    problems += cfg.problems(where)   # range checks on the well-typed values, all reported
     if problems:
         raise ConfigError("; ".join(problems))
     return cfg

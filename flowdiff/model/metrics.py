@@ -142,18 +142,19 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    covmean = linalg.sqrtm(cov_a @ cov_b)
     if np.iscomplexobj(covmean):
         covmean = covmean.real
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * covmean))
 
 
-def context_fid(real, fake, seed: int) -> float:
-    """FID between TS2Vec-style embeddings of real and fake windows (encoder fit on real)."""
+def context_fid(real, fake, seed: int, iterations: int | None = None) -> float:
+    """FID between TS2Vec-style embeddings of real and fake windows (encoder fit on real;
+    iterations None = the TS2Vec default, 200 or 600 by data size)."""
     from flowdiff.model.ts2vec import fit_ts2vec
 
     real, fake = _check_pair(real, fake)
-    encoder = fit_ts2vec(real, seed=seed)
+    encoder = fit_ts2vec(real, seed=seed, iterations=iterations)
     real_emb = encoder.embed(real)
     fake_emb = encoder.embed(fake)
     n = min(len(real_emb), len(fake_emb))

@@ -209,10 +209,9 @@ class _Run:
         return total
 
     def restore_good_state(self, bad_in_a_row: int) -> None:
-        self.nan_restores += 1
-        skipped = self.nan_skipped
+        skipped, restores = self.nan_skipped, self.nan_restores + 1
         self.load_state(self.good_state)
-        self.nan_skipped = skipped
+        self.nan_skipped, self.nan_restores = skipped, restores
         lr = self.schedule.reduce()
         self._set_lr(lr)
         log.warning("NaN guard: %d non-finite steps in a row; restored the last good state "
