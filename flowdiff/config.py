@@ -87,7 +87,9 @@ class ServeConfig:
     health_stale_seconds: float = field(default=60.0, metadata=_range(0.0, low_open=True))
     max_records: int | None = field(default=None, metadata=_range(1))  # stop after N (None: run forever)
     device: str = "cpu"
-    threads: int | None = field(default=None, metadata=_range(1))  # torch.set_num_threads
+    # torch.set_num_threads: 1 leaves the other core(s) to decoding and exporters; on a
+    # shared 2-core machine 1 thread measured 3x faster than 2 (docs/daemon.md)
+    threads: int | None = field(default=1, metadata=_range(1))
 
 
 @dataclass

@@ -185,6 +185,13 @@ def test_metrics_and_health_follow_a_stalled_exporter(tiny_model):
     assert 'flowdiff_queue_capacity_batches{exporter="sink"} 1.0' in text
     assert "flowdiff_predict_seconds_count 3.0" in text
     assert 'sampler="replacement"' in text and 'streams="3"' in text  # model info
+    import shutil
+    import subprocess
+
+    if shutil.which("promtool"):  # the live exposition lints clean too
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+                              capture_output=True, timeout=30)
+        assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
     status, reason = _get(base + "/healthz")
     assert status == 503 and "stalled" in reason  # the loop has not turned for > 1 s
     assert _get(base + "/readyz") == (200, "ready\n")

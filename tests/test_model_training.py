@@ -135,3 +135,16 @@ def test_cosine_schedule_option(sine_windows, tmp_path):
     lrs = [json.loads(l)["lr"] for l in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert lrs[0] == pytest.approx(8e-4) and lrs[-1] == pytest.approx(1e-5)
     assert result.steps == 40
+
+
+def test_train_accepts_a_torch_dataset(sine_windows, tmp_path):
+    class Windows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(sine_windows)
+
+        def __getitem__(self, i):
+            return torch.from_numpy(sine_windows[i])
+
+    result = train(DiffusionTS(CFG), Windows(), Windows(),
+                   small_train_cfg(steps=20, checkpoint_every=20, val_every=20, log_every=10), tmp_path)
+    assert result.steps == 20 and np.isfinite(result.val_loss)
