@@ -11,7 +11,9 @@
    ``flowdiff generate``. Skipped, with the reason printed, if that fails or
    ``--skip-model`` is given.
 3. Baselines on the training part: iid marginals and CTGAN (``--ctgan-epochs`` on the last
-   ``--ctgan-train-records`` training records), ``--records`` records each.
+   ``--ctgan-train-records`` training records), ``--records`` records each. The CTGAN
+   output is kept in ``--work`` under a name holding every setting and reused by a later
+   run with the same settings (it takes tens of minutes on CPU).
 4. ``flowdiff.eval.evaluate`` of every generator and of the reference against the held-out
    range; prints the side-by-side table and the issue-6 goals for the model's stream,
    and writes the full report (JSON, Markdown, HTML, PNG plots) to ``--out``.
@@ -181,9 +183,16 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     synthetics["iid"] = sample_iid(train, opts.records, opts.seed)
     timings["iid_s"] = time.perf_counter() - started
+    ctgan_file = opts.work / (f"ctgan-e{opts.ctgan_epochs}-n{opts.ctgan_train_records}-"
+                              f"r{opts.records}-h{opts.heldout_records}-s{opts.seed}.parquet")
     started = time.perf_counter()
-    synthetics["ctgan"] = sample_ctgan(train, opts.records, CtganConfig(
-        epochs=opts.ctgan_epochs, train_records=opts.ctgan_train_records, seed=opts.seed))
+    if ctgan_file.exists():  # same data split, settings and seed: reuse the earlier run
+        synthetics["ctgan"] = read_table(ctgan_file)
+        notes["ctgan"] = f"loaded from {ctgan_file} (trained by an earlier run)"
+    else:
+        synthetics["ctgan"] = sample_ctgan(train, opts.records, CtganConfig(
+            epochs=opts.ctgan_epochs, train_records=opts.ctgan_train_records, seed=opts.seed))
+        write_flows(synthetics["ctgan"], ctgan_file)
     timings["ctgan_s"] = time.perf_counter() - started
     synthetics["real-vs-real"] = reference
 
