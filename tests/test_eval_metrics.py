@@ -115,12 +115,12 @@ def test_validity_counts_each_rule():
         "flags": [2, 2, 2, 2, 0, 16, 0, 0, 2, 2],
     }))
     # record 1 td<0; 3 time goes back; 4 ICMP srcport; 6 ICMP type 234; 7 pkt 0 (bpp 40 ok);
-    # 8 SYN on UDP; 9 bpp 10 < 20. Record 5 carries the placeholder 16 and is fine.
-    m = validity.validity_metrics(t, flag_placeholder=16)
+    # 8 SYN on UDP; 9 bpp 10 < 20. Record 5 carries the filler 16 and is fine.
+    m = validity.validity_metrics(t, flag_filler=16)
     assert m["violation_fraction"] == pytest.approx(7 / 10)
     assert m["rules"] == {"bpp_bounds": 0.1, "pkt_min": 0.1, "td_nonneg": 0.1,
                           "flags_tcp": 0.1, "icmp_ports": 0.2, "time_order": 0.1}
-    assert validity.non_tcp_flag_placeholder(t) == 0  # non-TCP: 0, 16, 0, 0, 2 -> 0
+    assert validity.non_tcp_flag_filler(t) == 0  # non-TCP: 0, 16, 0, 0, 2 -> 0
 
 
 def test_validity_clean_trace_has_no_violation():

@@ -55,7 +55,7 @@ def evaluate(real: pd.DataFrame, synthetics: dict[str, pd.DataFrame],
     reference = RealReference.of(real, config)
     result = {"config": dataclasses.asdict(config),
               "real": {"records": int(len(real)),
-                       "validity": validity_metrics(real, reference.flag_placeholder,
+                       "validity": validity_metrics(real, reference.flag_filler,
                                                     config.validity)},
               "synthetics": {}}
     for name, table in synthetics.items():

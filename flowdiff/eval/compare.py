@@ -34,12 +34,12 @@ class EvalConfig:
 class RealReference:
     """What every comparison needs from the real trace, computed once."""
     table: pd.DataFrame
-    flag_placeholder: int
+    flag_filler: int
     dependence_rates: dict
 
     @classmethod
     def of(cls, real: pd.DataFrame, config: EvalConfig) -> "RealReference":
-        return cls(real, validity.non_tcp_flag_placeholder(real),
+        return cls(real, validity.non_tcp_flag_filler(real),
                    temporal.dependence_rates(real, config.dependence_k))
 
 
@@ -70,7 +70,7 @@ def compare(reference: RealReference, synthetic: pd.DataFrame, config: EvalConfi
     out = {"records": int(len(synthetic))}
     out["marginals"] = marginal_metrics(real, synthetic)
     out["structure"] = structure.structure_metrics(real, synthetic)
-    out["validity"] = validity.validity_metrics(synthetic, reference.flag_placeholder,
+    out["validity"] = validity.validity_metrics(synthetic, reference.flag_filler,
                                                 config.validity)
     out["temporal"] = temporal.temporal_metrics(real, synthetic, config.dependence_k,
                                                 config.acf_lags, reference.dependence_rates)

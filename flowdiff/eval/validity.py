@@ -7,8 +7,8 @@ Rules (a record violates the check if it breaks any of them):
 * ``pkt_min``      pkt >= 1.
 * ``td_nonneg``    td >= 0.
 * ``flags_tcp``    TCP flag bits only on TCP records. Some exporters (nfdump, hence UGR'16)
-                   write one fixed placeholder on every non-TCP record (ACK, ``.A....``);
-                   the placeholder is taken from the reference trace, so a non-TCP record
+                   write one fixed filler value on every non-TCP record (ACK, ``.A....``);
+                   the filler value is taken from the reference trace, so a non-TCP record
                    may carry 0 or that value and nothing else.
 * ``icmp_ports``   ICMP records have srcport 0 and dstport either 0 or the NetFlow encoding
                    ``type * 256 + code`` with an assigned ICMP type (0..43).
@@ -35,7 +35,7 @@ class ValidityConfig:
     max_bpp: float = 1500.0
 
 
-def non_tcp_flag_placeholder(reference: pd.DataFrame) -> int:
+def non_tcp_flag_filler(reference: pd.DataFrame) -> int:
     """The flags value the reference trace writes on non-TCP records (0 if none/absent)."""
     if not fields.has(reference, "flags"):
         return 0
@@ -45,7 +45,7 @@ def non_tcp_flag_placeholder(reference: pd.DataFrame) -> int:
     return int(np.bincount(flags, minlength=256).argmax())
 
 
-def rule_violations(table: pd.DataFrame, flag_placeholder: int = 0,
+def rule_violations(table: pd.DataFrame, flag_filler: int = 0,
                     config: ValidityConfig = ValidityConfig()) -> dict[str, np.ndarray]:
     """Boolean (n,) mask per rule that applies to the table's columns; True = violated."""
     n = len(table)
@@ -60,7 +60,7 @@ def rule_violations(table: pd.DataFrame, flag_placeholder: int = 0,
         rules["td_nonneg"] = table["td"].to_numpy(float) < 0
     if fields.has(table, "flags"):
         flags = table["flags"].to_numpy(np.int64)
-        rules["flags_tcp"] = (proto != TCP) & (flags != 0) & (flags != flag_placeholder)
+        rules["flags_tcp"] = (proto != TCP) & (flags != 0) & (flags != flag_filler)
     if fields.has(table, "srcport", "dstport"):
         icmp = proto == ICMP
         dport = table["dstport"].to_numpy(np.int64)
@@ -72,10 +72,10 @@ def rule_violations(table: pd.DataFrame, flag_placeholder: int = 0,
     return rules
 
 
-def validity_metrics(table: pd.DataFrame, flag_placeholder: int = 0,
+def validity_metrics(table: pd.DataFrame, flag_filler: int = 0,
                      config: ValidityConfig = ValidityConfig()) -> dict:
     """Violation fraction overall (any rule) and per rule."""
-    rules = rule_violations(table, flag_placeholder, config)
+    rules = rule_violations(table, flag_filler, config)
     any_rule = np.logical_or.reduce(list(rules.values()))
     return {"violation_fraction": float(any_rule.mean()),
             "rules": {name: float(mask.mean()) for name, mask in rules.items()}}
