@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -285,3 +286,39 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
     torch.save({"weights": torch.zeros(1)}, bad)
     with pytest.raises(CheckpointError, match=f"{bad}: not a flowdiff Diffusion-TS checkpoint"):
         load_checkpoint(bad)
+
+
+@pytest.mark.parametrize("t,n_inner,lr_scale", [(46, 3, 1.0), (40, 2, 0.5), (20, 1, 0.25), (2, 0, 0.0)])
+def test_guided_refinement_matches_the_specified_update(t, n_inner, lr_scale):
+    """K sign-gradient steps of size eta_t on coef*sum((mu-x')^2/sigma) + mean_obs((net(x')-y)^2)/sigma,
+    phases by t/T (T = 50 here), refined values kept only where unobserved."""
+    coef, eta = 0.3, 0.05
+    sampler = make_sampler("guided", steps=10, guidance_coef=coef, guidance_lr=eta)
+    sampler.set_timesteps(50)
+    assert sampler.inner_steps(t) == (n_inner, eta * lr_scale)
+
+    def denoise(x, t_batch):               # every output mixes all time steps of its feature
+        return x.sum(dim=1, keepdim=True).expand_as(x) * 0.5
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 2, generator=g, dtype=torch.float64)
+    mean = x + 0.01 * torch.randn(2, 6, 2, generator=g, dtype=torch.float64)
+    target = torch.randn(2, 6, 2, generator=g, dtype=torch.float64)
+    mask = torch.zeros(2, 6, 2, dtype=torch.bool)
+    mask[:, :4] = True
+    mask[1, :2] = False                      # rows observe different counts
+    std = 0.2
+    out = sampler.refine(denoise, x, mean, std, t, target, mask)
+
+    expected = x.clone()
+    for row in range(2):
+        xr = x[row].numpy().copy()
+        obs = mask[row].numpy()
+        for _ in range(n_inner):
+            pred = xr.sum(axis=0) * 0.5                                      # (F,)
+            residual = np.where(obs, pred[None, :] - target[row].numpy(), 0.0)  # (L, F)
+            d_fit = (2 * residual.sum(axis=0) * 0.5 / obs.sum() / std)[None, :]  # same for all l
+            d_logp = -2 * coef * (mean[row].numpy() - xr) / std
+            xr = xr - eta * lr_scale * np.sign(d_fit + d_logp)
+        expected[row] = torch.from_numpy(np.where(obs, x[row].numpy(), xr))
+    torch.testing.assert_close(out, expected)

@@ -45,16 +45,24 @@ def _check(args: argparse.Namespace) -> list[str]:
     return errors
 
 
+def _exported(registry, exporter: str) -> int:
+    """Records the fan-out delivered to ``exporter`` (summed over streams)."""
+    return int(sum(sample.value for metric in registry.collect()
+                   if metric.name == "flowdiff_records_exported"
+                   for sample in metric.samples
+                   if sample.name == "flowdiff_records_exported_total"
+                   and sample.labels.get("exporter") == exporter))
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    import pandas as pd
     from prometheus_client import CollectorRegistry
 
     from flowdiff.config import ConfigError, ExporterConfig, parse_config
     from flowdiff.daemon.service import Service, StopFlag
-    from flowdiff.exporters.null import NullConfig, NullExporter
+    from flowdiff.daemon.table_sink import TableSink
     from flowdiff.exporters.stdout import JsonLinesExporter
 
     errors = _check(args)
@@ -70,39 +78,31 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    class Collect(NullExporter):
-        """Keeps the batches for one final table write (one-shot output is bounded by N)."""
-
-        def __init__(self, name, config):
-            super().__init__(name, config)
-            self.batches = []
-
-        def submit(self, batch):
-            self.batches.append(batch)
-            return super().submit(batch)
-
     table_output = args.out.lower().endswith(TABLE_SUFFIXES)
     handle = None
     if table_output:
-        exporter = Collect("out", NullConfig())
+        exporter = TableSink("out")
     elif args.out == "-":
         exporter = JsonLinesExporter("out", sys.stdout)
     else:
         handle = open(args.out, "w", encoding="utf-8")
         exporter = JsonLinesExporter("out", handle)
     clock = (lambda: args.start_ts) if args.start_ts is not None else time.time
+    registry = CollectorRegistry()
     try:
-        result = Service(cfg, StopFlag(), registry=CollectorRegistry(), clock=clock,
+        result = Service(cfg, StopFlag(), registry=registry, clock=clock,
                          exporters=[(ExporterConfig(kind="generate", name="out"), exporter)]
                          ).run()
     finally:
         if handle is not None:
             handle.close()
-    if table_output:
-        from flowdiff.ingest import write_flows
-
-        write_flows(pd.concat(exporter.batches, ignore_index=True), args.out)
-    print(f"wrote {result.records} records ({args.streams} stream(s), seed {args.seed}) "
+    exported = _exported(registry, "out")
+    if table_output and exported:
+        exporter.write(args.out)
+    if exported != result.records or not result.clean_shutdown:
+        print(f"generate failed: {result.records} records generated, {exported} written "
+              f"to {args.out} (see the errors above)", file=sys.stderr)
+        return 1
+    print(f"wrote {exported} records ({args.streams} stream(s), seed {args.seed}) "
           f"to {args.out}", file=sys.stderr)
-    return 0 if result.clean_shutdown else 1
-
+    return 0

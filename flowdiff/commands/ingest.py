@@ -7,7 +7,7 @@ import argparse
 import sys
 
 # the same as flowdiff.ingest.FORMATS, spelled out so that register() imports nothing heavy
-FORMAT_CHOICES = ("auto", "ugr16", "netshare", "generic", "canonical", "pcap")
+FORMAT_CHOICES = ("auto", "ugr16", "netshare", "generic", "canonical", "jsonl", "pcap")
 OUT_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
 

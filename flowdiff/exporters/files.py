@@ -1,7 +1,7 @@
 """``file`` exporter: records to rotating files — canonical CSV, UGR'16-layout CSV, JSON lines
 or Parquet — each written as ``*.part`` and renamed when complete (see ``rotation``).
 
-Formats (all readable by ``flowdiff.ingest.read_flows`` except JSON lines):
+Formats (all readable back by ``flowdiff.ingest.read_flows``):
 
 * ``csv``: the canonical columns plus ``stream_id, seq``, header line, dotted IPs,
   ``.AP.SF`` flags, protocol numbers, ``ts`` in epoch seconds (as ``write_flows`` writes).

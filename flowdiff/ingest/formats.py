@@ -7,7 +7,7 @@ from typing import Callable, Iterator
 
 import pandas as pd
 
-from flowdiff.ingest import canonical, generic, netshare, pcap, ugr16
+from flowdiff.ingest import canonical, generic, jsonl, netshare, pcap, ugr16
 from flowdiff.ingest.csvsource import first_line, open_text_bytes, split_line
 from flowdiff.ingest.errors import IngestError
 from flowdiff.ingest.parquetsource import PARQUET_MAGIC
@@ -19,6 +19,7 @@ READERS: dict[str, Callable[[ReadRequest], Iterator[pd.DataFrame]]] = {
     "netshare": netshare.read,
     "generic": generic.read,
     "canonical": canonical.read,
+    "jsonl": jsonl.read,
     "pcap": pcap.read,
 }
 FORMATS = ("auto", *READERS)
@@ -26,8 +27,9 @@ FORMATS = ("auto", *READERS)
 
 def detect(path: Path, has_mapping: bool) -> str:
     """The format of ``path``: capture magic -> pcap; a mapping given -> generic; Parquet
-    -> canonical; CSV by its first line (UGR'16 header or header-less UGR'16 row, NetShare
-    header, canonical header)."""
+    -> canonical; ``.jsonl``/``.jsonl.gz`` name, or a first line opening a JSON object ->
+    jsonl; CSV by its first line (UGR'16 header or header-less UGR'16 row, NetShare header,
+    canonical header)."""
     if not path.is_file():
         raise IngestError(path, None, None, "no such file")
     with open(path, "rb") as f:
@@ -40,7 +42,11 @@ def detect(path: Path, has_mapping: bool) -> str:
         return "generic"
     if head == PARQUET_MAGIC:
         return "canonical"
+    if jsonl.has_suffix(path):
+        return "jsonl"
     line = first_line(path, "flow records")
+    if jsonl.looks_like(line):
+        return "jsonl"
     fields = split_line(line, ",")
     if ugr16.looks_like(fields):
         return "ugr16"
@@ -50,7 +56,7 @@ def detect(path: Path, has_mapping: bool) -> str:
         return "canonical"
     raise IngestError(path, 1, None, f"unrecognised header {fields[:8]}: expected UGR'16 "
                       f"({','.join(ugr16.COLUMNS)}), NetShare (srcip,dstip,...,ts,...,type) "
-                      "or canonical (ts,td,srcip,dstip,...) columns; for other layouts use "
+                      "or canonical (ts,td,srcip,dstip,...) columns, or JSON lines; for other layouts use "
                       "--format generic --mapping MAP.yaml")
 
 

@@ -21,6 +21,7 @@ from flowdiff import schema
 CSV_SUFFIXES = (".csv", ".csv.gz")
 GZIP_LEVEL = 6
 BATCH_ROWS = 200_000
+OUTPUT_MODE = 0o644
 TEXT_FORMS = {"srcip": schema.int_to_ip, "dstip": schema.int_to_ip,
               "flags": schema.flags_to_text}
 
@@ -36,6 +37,7 @@ def write_flows(table: pd.DataFrame, path: str | Path) -> Path:
     table = schema.conform(table)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, OUTPUT_MODE)  # mkstemp makes 0600; an output file is for others too
         with os.fdopen(fd, "wb") as raw:
             if name.endswith(".parquet"):
                 table.to_parquet(raw, index=False, engine="pyarrow")

@@ -146,9 +146,9 @@ class _Run:
         self.nan_skipped = 0
         self.nan_restores = 0
         self.good_state: dict | None = None
-        self._set_lr(self.schedule.lr)
+        self.set_lr(self.schedule.lr)
 
-    def _set_lr(self, lr: float) -> None:
+    def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -175,7 +175,7 @@ class _Run:
         self.data_generator.set_state(state["data_generator"])
         self.nan_skipped = int(state["nan_skipped"])
         self.nan_restores = int(state["nan_restores"])
-        self._set_lr(self.schedule.lr)
+        self.set_lr(self.schedule.lr)
 
     def save(self, val_loss: float | None) -> Path:
         path = self.out_dir / CHECKPOINT_NAME
@@ -213,7 +213,7 @@ class _Run:
         self.load_state(self.good_state)
         self.nan_skipped, self.nan_restores = skipped, restores
         lr = self.schedule.reduce()
-        self._set_lr(lr)
+        self.set_lr(lr)
         log.warning("NaN guard: %d non-finite steps in a row; restored the last good state "
                     "(step %d) and reduced lr to %.3g", bad_in_a_row, self.step, lr)
         self.log_event({"event": "nan_restore", "step": self.step, "bad_in_a_row": bad_in_a_row,
@@ -280,7 +280,7 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
         bad_in_a_row = 0
         run.step += 1
         run.ema.update(model)
-        run._set_lr(run.schedule.step(loss))
+        run.set_lr(run.schedule.step(loss))
         interval_losses.append(loss)
         bar.update(1)
         if run.step % cfg.log_every == 0 or run.step == cfg.steps:
