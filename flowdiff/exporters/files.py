@@ -27,7 +27,7 @@ import pandas as pd
 
 from flowdiff.exporters.base import Exporter, ExporterError
 from flowdiff.exporters.rotation import RotatingFiles, RotationPolicy
-from flowdiff.schema import conform, flags_to_text, int_to_ip, proto_name
+from flowdiff.schema import conform, proto_name, to_text
 
 SUFFIXES = {"csv": ".csv", "ugr16": ".csv", "jsonl": ".jsonl", "parquet": ".parquet"}
 
@@ -71,26 +71,15 @@ class FileConfig:
 
 
 # ---------------------------------------------------------------- record encodings
-_FLAG_TEXT = flags_to_text(np.arange(256))  # bitmask -> ".AP.SF", every value once
 _PROTO_NAMES = np.array([proto_name(p) for p in range(256)], dtype=object)  # 6 -> "TCP"
 
 
 def text_columns(batch: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The canonical columns (conformed, plus ``stream_id, seq``) in their outside text forms,
-    as ``schema.to_text`` gives them; IPs are converted once per distinct address."""
-    table = conform(batch)
-    out = {}
-    for name in table.columns:
-        values = table[name].to_numpy()
-        if name in ("srcip", "dstip"):
-            distinct, index = np.unique(values, return_inverse=True)
-            values = int_to_ip(distinct)[index]
-        elif name == "flags":
-            values = _FLAG_TEXT[values]
-        elif name == "label":
-            values = values.astype(object)
-        out[name] = values
-    return out
+    """The canonical columns (conformed, plus ``stream_id, seq``) in their outside text forms
+    (``schema.to_text``), as arrays."""
+    table = to_text(conform(batch))
+    return {name: table[name].to_numpy(dtype=object if name == "label" else None)
+            for name in table.columns}
 
 
 def ugr16_columns(batch: pd.DataFrame) -> dict[str, np.ndarray]:

@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -22,8 +21,6 @@ CSV_SUFFIXES = (".csv", ".csv.gz")
 GZIP_LEVEL = 6
 BATCH_ROWS = 200_000
 OUTPUT_MODE = 0o644
-TEXT_FORMS = {"srcip": schema.int_to_ip, "dstip": schema.int_to_ip,
-              "flags": schema.flags_to_text}
 
 
 def write_flows(table: pd.DataFrame, path: str | Path) -> Path:
@@ -72,12 +69,6 @@ def _csv_bytes(batch: pa.RecordBatch, quoting: str) -> bytes:
 
 
 def _as_text(table: pd.DataFrame) -> pd.DataFrame:
-    """IPs and flags in their text forms: the schema helpers run on the distinct values
-    only (tens of thousands, not millions) and the results are spread back."""
-    text = {}
-    for column, to_text in TEXT_FORMS.items():
-        if column in table:
-            codes, distinct = pd.factorize(table[column])
-            text[column] = to_text(np.asarray(distinct))[codes] if len(distinct) else \
-                np.zeros(0, dtype=object)
-    return table.assign(**text)
+    """IPs and flags in their text forms (``schema.to_text``: each distinct IP once, flags by
+    lookup table)."""
+    return schema.to_text(table)
