@@ -46,3 +46,15 @@ def stock_csv() -> Path:
 @pytest.fixture
 def etth_csv() -> Path:
     return shared_file("timeseries/ETTh.csv")
+
+
+@pytest.fixture(scope="session")
+def one_torch_thread():
+    """The CI machine has 2 shared cores: multi-threaded torch kernels thrash under load
+    (a tiny forward took 142 ms with 2 threads vs 4 ms with 1)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

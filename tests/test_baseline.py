@@ -23,16 +23,6 @@ def run_baseline(argv: list[str]) -> int:
 
 
 @pytest.fixture
-def one_torch_thread():
-    """CTGAN on a few hundred rows: one thread is enough and spares the shared CPUs."""
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def train(ugr16_sample):
     return read_table(ugr16_sample)
 

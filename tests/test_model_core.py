@@ -18,17 +18,11 @@ TINY = ModelConfig(seq_len=12, feature_size=3, n_layer_enc=1, n_layer_dec=2, d_m
                    n_heads=2, timesteps=50)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CI box has 2 shared cores: multi-threaded torch ops thrash under load."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def model(one_thread) -> DiffusionTS:
+def model(one_torch_thread) -> DiffusionTS:
     torch.manual_seed(0)
     return DiffusionTS(TINY).eval()
 

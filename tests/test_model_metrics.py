@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from flowdiff.model.metrics import (MetricError, context_fid, correlational_score,
                                     discriminative_score, frechet_distance, predictive_score)
@@ -13,12 +12,7 @@ from flowdiff.model.timeseries import prepare_series
 from conftest import shared_file
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

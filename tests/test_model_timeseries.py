@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from flowdiff.model import ConfigError, ModelConfig, TrainConfig, load_checkpoint
 from flowdiff.model.run_config import load_run_config
@@ -18,12 +17,7 @@ from flowdiff.model.timeseries import (MinMaxScaler, TimeSeriesError, load_numer
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_etth_drops_date_and_scaler_is_fit_on_train_rows_only(etth_csv):

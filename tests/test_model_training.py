@@ -16,12 +16,7 @@ CFG = ModelConfig(seq_len=16, feature_size=2, n_layer_enc=1, n_layer_dec=1, d_mo
                   n_heads=2, timesteps=50)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
