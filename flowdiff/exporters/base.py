@@ -16,6 +16,19 @@ class ExporterError(RuntimeError):
     """An exporter could not deliver and cannot recover by itself (message names the target)."""
 
 
+class ExporterConfig:
+    """Base of every exporter's settings dataclass: ``validate`` lists the problems (all of
+    them), and a config with any problem cannot be built."""
+
+    def validate(self) -> list[str]:
+        return []
+
+    def __post_init__(self):
+        errors = self.validate()
+        if errors:
+            raise ValueError("; ".join(errors))
+
+
 class Exporter(ABC):
     #: short kind name used in configs and metric labels, e.g. "stdout", "kafka"
     kind: str = "exporter"

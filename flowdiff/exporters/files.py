@@ -25,7 +25,7 @@ from typing import BinaryIO, Literal
 import numpy as np
 import pandas as pd
 
-from flowdiff.exporters.base import Exporter, ExporterError
+from flowdiff.exporters.base import Exporter, ExporterConfig, ExporterError
 from flowdiff.exporters.rotation import RotatingFiles, RotationPolicy
 from flowdiff.schema import conform, proto_name, to_text
 
@@ -33,7 +33,7 @@ SUFFIXES = {"csv": ".csv", "ugr16": ".csv", "jsonl": ".jsonl", "parquet": ".parq
 
 
 @dataclass
-class FileConfig:
+class FileConfig(ExporterConfig):
     directory: str = "out"
     format: Literal["csv", "ugr16", "jsonl", "parquet"] = "csv"
     prefix: str = "flows"
@@ -60,11 +60,6 @@ class FileConfig:
         if self.format in ("jsonl", "parquet") and not self.header:
             errors.append(f"header: only meaningful for csv/ugr16, not {self.format}")
         return errors
-
-    def __post_init__(self):
-        errors = self.validate()
-        if errors:
-            raise ValueError("; ".join(errors))
 
     def policy(self) -> RotationPolicy:
         return RotationPolicy(self.rotate_records, self.rotate_bytes, self.rotate_seconds)

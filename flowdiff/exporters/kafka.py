@@ -25,7 +25,7 @@ from typing import Literal
 import pandas as pd
 
 from flowdiff import __version__
-from flowdiff.exporters.base import Exporter, ExporterError
+from flowdiff.exporters.base import Exporter, ExporterConfig, ExporterError
 from flowdiff.schema import to_text
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ Message = tuple[bytes, bytes]  # (key, value)
 
 
 @dataclass
-class KafkaConfig:
+class KafkaConfig(ExporterConfig):
     bootstrap_servers: str = "127.0.0.1:9092"  # comma-separated host:port list
     topic: str = "flowdiff.flows"
     key: Literal["stream_id", "five_tuple"] = "stream_id"
@@ -103,11 +103,6 @@ class KafkaConfig:
             if path is not None and not os.path.isfile(path):
                 errors.append(f"{name}: file {path!r} does not exist")
         return errors
-
-    def __post_init__(self):
-        errors = self.validate()
-        if errors:
-            raise ValueError("; ".join(errors))
 
     def producer_settings(self) -> dict:
         """Keyword arguments for ``kafka.KafkaProducer`` (names as kafka-python spells them)."""

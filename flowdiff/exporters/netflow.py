@@ -23,13 +23,13 @@ import numpy as np
 import pandas as pd
 
 from flowdiff.exporters import ipfix_codec as codec
-from flowdiff.exporters.base import Exporter
+from flowdiff.exporters.base import Exporter, ExporterConfig
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class NetflowConfig:
+class NetflowConfig(ExporterConfig):
     collector: str = "127.0.0.1:4739"       # host:port of the collector
     version: Literal[9, 10] = 10            # 9: NetFlow v9, 10: IPFIX
     source_id: int = 0                      # v9 source id / IPFIX observation domain id
@@ -57,11 +57,6 @@ class NetflowConfig:
         if self.packets_per_second is not None and self.packets_per_second <= 0:
             errors.append(f"packets_per_second: expected > 0 or null, got {self.packets_per_second!r}")
         return errors
-
-    def __post_init__(self):
-        errors = self.validate()
-        if errors:
-            raise ValueError("; ".join(errors))
 
     @property
     def address(self) -> tuple[str, int]:

@@ -8,16 +8,17 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from flowdiff.exporters.base import Exporter
+from flowdiff.exporters.base import Exporter, ExporterConfig
 
 
 @dataclass
-class NullConfig:
+class NullConfig(ExporterConfig):
     delay_seconds: float = 0.0  # sleep per batch, to simulate a slow sink
 
-    def __post_init__(self):
+    def validate(self) -> list[str]:
         if self.delay_seconds < 0:
-            raise ValueError(f"delay_seconds must be >= 0, got {self.delay_seconds}")
+            return [f"delay_seconds must be >= 0, got {self.delay_seconds}"]
+        return []
 
 
 class NullExporter(Exporter):

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import pandas as pd
 
-from flowdiff.exporters.base import Exporter, ExporterError
+from flowdiff.exporters.base import Exporter, ExporterConfig, ExporterError
 from flowdiff.exporters.packet_builder import BuildStats, PacketBuilder, mac_bytes
 from flowdiff.exporters.rotation import RotatingFiles, RotationPolicy
 
@@ -33,7 +33,7 @@ _RECORD_HEADER = struct.Struct("<IIII")
 
 
 @dataclass
-class PcapConfig:
+class PcapConfig(ExporterConfig):
     directory: str | None = "out"         # pcap files go here; null: live sending only
     prefix: str = "flows"
     interface: str | None = None          # send live on this interface; null (default): never
@@ -66,11 +66,6 @@ class PcapConfig:
         if self.seed < 0:
             errors.append(f"seed: expected an integer >= 0, got {self.seed!r}")
         return errors
-
-    def __post_init__(self):
-        errors = self.validate()
-        if errors:
-            raise ValueError("; ".join(errors))
 
 
 class PcapSegment:

@@ -10,7 +10,7 @@ from typing import Literal, TextIO
 
 import pandas as pd
 
-from flowdiff.exporters.base import Exporter, ExporterError
+from flowdiff.exporters.base import Exporter, ExporterConfig, ExporterError
 from flowdiff.schema import to_json_records
 
 
@@ -45,7 +45,7 @@ class JsonLinesExporter(Exporter):
 
 
 @dataclass
-class StdoutConfig:
+class StdoutConfig(ExporterConfig):
     stream: Literal["stdout", "stderr"] = "stdout"
 
 
