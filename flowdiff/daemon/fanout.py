@@ -51,6 +51,9 @@ class _Lane:
                                        daemon=True)
         self._seen_errors = 0
 
+    def is_healthy(self) -> bool:
+        return bool(self.sink.exporter.healthy) and not self.closed
+
     def _work(self) -> None:
         m = self.fanout.metrics
         while True:
@@ -111,6 +114,8 @@ class Fanout:
             metrics.queue_capacity.labels(exporter=lane.name).set(lane.sink.capacity)
             metrics.queue_depth.labels(exporter=lane.name).set(0)
             metrics.dropped.labels(exporter=lane.name, reason="queue_full")  # show zero
+            # Evaluated at each scrape, so an outage shows even while the loop is blocked.
+            metrics.exporter_healthy.labels(exporter=lane.name).set_function(lane.is_healthy)
 
     def start(self) -> "Fanout":
         for lane in self.lanes:
@@ -139,14 +144,8 @@ class Fanout:
             self.metrics.queue_depth.labels(exporter=lane.name).set(lane.queue.qsize())
 
     def healthy(self) -> list[str]:
-        """Names of exporters that report unhealthy (also refreshes the health gauge)."""
-        bad = []
-        for lane in self.lanes:
-            ok = bool(lane.sink.exporter.healthy) and not lane.closed
-            self.metrics.exporter_healthy.labels(exporter=lane.name).set(1 if ok else 0)
-            if not ok:
-                bad.append(lane.name)
-        return bad
+        """Names of exporters that report unhealthy."""
+        return [lane.name for lane in self.lanes if not lane.is_healthy()]
 
     def close(self, timeout: float) -> bool:
         """Drain every queue, flush and close every exporter, within ``timeout`` seconds.

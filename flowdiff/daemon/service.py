@@ -150,7 +150,6 @@ class Service:
                           anchor_wall=self.clock(), clock=self.clock)
             self.fanout = Fanout([Sink(e, c.policy, c.queue) for c, e in exporters],
                                  self.metrics, pacer, give_up=self._past_drain_deadline).start()
-            self.fanout.healthy()
             self.loaded = True
             self.notifier.ready(f"{s.streams} streams, model {artifact.path}")
             log.info("serving %d streams (C=%d, H=%d, sampler %s/%d steps, pace %s)",
@@ -225,7 +224,6 @@ class Service:
     def _tick(self) -> None:
         self.heartbeat = time.monotonic()
         self.notifier.watchdog()
-        self.fanout.healthy()
 
     def _past_drain_deadline(self) -> bool:
         """True once the shutdown bound (minus the state-save reserve) has passed."""
