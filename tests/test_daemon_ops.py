@@ -6,8 +6,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import urllib.error
-import urllib.request
 
 import pytest
 import torch
@@ -17,6 +15,7 @@ from flowdiff.daemon.http import OpsServer
 from flowdiff.daemon.metrics import DaemonMetrics
 from flowdiff.daemon.sdnotify import SdNotifier
 from flowdiff.daemon.state import StateError, StreamState, load_state, save_state
+from realtools import http_get
 
 
 @pytest.fixture
@@ -84,14 +83,6 @@ def test_state_missing_mismatched_or_corrupt(tmp_path):
         load_state(tmp_path, {"artifact": "abc", "streams": 3})
 
 
-def _get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
-
 def test_ops_server_endpoints_answer_probe_values():
     registry = CollectorRegistry()
     metrics = DaemonMetrics(registry)
@@ -104,15 +95,15 @@ def test_ops_server_endpoints_answer_probe_values():
         host, port = server.address
         assert host == "127.0.0.1"
         base = f"http://127.0.0.1:{port}"
-        status, body = _get(base + "/metrics")
+        status, body = http_get(base + "/metrics")
         assert status == 200
         assert 'flowdiff_records_generated_total{stream="0"} 5.0' in body
         assert 'flowdiff_records_generated_total{stream="2"} 2.0' in body
-        assert _get(base + "/healthz") == (503, "stalled\n")
+        assert http_get(base + "/healthz") == (503, "stalled\n")
         health["ok"] = True
-        assert _get(base + "/healthz") == (200, "loop\n")
-        assert _get(base + "/readyz") == (200, "ready\n")
-        assert _get(base + "/nope")[0] == 404
+        assert http_get(base + "/healthz") == (200, "loop\n")
+        assert http_get(base + "/readyz") == (200, "ready\n")
+        assert http_get(base + "/nope")[0] == 404
     finally:
         server.stop()
 

@@ -7,8 +7,6 @@ import io
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from flowdiff.config import ExporterConfig, parse_config
 from flowdiff.daemon.service import Service, StopFlag
 from flowdiff.exporters.base import Exporter
 from flowdiff.exporters.stdout import JsonLinesExporter
+from realtools import http_get
 
 REPO = Path(__file__).resolve().parents[1]
 START = 1_700_000_000.0  # fixed clock: same seed -> identical records, timestamps included
@@ -142,14 +141,6 @@ def test_resume_continues_seq_without_gap_or_duplicate(tiny_model, tmp_path):
     pd.testing.assert_frame_equal(a, b)
 
 
-def _get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
-
 def _wait_for(predicate, timeout=30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -177,7 +168,7 @@ def test_metrics_and_health_follow_a_stalled_exporter(tiny_model):
     time.sleep(1.5)
     assert value("flowdiff_turns_total") == 2  # generation stalled: backpressure
     base = f"http://127.0.0.1:{service.server.address[1]}"
-    status, text = _get(base + "/metrics")
+    status, text = http_get(base + "/metrics")
     assert status == 200
     for stream in range(3):  # 3 turns x H = 8 records generated per stream, none exported
         assert f'flowdiff_records_generated_total{{stream="{stream}"}} 24.0' in text
@@ -192,15 +183,15 @@ def test_metrics_and_health_follow_a_stalled_exporter(tiny_model):
         lint = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
                               capture_output=True, timeout=30)
         assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
-    status, reason = _get(base + "/healthz")
+    status, reason = http_get(base + "/healthz")
     assert status == 503 and "stalled" in reason  # the loop has not turned for > 1 s
-    assert _get(base + "/readyz") == (200, "ready\n")
+    assert http_get(base + "/readyz") == (200, "ready\n")
     sink.is_healthy = False
-    status, reason = _get(base + "/readyz")
+    status, reason = http_get(base + "/readyz")
     assert status == 503 and "sink" in reason
     sink.is_healthy = True
     sink.gate.set()  # the sink recovers: the loop turns again and health comes back
-    assert _wait_for(lambda: _get(base + "/healthz")[0] == 200)
+    assert _wait_for(lambda: http_get(base + "/healthz")[0] == 200)
     stop.set()
     thread.join(timeout=30)
     assert not thread.is_alive()
