@@ -97,6 +97,22 @@ def test_ugr16_layout_is_read_by_the_ugr16_reader(tmp_path, ugr16_sample):
         assert abs(np.sort(back["ts"] + back["td"]) - np.sort(source["ts"] + source["td"])).max() < 1.0
 
 
+def test_ugr16_layout_without_labels_writes_twelve_columns_that_read_back(tmp_path, ugr16_sample):
+    source = ugr16_records(ugr16_sample, 300).drop(columns="label")
+    for header in (True, False):
+        out = tmp_path / f"header-{header}"
+        exporter = EXPORTER("f", CONFIG(directory=str(out), format="ugr16", header=header))
+        assert write_batches(exporter, [source]) == 300
+        (path,) = sorted(out.iterdir())
+        first = path.read_text().splitlines()[0]
+        assert first.count(",") == 11
+        assert (first == "te,td,sa,da,sp,dp,pr,flg,fwd,stos,pkt,byt") == header
+        back = read_flows(path)[0]
+        assert len(back) == 300
+        assert "label" not in back or back["label"].isna().all()
+        np.testing.assert_array_equal(back["byt"].to_numpy(), source["byt"].to_numpy())
+
+
 def test_rotation_by_time(tmp_path):
     exporter = EXPORTER("f", CONFIG(directory=str(tmp_path), format="csv", rotate_records=None,
                                     rotate_seconds=0.3))

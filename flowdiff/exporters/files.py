@@ -78,12 +78,13 @@ def text_columns(batch: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def ugr16_columns(batch: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The UGR'16 column layout (end time in whole UTC seconds, protocol names)."""
+    """The UGR'16 column layout (end time in whole UTC seconds, protocol names). A table
+    without labels gets UGR'16's 12-column form, which has no label column at all."""
     text = text_columns(batch)
     n = len(batch)
     td = text.get("td", np.zeros(n))
     te = (text["ts"] + td).astype("datetime64[s]")
-    return {
+    columns = {
         "te": np.char.replace(te.astype(str), "T", " ").astype(object), "td": td,
         "sa": text["srcip"], "da": text["dstip"],
         "sp": text.get("srcport", np.zeros(n, dtype=np.int32)),
@@ -92,8 +93,10 @@ def ugr16_columns(batch: pd.DataFrame) -> dict[str, np.ndarray]:
         "fwd": np.zeros(n, dtype=np.int64), "stos": text.get("tos", np.zeros(n, dtype=np.uint8)),
         "pkt": text.get("pkt", np.zeros(n, dtype=np.int64)),
         "byt": text.get("byt", np.zeros(n, dtype=np.int64)),
-        "label": text.get("label", np.full(n, "", dtype=object)),
     }
+    if "label" in text:
+        columns["label"] = text["label"]
+    return columns
 
 
 def csv_bytes(columns: dict[str, np.ndarray]) -> bytes:
