@@ -49,7 +49,7 @@ class _Lane:
         self.closed = False
         self.thread = threading.Thread(target=self._work, name=f"exporter-{self.name}",
                                        daemon=True)
-        self._seen_errors = 0
+        sink.exporter.on_errors = fanout.metrics.exporter_errors.labels(exporter=self.name).inc
 
     def is_healthy(self) -> bool:
         return bool(self.sink.exporter.healthy) and not self.closed
@@ -77,14 +77,6 @@ class _Lane:
             m.exporter_errors.labels(exporter=self.name).inc()
             m.dropped.labels(exporter=self.name, reason="error").inc(len(chunk))
             log.error("exporter %s: %d records lost: %s", self.name, len(chunk), exc)
-        self._sync_error_count()
-
-    def _sync_error_count(self) -> None:
-        errors = self.sink.exporter.errors
-        if errors > self._seen_errors:
-            self.fanout.metrics.exporter_errors.labels(exporter=self.name).inc(
-                errors - self._seen_errors)
-            self._seen_errors = errors
 
     def _close_exporter(self) -> None:
         try:
@@ -92,7 +84,6 @@ class _Lane:
         except Exception as exc:
             self.fanout.metrics.exporter_errors.labels(exporter=self.name).inc()
             log.error("exporter %s: close failed: %s", self.name, exc)
-        self._sync_error_count()
         self.closed = True
 
 

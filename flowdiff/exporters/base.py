@@ -8,6 +8,7 @@ A batch is a canonical flow table (see ``flowdiff.schema``) with ``stream_id`` a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Callable
 
 import pandas as pd
 
@@ -36,8 +37,17 @@ class Exporter(ABC):
     def __init__(self, name: str):
         self.name = name  # instance name from the config (metric label ``exporter``)
         # Delivery failures the exporter detected itself (e.g. asynchronous Kafka send
-        # errors). The fan-out publishes this as a metric; count, log, never swallow.
+        # errors), counted with ``count_errors``; count, log, never swallow.
         self.errors = 0
+        # Called with each new count as it happens (the fan-out passes it to the metric), so
+        # failures show while a ``submit`` is still retrying, not only after it returns.
+        self.on_errors: Callable[[int], None] | None = None
+
+    def count_errors(self, n: int) -> None:
+        """Record ``n`` failed deliveries (records or attempts) now."""
+        self.errors += n
+        if self.on_errors is not None:
+            self.on_errors(n)
 
     @abstractmethod
     def submit(self, batch: pd.DataFrame) -> int:

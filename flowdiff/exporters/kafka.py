@@ -270,7 +270,7 @@ class KafkaExporter(Exporter):
                 return total
             self._healthy = False
             self._topic_ready = False  # a restarted broker may have lost the topic
-            self.errors += len(pending)
+            self.count_errors(len(pending))
             self.retried += len(pending)
             waited = time.monotonic() - started
             if self.config.retry_timeout_s is not None and waited >= self.config.retry_timeout_s:

@@ -130,7 +130,7 @@ class NetflowExporter(Exporter):
         try:
             self._socket.send(packet)
         except OSError as exc:
-            self.errors += len(records)
+            self.count_errors(len(records))
             if self._healthy:
                 log.warning("netflow exporter %s: cannot send to %s: %s (records of failed "
                             "sends are counted as errors)", self.name, self.config.collector, exc)
