@@ -74,11 +74,15 @@ def run_train(config_path: Path, out: Path, resume: bool) -> dict:
     run = load_run_config(config_path)
     csv = run.csv if run.csv.is_absolute() else (REPO / run.csv)
     result = train_on_csv(csv, run.model, run.train, out, run.train_fraction, resume=resume)
-    figures = {"train_steps": result.steps, "train_seconds": result.seconds,
-               "train_steps_per_s": result.steps_per_s, "final_loss": result.final_loss,
-               "val_loss": result.val_loss, "nan_skipped": result.nan_skipped}
-    print(f"trained {result.steps} steps in {result.seconds:.0f} s "
-          f"({result.steps_per_s:.2f} steps/s), final loss {result.final_loss:.4f}, "
+    figures = {"train_steps": result.steps, "start_step": result.start_step,
+               "train_seconds": result.seconds, "train_seconds_total": result.total_seconds,
+               "train_steps_per_s": result.steps_per_s,
+               "final_loss": result.final_loss, "val_loss": result.val_loss,
+               "nan_skipped": result.nan_skipped}
+    resumed = (f"; resumed at step {result.start_step}, {result.total_seconds:.0f} s in all"
+               if result.start_step else "")
+    print(f"trained steps {result.start_step}..{result.steps} in {result.seconds:.0f} s "
+          f"({result.steps_per_s:.2f} steps/s{resumed}), final loss {result.final_loss:.4f}, "
           f"val loss {result.val_loss}")
     return figures
 

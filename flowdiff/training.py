@@ -96,7 +96,7 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
         "records": len(table), "train_records": len(train_part), "val_records": len(val_part),
         "train_windows": len(train_windows), "steps": result.steps,
         "final_loss": result.final_loss, "val_loss": result.val_loss,
-        "nan_skipped": result.nan_skipped, "train_seconds": round(result.seconds, 1),
+        "nan_skipped": result.nan_skipped, "train_seconds": round(result.total_seconds, 1),
         "losses": losses, "config": {
             "data": dataclasses.asdict(cfg.data), "window": dataclasses.asdict(window),
             "codec": codec.config.to_dict(), "model": model_cfg.to_dict(),
@@ -114,7 +114,7 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
     return TrainingReport(artifact=path, records=len(table), train_records=len(train_part),
                           windows=len(train_windows), steps=result.steps,
                           final_loss=result.final_loss, val_loss=result.val_loss,
-                          seconds=result.seconds)
+                          seconds=result.total_seconds)
 
 
 def _loss_history(log_path: Path) -> list[dict]:

@@ -65,11 +65,18 @@ def test_training_is_reproducible_for_a_seed(sine_windows, tmp_path):
 
 def test_resume_continues_from_checkpoint(sine_windows, tmp_path):
     model = DiffusionTS(CFG)
-    train(model, sine_windows, None, small_train_cfg(steps=40, checkpoint_every=20, val_every=0), tmp_path)
+    first = train(model, sine_windows, None,
+                  small_train_cfg(steps=40, checkpoint_every=20, val_every=0), tmp_path)
+    assert first.start_step == 0
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")[1]["train_state"]["seconds"]
+    assert 0 < saved <= first.total_seconds      # time up to the step-40 checkpoint
     resumed = DiffusionTS(CFG)
     result = train(resumed, sine_windows, None,
                    small_train_cfg(steps=60, checkpoint_every=20, val_every=0), tmp_path, resume=True)
-    assert result.steps == 60
+    assert result.steps == 60 and result.start_step == 40
+    # the total counts the first call's time too (saved in the checkpoint at step 40)
+    assert result.total_seconds == pytest.approx(saved + result.seconds, abs=1.0)
+    assert result.total_seconds > result.seconds + 0.5 * saved
     _, extra = load_checkpoint(tmp_path / "checkpoint.pt")
     assert extra["train_state"]["step"] == 60
     steps = [json.loads(l)["step"] for l in (tmp_path / "train_log.jsonl").read_text().splitlines()]

@@ -41,6 +41,8 @@ class TrainResult:
     final_loss: float             # mean training loss over the last logged interval
     val_loss: float | None        # EMA model's validation loss at the end
     seconds: float                # wall time of this call
+    start_step: int               # step this call started from (> 0 after --resume)
+    total_seconds: float          # wall time of every call, resumed ones included
     steps_per_s: float
     nan_skipped: int              # steps skipped because loss or gradient was not finite
     nan_restores: int             # times the last good state was restored
@@ -145,6 +147,8 @@ class _Run:
         self.records: list[dict] = []
         self.nan_skipped = 0
         self.nan_restores = 0
+        self.earlier_seconds = 0.0            # training time before a --resume
+        self.started = time.perf_counter()    # this call's start
         self.good_state: dict | None = None
         self.set_lr(self.schedule.lr)
 
@@ -163,7 +167,12 @@ class _Run:
             "data_generator": self.data_generator.get_state(),
             "nan_skipped": self.nan_skipped,
             "nan_restores": self.nan_restores,
+            "seconds": self.total_seconds(),
         }
+
+    def total_seconds(self) -> float:
+        """Training wall time over every call, including those before a --resume."""
+        return self.earlier_seconds + time.perf_counter() - self.started
 
     def load_state(self, state: dict) -> None:
         self.step = int(state["step"])
@@ -249,6 +258,7 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
             raise CheckpointError(f"{checkpoint_path}: --resume with a different model config "
                                   f"(checkpoint {raw['model_config']}, given {model.cfg.to_dict()})")
         run.load_state(raw["extra"]["train_state"])
+        run.earlier_seconds = float(raw["extra"]["train_state"].get("seconds", 0.0))
         run.records = list(raw["extra"].get("records", []))
         log.info("resumed from %s at step %d", checkpoint_path, run.step)
     else:
@@ -309,5 +319,6 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
     seconds = time.perf_counter() - started
     done = run.step - start_step
     return TrainResult(steps=run.step, final_loss=last_mean, val_loss=val_loss, seconds=seconds,
-                       steps_per_s=done / max(seconds, 1e-9), nan_skipped=run.nan_skipped,
-                       nan_restores=run.nan_restores, checkpoint=checkpoint_path)
+                       start_step=start_step, total_seconds=run.total_seconds(), steps_per_s=done / max(seconds, 1e-9),
+                       nan_skipped=run.nan_skipped, nan_restores=run.nan_restores,
+                       checkpoint=checkpoint_path)
