@@ -265,7 +265,7 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
         (out_dir / LOG_NAME).unlink(missing_ok=True)
     run.good_state = run.state()
     data_iter = batches(train_data, cfg.batch_size, run.data_generator)
-    started = time.perf_counter()
+    run.started = time.perf_counter()  # training proper starts here (after loading)
     start_step = run.step
     interval_losses: list[float] = []
     interval_start = time.perf_counter()
@@ -316,9 +316,9 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
         plot_loss_curve(run.records, out_dir / CURVE_NAME)
     model.load_state_dict(run.ema.model.state_dict())  # the caller samples with EMA weights
     model.eval()
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - run.started
     done = run.step - start_step
     return TrainResult(steps=run.step, final_loss=last_mean, val_loss=val_loss, seconds=seconds,
-                       start_step=start_step, total_seconds=run.total_seconds(), steps_per_s=done / max(seconds, 1e-9),
-                       nan_skipped=run.nan_skipped, nan_restores=run.nan_restores,
-                       checkpoint=checkpoint_path)
+                       start_step=start_step, total_seconds=run.total_seconds(),
+                       steps_per_s=done / max(seconds, 1e-9), nan_skipped=run.nan_skipped,
+                       nan_restores=run.nan_restores, checkpoint=checkpoint_path)
