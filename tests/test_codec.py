@@ -1,4 +1,8 @@
-"""Codec on real UGR'16 records: exact round trip, valid decoding, repairs, persistence."""
+"""Codec on real UGR'16 records: exact round trip, valid decoding, repairs, persistence.
+
+``codec`` is the default codec (quantile numbers, reuse fields, port tokens with ranges);
+``netshare_codec`` is flowdiff 0.1's (log-min-max numbers, plain bits, NetShare's word2vec
+with nearest-neighbour decoding), still a config choice and what old artifacts load as."""
 
 from __future__ import annotations
 
@@ -15,6 +19,10 @@ from flowdiff.codec import (CodecConfig, CodecConfigError, CodecFileError, Codec
 from flowdiff.codec.repair import ProtocolProfile
 
 DISCRETE = ("srcip", "dstip", "srcport", "dstport", "proto", "pkt", "flags", "tos", "label")
+NETSHARE = {"fields": {"ts": "log_minmax", "td": "log_minmax", "pkt": "log_minmax",
+                       "byt": "log_minmax", "srcip": "bits", "dstip": "bits",
+                       "srcport": "word2vec_nearest", "dstport": "word2vec_nearest",
+                       "proto": "word2vec_nearest"}}
 
 
 def load_ugr16(path, nrows=None) -> pd.DataFrame:
@@ -32,20 +40,30 @@ def load_ugr16(path, nrows=None) -> pd.DataFrame:
 
 
 @functools.lru_cache(maxsize=1)
-def _sample_and_codec(path) -> tuple[pd.DataFrame, FlowCodec]:
-    """Read and fit once per test session (each test gets copies it cannot spoil)."""
-    table = load_ugr16(path)
-    return table, FlowCodec.fit(table, CodecConfig(), seed=0)
+def _sample(path) -> pd.DataFrame:
+    return load_ugr16(path)
+
+
+@functools.lru_cache(maxsize=2)
+def _codec(path, netshare: bool) -> FlowCodec:
+    """Fit once per test session (each test gets table copies it cannot spoil)."""
+    return FlowCodec.fit(_sample(path), CodecConfig.from_dict(NETSHARE if netshare else {}),
+                         seed=0)
 
 
 @pytest.fixture
 def table(ugr16_sample) -> pd.DataFrame:
-    return _sample_and_codec(ugr16_sample)[0].copy()
+    return _sample(ugr16_sample).copy()
 
 
 @pytest.fixture
 def codec(ugr16_sample) -> FlowCodec:
-    return _sample_and_codec(ugr16_sample)[1]
+    return _codec(ugr16_sample, False)
+
+
+@pytest.fixture
+def netshare_codec(ugr16_sample) -> FlowCodec:
+    return _codec(ugr16_sample, True)
 
 
 def assert_valid(decoded: pd.DataFrame, codec: FlowCodec) -> None:
@@ -66,7 +84,9 @@ def assert_valid(decoded: pd.DataFrame, codec: FlowCodec) -> None:
 
 
 # ---------------------------------------------------------------------------- round trip
-def test_round_trip_is_exact_on_training_data(table, codec):
+@pytest.mark.parametrize("which", ["default", "netshare"])
+def test_round_trip_is_exact_on_training_data(table, which, request):
+    codec = request.getfixturevalue("codec" if which == "default" else "netshare_codec")
     x = codec.encode(table)
     assert x.dtype == np.float32 and x.shape == (len(table), codec.width)
     result = codec.decode(x, start_ts=float(table["ts"].iloc[0]))
@@ -79,11 +99,15 @@ def test_round_trip_is_exact_on_training_data(table, codec):
     # td: UGR'16 stores some durations with float noise (312.92400000000004); decoding
     # gives the millisecond value
     np.testing.assert_allclose(decoded["td"], table["td"], rtol=0, atol=1e-9)
+    if which == "default":  # quantile numbers: every training value exactly, bytes too
+        np.testing.assert_array_equal(decoded["byt"].to_numpy(), table["byt"].to_numpy())
+        np.testing.assert_array_equal(decoded["td"].to_numpy(), np.round(table["td"], 3))
     expected = schema.conform(table).dtypes
     assert (decoded.dtypes == expected).all(), decoded.dtypes
 
 
-def test_bytes_exact_below_the_float32_bound(table, codec):
+def test_bytes_exact_below_the_float32_bound(table, netshare_codec):
+    codec = netshare_codec
     byt = codec.transforms["byt"]
     bound = byt.exact_integer_bound()
     assert 100_000 < bound < float(table["byt"].max())  # the bound matters on this data
@@ -104,7 +128,9 @@ def test_encoded_values_lie_in_unit_interval_with_one_slice_per_field(table, cod
     assert slices[0].start == 0 and slices[-1].stop == codec.width
     assert all(a.stop == b.start for a, b in zip(slices, slices[1:]))
     widths = {f: s.stop - s.start for f, s in codec.feature_slices.items()}
-    assert widths["srcip"] == 32 and widths["srcport"] == 10 and widths["proto"] == 10
+    depth = codec.config.reuse_depth
+    assert widths["srcip"] == depth + 1 + 32 and widths["srcport"] == 10 + 16
+    assert widths["proto"] == 10 and widths["pkt"] == 1
     assert widths["flags"] == 8 and widths["label"] == 2 and widths["ts"] == 1
 
 
@@ -114,7 +140,10 @@ def test_chunked_encoding_continues_time_with_prev_ts(table, codec):
     x = codec.encode(second, prev_ts=prev)
     decoded = codec.decode(x, start_ts=prev).table
     np.testing.assert_allclose(decoded["ts"], second["ts"], rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(codec.encode(table)[1000:2000], x)
+    for name in DISCRETE:
+        np.testing.assert_array_equal(decoded[name].to_numpy(), second[name].to_numpy(), name)
+    # the same records encode the same way every time (the dequantising jitter is seeded)
+    np.testing.assert_array_equal(codec.encode(second, prev_ts=prev), x)
 
 
 def test_microsecond_timestamps_with_tiny_gaps_round_trip(caida_pcap):
@@ -206,7 +235,8 @@ def test_decode_rejects_wrong_shape(codec):
 
 
 # ---------------------------------------------------------------------------- unseen values
-def test_unseen_values_map_to_known_ones_and_are_counted(table, codec):
+def test_unseen_values_map_to_known_ones_and_are_counted(table, netshare_codec):
+    codec = netshare_codec
     vocabulary = set(codec.transforms["srcport"].table.values.tolist())
     unseen_port = next(p for p in range(40000, 65536) if p not in vocabulary)
     rows = table.iloc[:3].copy()
@@ -231,15 +261,36 @@ def test_encode_names_missing_columns(table, codec):
         codec.encode(table.drop(columns=["flags", "label"]))
 
 
+def test_unseen_values_in_the_default_codec(table, codec):
+    """An unseen ephemeral port keeps its value (its range token + its bits); an unseen
+    protocol, label or out-of-range number maps to a known one and is counted."""
+    seen = set(table["srcport"]) | set(table["dstport"])
+    unseen_port = next(p for p in range(50000, 65536) if p not in seen)
+    rows = table.iloc[:3].copy()
+    rows["srcport"] = np.array([unseen_port, 80, 80], dtype=np.int32)
+    rows["proto"] = np.array([132, 6, 6], dtype=np.uint8)              # SCTP never seen
+    rows["label"] = np.array(["scan", "background", "background"], dtype=object)
+    rows["byt"] = np.array([10**12, 100, 100], dtype=np.int64)           # beyond the range
+    result = codec.encode_report(rows)
+    assert result.unknown["srcport"] == 0 and result.unknown["proto"] == 1
+    assert result.unknown["label"] == 1 and result.unknown["byt"] == 1
+    decoded = codec.decode(result.array, start_ts=float(rows["ts"].iloc[0])).table
+    assert decoded["srcport"].iloc[0] == unseen_port
+    assert decoded["proto"].iloc[0] == schema.TCP                      # most frequent
+    assert decoded["byt"].iloc[0] == table["byt"].max()
+
+
 # ---------------------------------------------------------------------------- word2vec
-def test_every_vocabulary_token_decodes_to_itself(codec):
+def test_every_vocabulary_token_decodes_to_itself(netshare_codec):
+    codec = netshare_codec
     for name in ("srcport", "proto"):
         emb = codec.transforms[name].table
         np.testing.assert_array_equal(emb.decode(emb.scaled), emb.values)
         assert emb.scaled.min() >= 0.0 and emb.scaled.max() <= 1.0
 
 
-def test_off_token_queries_find_a_near_token(codec):
+def test_off_token_queries_find_a_near_token(netshare_codec):
+    codec = netshare_codec
     """Model output is not on a token: the cell index returns the nearest token of the
     probed cells, which is close to the true nearest (brute force) on real embeddings."""
     emb = codec.transforms["srcport"].table
@@ -293,15 +344,15 @@ def test_per_field_transform_choice(table, tmp_path):
     part = table.iloc[:5000]
     codec = FlowCodec.fit(part, config, seed=0)
     transforms = {f: t.name for f, t in codec.transforms.items()}
-    assert transforms == {"ts": "log_minmax", "td": "minmax", "srcip": "bits", "dstip": "bits",
-                          "srcport": "bits", "dstport": "bits", "proto": "onehot",
-                          "pkt": "log_minmax", "byt": "log_minmax", "flags": "onehot",
-                          "tos": "bits"}
+    assert transforms == {"ts": "quantile", "td": "minmax", "srcip": "reuse_bits",
+                          "dstip": "reuse_bits", "srcport": "bits", "dstport": "bits",
+                          "proto": "onehot", "pkt": "quantile", "byt": "quantile",
+                          "flags": "onehot", "tos": "bits"}
     assert codec.feature_slices["srcport"].stop - codec.feature_slices["srcport"].start == 16
     assert codec.feature_slices["proto"].stop - codec.feature_slices["proto"].start == \
         part["proto"].nunique()
     codec.save(tmp_path)
-    assert not (tmp_path / "word2vec.bin").exists()
+    assert not (tmp_path / "word2vec.bin").exists() and not (tmp_path / "tokens.bin").exists()
     loaded = FlowCodec.load(tmp_path)
     decoded = loaded.decode(loaded.encode(part), float(part["ts"].iloc[0])).table
     assert "label" not in decoded.columns
@@ -356,17 +407,20 @@ def test_shipped_default_config_matches_built_in_defaults():
 
 
 # ---------------------------------------------------------------------------- persistence
-def test_save_and_load_give_the_same_codec(table, codec, tmp_path):
+@pytest.mark.parametrize("which, files", [
+    ("default", ["codec.json", "tokens.bin", "tokens.json"]),
+    ("netshare", ["codec.json", "word2vec.bin", "word2vec.json", "word2vec_index.npz"])])
+def test_save_and_load_give_the_same_codec(table, which, files, request, tmp_path):
+    codec = request.getfixturevalue("codec" if which == "default" else "netshare_codec")
     codec.save(tmp_path / "codec")
-    assert sorted(p.name for p in (tmp_path / "codec").iterdir()) == \
-        ["codec.json", "word2vec.bin", "word2vec.json", "word2vec_index.npz"]
+    assert sorted(p.name for p in (tmp_path / "codec").iterdir()) == files
     loaded = FlowCodec.load(tmp_path / "codec")
     assert loaded.feature_slices == codec.feature_slices and loaded.width == codec.width
     x = codec.encode(table)
     np.testing.assert_array_equal(loaded.encode(table), x)
     noisy = x + np.random.default_rng(0).normal(0, 0.05, x.shape).astype(np.float32)
-    a = codec.decode(noisy, start_ts=1.46e9)
-    b = loaded.decode(noisy, start_ts=1.46e9)
+    a = codec.decode(noisy, start_ts=1.46e9, rng=np.random.default_rng(4))
+    b = loaded.decode(noisy, start_ts=1.46e9, rng=np.random.default_rng(4))
     pd.testing.assert_frame_equal(a.table, b.table)
     assert a.repairs == b.repairs
 
@@ -377,8 +431,23 @@ def test_codec_of_another_version_is_refused(codec, tmp_path):
     state["version"] = 99
     (tmp_path / "codec.json").write_text(json.dumps(state))
     with pytest.raises(CodecVersionError, match=r"codec\.json: codec format version 99, .* "
-                                                r"reads version 1"):
+                                                r"reads versions \[1, 2\]; refit the codec"):
         FlowCodec.load(tmp_path)
+
+
+def test_version_1_codec_of_the_packaged_model_still_loads():
+    """Artifacts trained by flowdiff 0.1 (codec format version 1) keep working: their
+    "word2vec" is NetShare's nearest-neighbour embedding, loaded as word2vec_nearest."""
+    from pathlib import Path
+    directory = Path(__file__).resolve().parents[1] / "flowdiff" / "default_model" / "codec"
+    if json.loads((directory / "codec.json").read_text())["version"] != 1:
+        pytest.skip("the packaged model has been retrained with a newer codec")
+    codec = FlowCodec.load(directory)
+    assert codec.transforms["srcport"].name == "word2vec_nearest"
+    assert codec.transforms["byt"].name == "log_minmax" and codec.draws == 0
+    x = np.random.default_rng(0).uniform(0, 1, (500, codec.width)).astype(np.float32)
+    decoded = codec.decode(x, start_ts=1.46e9).table
+    assert len(decoded) == 500 and decoded["srcport"].between(0, 65535).all()
 
 
 def test_missing_or_foreign_codec_files_are_refused(tmp_path):

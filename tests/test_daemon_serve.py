@@ -105,15 +105,22 @@ def test_contexts_slide_and_records_decode_the_new_steps(tiny_model):
     for _ in range(3):
         before = gen.contexts.clone()  # (S, C, F)
         clocks = gen.clocks.clone()
+        history = {k: v.copy() for k, v in gen.history.items()}
         turn = gen.step()
         h = art.horizon
         assert gen.contexts.shape == before.shape
         assert torch.equal(gen.contexts[:, :-h], before[:, h:])  # slid by H
         assert not torch.equal(gen.contexts[:, -h:], before[:, -h:])
-        for s in range(2):  # the records are exactly the decoded new steps
-            expected = art.codec.decode(gen.contexts[s, -h:].numpy(), start_ts=float(clocks[s]))
+        for s in range(2):  # the records are exactly the decoded new steps, stream by stream
+            expected = art.codec.decode_streams(
+                gen.contexts[s:s + 1, -h:].numpy(), clocks[s:s + 1].numpy(),
+                [np.random.default_rng(turn.decode_seeds[s])],
+                {k: v[s:s + 1] for k, v in history.items()})
             got = turn.records[turn.records["stream_id"] == s].drop(columns=["stream_id", "seq"])
-            pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.table)
+            pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.result.table)
+        assert art.codec.reuse_fields and all(  # the reuse history moved on with the stream
+            (v[:, -1] == turn.records.groupby("stream_id")[k].last().to_numpy()).all()
+            for k, v in gen.history.items())
 
 
 def test_same_seed_gives_same_records(tiny_model):

@@ -20,16 +20,20 @@ import pandas as pd
 
 from flowdiff import __version__
 from flowdiff.codec.config import CodecConfig
+from flowdiff.codec.quantile import QuantileTransform
 from flowdiff.codec.repair import ProtocolProfile
+from flowdiff.codec.reuse import UNKNOWN, ReuseBitsTransform
+from flowdiff.codec.tokens import PortTokenTransform, ProtoTokenTransform, TokenEmbedding
 from flowdiff.codec.transforms import (FIELD_BITS, BitsTransform, MinMaxTransform,
                                        OneHotTransform, resolution)
-from flowdiff.codec.word2vec import PORT, PROTO, EmbeddingTransform, PortProtoEmbedding
+from flowdiff.codec.word2vec import EmbeddingTransform, PortProtoEmbedding
 from flowdiff.schema import COLUMNS, conform
 
 log = logging.getLogger(__name__)
 
 CODEC_FORMAT = "flowdiff-codec"
-CODEC_VERSION = 1
+CODEC_VERSION = 2
+READABLE_VERSIONS = (1, 2)              # version 1: flowdiff 0.1 (NetShare's embedding)
 STATE_FILE = "codec.json"
 INTEGER_FIELDS = ("srcip", "dstip", "srcport", "dstport", "proto", "pkt", "byt", "flags", "tos")
 
@@ -71,40 +75,98 @@ def _time_column(ts: np.ndarray, prev_ts: float | None) -> np.ndarray:
     return iat
 
 
-def _new_transform(field_name: str, transform: str, embedding: PortProtoEmbedding | None):
+def _ports_or_proto(field_name: str) -> str:
+    return "proto" if field_name == "proto" else "port"
+
+
+class _Embeddings:
+    """The shared word2vec models a codec's fields use, by transform name."""
+
+    def __init__(self, tokens: TokenEmbedding | None = None,
+                 nearest: PortProtoEmbedding | None = None):
+        self.tokens = tokens          # "word2vec": tokens with port ranges, sampled decoding
+        self.nearest = nearest        # "word2vec_nearest": NetShare's, nearest neighbour
+
+    @classmethod
+    def fit(cls, columns: dict[str, np.ndarray], config: CodecConfig,
+            seed: int) -> "_Embeddings":
+        def fit_one(transform: str, model):
+            chosen = {f: (_ports_or_proto(f), columns[f]) for f in columns
+                      if config.fields[f] == transform}
+            return model.fit(chosen, config.word2vec, seed) if chosen else None
+        return cls(fit_one("word2vec", TokenEmbedding),
+                   fit_one("word2vec_nearest", PortProtoEmbedding))
+
+    def save(self, directory: Path) -> None:
+        for embedding in (self.tokens, self.nearest):
+            if embedding is not None:
+                embedding.save(directory)
+
+    @classmethod
+    def load(cls, directory: Path, transforms: set[str]) -> "_Embeddings":
+        return cls(TokenEmbedding.load(directory) if "word2vec" in transforms else None,
+                   PortProtoEmbedding.load(directory) if "word2vec_nearest" in transforms
+                   else None)
+
+
+def _new_transform(field_name: str, transform: str, config: CodecConfig,
+                   embeddings: _Embeddings, seed: int):
+    """An unfitted transform (fit it on the column; the embeddings are fitted already)."""
     if transform == "bits":
         return BitsTransform(FIELD_BITS[field_name])
+    if transform == "reuse_bits":
+        return ReuseBitsTransform(config.reuse_depth)
     if transform in ("minmax", "log_minmax"):
         return MinMaxTransform(log=transform == "log_minmax")
+    if transform == "quantile":
+        return QuantileTransform(seed=seed + COLUMNS.index(field_name))
     if transform == "onehot":
         return OneHotTransform()
-    if transform == "word2vec" and embedding is not None:
-        return EmbeddingTransform(embedding.tables[PROTO if field_name == "proto" else PORT])
+    if transform in ("word2vec", "word2vec_nearest"):
+        return _embedding_transform(field_name, transform, embeddings)
     raise ValueError(f"field {field_name}: no transform named {transform!r}")
 
 
+def _embedding_transform(field_name: str, transform: str, embeddings: _Embeddings):
+    if transform == "word2vec":
+        kind = _ports_or_proto(field_name)
+        return (ProtoTokenTransform if kind == "proto" else PortTokenTransform)(embeddings.tokens)
+    return EmbeddingTransform(embeddings.nearest.tables[_ports_or_proto(field_name)])
+
+
+_LOADERS = {"bits": BitsTransform.from_state, "reuse_bits": ReuseBitsTransform.from_state,
+            "minmax": MinMaxTransform.from_state, "log_minmax": MinMaxTransform.from_state,
+            "quantile": QuantileTransform.from_state, "onehot": OneHotTransform.from_state}
+
+
 def _transform_from_state(field_name: str, transform: str, state: dict,
-                          embedding: PortProtoEmbedding | None):
-    if transform == "bits":
-        return BitsTransform.from_state(state)
-    if transform in ("minmax", "log_minmax"):
-        return MinMaxTransform.from_state(state)
-    if transform == "onehot":
-        return OneHotTransform.from_state(state)
-    if transform == "word2vec" and embedding is not None:
-        return EmbeddingTransform(embedding.tables[state["kind"]])
+                          embeddings: _Embeddings):
+    if transform in _LOADERS:
+        return _LOADERS[transform](state)
+    if transform in ("word2vec", "word2vec_nearest"):
+        return _embedding_transform(field_name, transform, embeddings)
     raise CodecFileError(f"field {field_name}: unknown transform {transform!r} in codec file")
+
+
+def _upgrade_version_1(state: dict) -> dict:
+    """Codec files of format version 1 (flowdiff 0.1) named NetShare's nearest-neighbour
+    embedding "word2vec"; it is "word2vec_nearest" now. Nothing else changed."""
+    rename = lambda t: "word2vec_nearest" if t == "word2vec" else t
+    config = dict(state["config"])
+    config["fields"] = {f: rename(t) for f, t in config["fields"].items()}
+    fields = [dict(entry, transform=rename(entry["transform"])) for entry in state["fields"]]
+    return dict(state, config=config, fields=fields, version=CODEC_VERSION)
 
 
 class FlowCodec:
     """Use ``FlowCodec.fit`` or ``FlowCodec.load``; the constructor only assembles parts."""
 
     def __init__(self, config: CodecConfig, transforms: dict, profile: ProtocolProfile,
-                 embedding: PortProtoEmbedding | None, seed: int):
+                 embeddings: _Embeddings, seed: int):
         self.config = config
         self.transforms = transforms                 # field -> transform, in feature order
         self.profile = profile
-        self.embedding = embedding
+        self.embeddings = embeddings
         self.seed = seed
         self.fields: tuple[str, ...] = tuple(transforms)
         self.feature_slices: dict[str, slice] = {}
@@ -113,6 +175,16 @@ class FlowCodec:
             self.feature_slices[name] = slice(start, start + transform.width)
             start += transform.width
         self.width = start
+        # decoding randomness: uniform numbers per record, a column range per sampled field
+        self.draw_slices: dict[str, slice] = {}
+        draws = 0
+        for name, transform in transforms.items():
+            if getattr(transform, "draws", 0):
+                self.draw_slices[name] = slice(draws, draws + transform.draws)
+                draws += transform.draws
+        self.draws = draws
+        self.reuse_fields = tuple(n for n, t in transforms.items()
+                                  if isinstance(t, ReuseBitsTransform))
 
     # ------------------------------------------------------------------ fit
     @classmethod
@@ -127,19 +199,21 @@ class FlowCodec:
         if skipped:
             log.info("codec: fields absent from the training table, not encoded: %s", skipped)
         columns = {f: cls._column(table, f, None) for f in fields}
-        w2v = {f: (PROTO if f == "proto" else PORT, columns[f]) for f in fields
-               if config.fields[f] == "word2vec"}
-        embedding = PortProtoEmbedding.fit(w2v, config.word2vec, seed) if w2v else None
+        embeddings = _Embeddings.fit(columns, config, seed)
         transforms = {}
         for f in fields:
             try:
-                transforms[f] = _new_transform(f, config.fields[f], embedding).fit(columns[f])
+                transforms[f] = _new_transform(f, config.fields[f], config, embeddings,
+                                               seed).fit(columns[f])
             except ValueError as err:
                 raise ValueError(f"field {f}: {err}") from err
         # the time field rounds to the resolution of the timestamps themselves: differences
         # of epoch seconds carry noise of their magnitude (2.4e-7 s near 1.5e9)
-        transforms["ts"].decimals = resolution(table["ts"].to_numpy())
-        codec = cls(config, transforms, ProtocolProfile.fit(table), embedding, seed)
+        time_decimals = resolution(table["ts"].to_numpy())
+        if isinstance(transforms["ts"], QuantileTransform):  # refit at that resolution
+            transforms["ts"].fit(columns["ts"], decimals=time_decimals)
+        transforms["ts"].decimals = time_decimals
+        codec = cls(config, transforms, ProtocolProfile.fit(table), embeddings, seed)
         log.info("codec fitted on %d records: %d features over fields %s",
                  len(table), codec.width, list(codec.fields))
         return codec
@@ -181,35 +255,79 @@ class FlowCodec:
         return EncodeResult(out, unknown)
 
     # ------------------------------------------------------------------ decode
-    def decode(self, array: np.ndarray, start_ts: float) -> DecodeResult:
+    def decode(self, array: np.ndarray, start_ts: float,
+               rng: np.random.Generator | None = None) -> DecodeResult:
         """(n, F) floats -> valid canonical records. ``start_ts`` is the ts of the record
         before the first one (for ``encode(table)`` without ``prev_ts``: ``table.ts[0]``);
-        ts = start_ts + cumsum(inter-arrival), in float64."""
+        ts = start_ts + cumsum(inter-arrival), in float64. ``rng`` draws the sampled
+        fields (ports, protocol); without it a generator seeded with the codec's seed is
+        used, so the same array always decodes to the same records."""
         array = np.asarray(array)
         if array.ndim != 2 or array.shape[1] != self.width:
             raise ValueError(f"decode expects an array of shape (n, {self.width}), got "
                              f"{array.shape}")
+        rng = np.random.default_rng(self.seed) if rng is None else rng
+        return self.decode_streams(array[None], np.array([start_ts]), [rng]).result
+
+    def decode_streams(self, steps: np.ndarray, start_ts: np.ndarray,
+                       rngs: list[np.random.Generator],
+                       history: dict[str, np.ndarray] | None = None) -> "StreamsDecoded":
+        """S streams at once: (S, H, F) floats, (S,) start times (the ts of each stream's
+        record before its first one), one generator per stream for the sampled fields, and
+        each reuse field's (S, K) history of earlier addresses (None: none known). Records
+        come stream-major (stream 0's H records, then stream 1's, ...); stream s's records
+        are what ``decode(steps[s], start_ts[s], rngs[s])`` gives when it has no history."""
+        steps = np.asarray(steps)
+        if steps.ndim != 3 or steps.shape[2] != self.width:
+            raise ValueError(f"decode_streams expects an array of shape (S, H, {self.width}),"
+                             f" got {steps.shape}")
+        n_streams, horizon, _ = steps.shape
+        if len(rngs) != n_streams or np.shape(start_ts) != (n_streams,):
+            raise ValueError(f"decode_streams: {n_streams} streams need {n_streams} start "
+                             f"times and generators, got {np.shape(start_ts)} and {len(rngs)}")
+        array = steps.reshape(n_streams * horizon, self.width)              # (S*H, F)
         repairs: dict[str, int] = {}
         finite = np.isfinite(array)
         repairs["non_finite"] = int((~finite.all(axis=1)).sum())
         if repairs["non_finite"]:
             array = np.where(finite, array, 0.0)
+        uniforms = (np.concatenate([rng.random((horizon, self.draws)) for rng in rngs])
+                    if self.draws else None)                                # (S*H, draws)
+        history = dict(history or {})
         columns: dict[str, np.ndarray] = {}
         for name, transform in self.transforms.items():
-            columns[name], outside = transform.decode(array[:, self.feature_slices[name]])
+            block = array[:, self.feature_slices[name]]                     # (S*H, width)
+            if name in self.reuse_fields:
+                values, history[name], outside = transform.decode_streams(
+                    block.reshape(n_streams, horizon, -1), history.get(name))
+                columns[name] = values.reshape(-1)
+                if outside:
+                    repairs[f"{name}_reuse_before_history"] = outside
+                continue
+            if name in self.draw_slices:
+                columns[name], outside = transform.decode(block, uniforms[:, self.draw_slices[name]])
+            else:
+                columns[name], outside = transform.decode(block)
             if outside:
                 repairs[f"{name}_out_of_range"] = outside
-        columns["ts"] = self._rebuild_time(columns["ts"], start_ts)
+        columns["ts"] = self._rebuild_time(columns["ts"].reshape(n_streams, horizon),
+                                           np.asarray(start_ts, dtype=np.float64)).reshape(-1)
         for name in INTEGER_FIELDS:
             if name in columns and columns[name].dtype.kind == "f":
                 columns[name] = np.rint(columns[name]).astype(np.int64)
         repairs.update(self.profile.repair(columns))
-        return DecodeResult(conform(pd.DataFrame(columns)), repairs)
+        return StreamsDecoded(DecodeResult(conform(pd.DataFrame(columns)), repairs), history)
 
-    def _rebuild_time(self, iat: np.ndarray, start_ts: float) -> np.ndarray:
-        ts = float(start_ts) + np.cumsum(iat, dtype=np.float64)           # (n,)
+    def _rebuild_time(self, iat: np.ndarray, start_ts: np.ndarray) -> np.ndarray:
+        """(S, H) inter-arrival times, (S,) start times -> (S, H) float64 timestamps."""
+        ts = start_ts[:, None] + np.cumsum(iat, axis=1, dtype=np.float64)   # (S, H)
         decimals = self.transforms["ts"].decimals
         return ts if decimals is None else np.round(ts, decimals)
+
+    def empty_history(self, streams: int) -> dict[str, np.ndarray]:
+        """Each reuse field's (S, K) history with no known address."""
+        return {name: np.full((streams, self.transforms[name].depth), UNKNOWN, dtype=np.int64)
+                for name in self.reuse_fields}
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict:
@@ -222,11 +340,10 @@ class FlowCodec:
         }
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``codec.json`` (+ ``word2vec.bin``/``.json``) into ``directory``."""
+        """Write ``codec.json`` (+ the word2vec files) into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if self.embedding is not None:
-            self.embedding.save(directory)
+        self.embeddings.save(directory)
         _write_atomic(directory / STATE_FILE, json.dumps(self.state(), indent=1))
         return directory
 
@@ -243,12 +360,14 @@ class FlowCodec:
         if not isinstance(state, dict) or state.get("format") != CODEC_FORMAT:
             raise CodecFileError(f"{path}: not a flowdiff codec file (expected \"format\": "
                                  f"\"{CODEC_FORMAT}\")")
-        if state.get("version") != CODEC_VERSION:
+        if state.get("version") not in READABLE_VERSIONS:
             raise CodecVersionError(
                 f"{path}: codec format version {state.get('version')!r}, but this flowdiff "
-                f"({__version__}) reads version {CODEC_VERSION}; refit the codec with "
-                f"`flowdiff codec fit`")
+                f"({__version__}) reads versions {list(READABLE_VERSIONS)}; refit the codec "
+                f"with `flowdiff codec fit` (or retrain the model with `flowdiff train`)")
         try:
+            if state["version"] == 1:
+                state = _upgrade_version_1(state)
             return cls._from_state(state, path.parent)
         except (KeyError, TypeError, ValueError, OSError) as err:
             raise CodecFileError(f"{path}: incomplete or corrupt codec ({err!r})") from err
@@ -256,18 +375,24 @@ class FlowCodec:
     @classmethod
     def _from_state(cls, state: dict, directory: Path) -> "FlowCodec":
         config = CodecConfig.from_dict(state["config"], source=str(directory / STATE_FILE))
-        uses_w2v = any(f["transform"] == "word2vec" for f in state["fields"])
-        embedding = PortProtoEmbedding.load(directory) if uses_w2v else None
+        embeddings = _Embeddings.load(directory, {f["transform"] for f in state["fields"]})
         transforms = {}
         for entry in state["fields"]:
             transform = _transform_from_state(entry["name"], entry["transform"],
-                                              entry["state"], embedding)
+                                              entry["state"], embeddings)
             if transform.width != entry["width"]:
                 raise CodecFileError(f"field {entry['name']}: width {transform.width} "
                                      f"differs from the saved {entry['width']}")
             transforms[entry["name"]] = transform
         return cls(config, transforms, ProtocolProfile.from_state(state["profile"]),
-                   embedding, int(state["seed"]))
+                   embeddings, int(state["seed"]))
+
+
+@dataclass
+class StreamsDecoded:
+    """What ``decode_streams`` gives: the records and each reuse field's new history."""
+    result: DecodeResult
+    history: dict[str, np.ndarray]        # reuse field -> (S, K) last K addresses
 
 
 def _write_atomic(path: Path, text: str) -> None:

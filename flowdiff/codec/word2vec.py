@@ -1,5 +1,9 @@
 """Word2vec embedding of ports and protocol (NetShare), decoded by nearest neighbour.
 
+The ``word2vec_nearest`` transform: flowdiff 0.1's default (codec format version 1), kept
+for comparison and to load artifacts trained with it. The default ``word2vec`` transform
+(``flowdiff.codec.tokens``) represents rare ports by their range and decodes by sampling.
+
 One gensim Word2Vec model is trained on one sentence per record made of the fields that
 chose ``word2vec`` (by default ``[srcport, dstport, proto]``); srcport and dstport share
 the port tokens ("80"), protocols get their own tokens ("proto:6"). Each kind (ports,
@@ -238,7 +242,7 @@ def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
 class EmbeddingTransform:
     """Per-field view of the shared embedding (the field transform interface)."""
 
-    name = "word2vec"
+    name = "word2vec_nearest"
 
     def __init__(self, table: EmbeddingTable):
         self.table = table

@@ -29,7 +29,9 @@ def detect_kind(raw) -> str:
         return "flowdiff"
     if isinstance(raw.get("data"), dict) and "csv" in raw["data"]:
         return "timeseries"
-    if raw and set(raw) <= {"fields", "word2vec"}:
+    from flowdiff.codec.config import SECTION_KEYS
+
+    if raw and set(raw) <= set(SECTION_KEYS):
         return "codec"
     if "columns" in raw:
         return "mapping"

@@ -1,10 +1,13 @@
 """Endless generation: S parallel streams, each with a rolling context of C encoded steps.
 
 Each ``step()`` runs the model's predict mode on all streams at once (the batch dimension),
-decodes the H new steps of every stream to flow records starting at that stream's clock,
-stamps ``stream_id`` and a per-stream ``seq``, appends the new steps to the contexts and
-slides them. Stream i draws all its noise from its own ``torch.Generator`` seeded with
-``seed + i``, so a stream's records do not depend on how many other streams run.
+decodes the H new steps of every stream to flow records starting at that stream's clock
+(``codec.decode_streams``, with each stream's history of recent addresses for the codec's
+reuse fields), stamps ``stream_id`` and a per-stream ``seq``, appends the new steps to the
+contexts and slides them. Stream i draws all its noise from its own ``torch.Generator``
+seeded with ``seed + i`` — the model's noise and, through a seed drawn from it each turn,
+the codec's sampled decoding — so a stream's records do not depend on how many other
+streams run, and a saved generator state resumes them exactly.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class Turn:
     stream_counts: np.ndarray  # (S,) records per stream
     repairs: dict  # field -> values the codec repaired in this turn
     predict_seconds: float
+    decode_seeds: list[int]  # per stream: seed of the codec's sampled decoding this turn
 
 
 class StreamGenerator:
@@ -46,6 +50,7 @@ class StreamGenerator:
         self.contexts: torch.Tensor | None = None  # (S, C, F)
         self.next_seq = torch.zeros(streams, dtype=torch.int64)  # (S,)
         self.clocks = torch.zeros(streams, dtype=torch.float64)  # (S,) last ts per stream
+        self.history = codec.empty_history(streams)  # reuse field -> (S, K) recent addresses
         self.turns = 0
 
     # ------------------------------------------------------------ starting points
@@ -75,12 +80,16 @@ class StreamGenerator:
         self.next_seq = state.next_seq.clone()
         self.clocks = torch.clamp(state.clocks.clone(), min=rebase_to)
         self.turns = state.turns
+        for name in self.history:  # a state saved without history keeps the empty one
+            if name in state.history:
+                self.history[name] = state.history[name].numpy().astype(np.int64).copy()
 
     def snapshot(self, fingerprint: dict) -> StreamState:
         return StreamState(contexts=self.contexts.detach().cpu().clone(),
                            rng_states=[g.get_state() for g in self.rngs],
                            next_seq=self.next_seq.clone(), clocks=self.clocks.clone(),
-                           turns=self.turns, fingerprint=fingerprint)
+                           turns=self.turns, fingerprint=fingerprint,
+                           history={k: torch.from_numpy(v.copy()) for k, v in self.history.items()})
 
     # ------------------------------------------------------------ one turn
     def step(self) -> Turn:
@@ -90,34 +99,39 @@ class StreamGenerator:
         new = self.model.predict(self.contexts, self.horizon, self.sampler, self.rngs)  # (S, H, F)
         new = new.detach().clamp(0.0, 1.0)  # (S, H, F)
         predict_seconds = time.perf_counter() - t0
-        records, repairs = self._decode(new.cpu().numpy())  # (S, H, F) -> S*H records
+        decode_seeds = self._decode_seeds()
+        records, repairs = self._decode(new.cpu().numpy(), decode_seeds)  # (S, H, F) -> S*H
         # slide: drop the oldest H steps, append the new ones
         self.contexts = torch.cat([self.contexts, new], dim=1)[:, -self.context:, :]  # (S, C, F)
         self.turns += 1
         counts = np.full(self.streams, self.horizon, dtype=np.int64)
         return Turn(records=records, stream_counts=counts, repairs=repairs,
-                    predict_seconds=predict_seconds)
+                    predict_seconds=predict_seconds, decode_seeds=decode_seeds)
 
-    def _decode(self, steps: np.ndarray) -> tuple[pd.DataFrame, dict]:
+    def _decode(self, steps: np.ndarray, seeds: list[int]) -> tuple[pd.DataFrame, dict]:
         """Decode all streams in ONE codec call (the per-call overhead dominates small
-        blocks), then rebuild each stream's timestamps from its own clock exactly as
-        ``codec.decode(steps[s], start_ts=clock[s])`` would: ts = clock + cumsum(iat)."""
-        n_streams, horizon, width = steps.shape
-        flat = steps.reshape(n_streams * horizon, width)  # (S*H, F), stream-major
-        decoded = self.codec.decode(flat, start_ts=0.0)
-        table = decoded.table
-        if len(table) != len(flat):
-            raise RuntimeError(f"codec returned {len(table)} records for {len(flat)} steps")
-        ts_transform = self.codec.transforms["ts"]
-        iat, _ = ts_transform.decode(flat[:, self.codec.feature_slices["ts"]])  # (S*H,)
-        clocks = self.clocks.numpy()[:, None]  # (S, 1)
-        ts = clocks + np.cumsum(iat.reshape(n_streams, horizon), axis=1, dtype=np.float64)
-        if ts_transform.decimals is not None:
-            ts = np.round(ts, ts_transform.decimals)  # (S, H)
+        blocks); stream s's records start at its own clock and continue its history."""
+        n_streams, horizon, _ = steps.shape
+        rngs = [np.random.default_rng(seed) for seed in seeds]
+        decoded = self.codec.decode_streams(steps, self.clocks.numpy(), rngs, self.history)
+        table = decoded.result.table
+        if len(table) != n_streams * horizon:
+            raise RuntimeError(f"codec returned {len(table)} records for "
+                               f"{n_streams * horizon} steps")
+        ts = table["ts"].to_numpy().reshape(n_streams, horizon)  # (S, H)
         seq = self.next_seq.numpy()[:, None] + np.arange(horizon)  # (S, H)
-        table = table.assign(ts=ts.reshape(-1),
-                             stream_id=np.repeat(np.arange(n_streams, dtype=np.int32), horizon),
+        table = table.assign(stream_id=np.repeat(np.arange(n_streams, dtype=np.int32), horizon),
                              seq=seq.reshape(-1).astype(np.int64))
-        self.clocks = torch.from_numpy(np.maximum(ts[:, -1], clocks[:, 0]))  # (S,) float64
+        self.clocks = torch.from_numpy(np.maximum(ts[:, -1], self.clocks.numpy()))  # (S,)
+        self.history = decoded.history
         self.next_seq += horizon
-        return table, {k: int(v) for k, v in decoded.repairs.items() if v}
+        return table, {k: int(v) for k, v in decoded.result.repairs.items() if v}
+
+    def _decode_seeds(self) -> list[int]:
+        """Per stream, the seed of its codec decoding this turn, drawn from the stream's
+        torch generator (so its saved state covers decoding too). A codec without sampled
+        fields draws nothing, leaving the torch streams as they were."""
+        if not self.codec.draws:
+            return [0] * len(self.rngs)
+        return [int(torch.randint(0, 2 ** 62, (1,), generator=g, device=g.device))
+                for g in self.rngs]

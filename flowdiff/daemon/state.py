@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,6 +33,9 @@ class StreamState:
     clocks: torch.Tensor  # (S,) float64: ts of the last record of each stream (epoch s)
     turns: int
     fingerprint: dict
+    # codec reuse field -> (S, K) int64 last K decoded addresses of each stream (-1: none);
+    # absent in states saved before the codec had reuse fields
+    history: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def save_state(directory: str | Path, state: StreamState) -> Path:
@@ -48,6 +51,7 @@ def save_state(directory: str | Path, state: StreamState) -> Path:
         "clocks": state.clocks.clone(),
         "turns": int(state.turns),
         "fingerprint": dict(state.fingerprint),
+        "history": {name: h.clone() for name, h in state.history.items()},
     }
     with open(tmp, "wb") as fh:
         torch.save(payload, fh)
@@ -84,4 +88,5 @@ def load_state(directory: str | Path, fingerprint: dict) -> StreamState | None:
                          "move it away to start fresh or restore the old config")
     return StreamState(contexts=payload["contexts"], rng_states=payload["rng_states"],
                        next_seq=payload["next_seq"], clocks=payload["clocks"],
-                       turns=payload["turns"], fingerprint=saved)
+                       turns=payload["turns"], fingerprint=saved,
+                       history=dict(payload.get("history") or {}))

@@ -1,0 +1,214 @@
+"""The codec's diffusion-friendly transforms, each against hand-made cases: quantile numbers,
+host reuse, port tokens decoded as a distribution; and the codec quality check."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flowdiff.codec import CodecConfig, FlowCodec
+from flowdiff.codec.kernel import KernelDecoder
+from flowdiff.codec.quantile import QuantileTransform
+from flowdiff.codec.reuse import UNKNOWN, ReuseBitsTransform
+
+
+# ---------------------------------------------------------------------------- quantile
+def test_quantile_round_trip_is_exact_and_ties_are_spread():
+    pkt = np.array([1] * 600 + [2] * 300 + [3] * 90 + [371_653] * 10)       # (1000,)
+    q = QuantileTransform(seed=0).fit(pkt)
+    z = q.encode(pkt)[:, 0]
+    assert z.dtype == np.float32 and 0.0 <= z.min() and z.max() < 1.0
+    back, outside = q.decode(z[:, None])
+    np.testing.assert_array_equal(back, pkt)
+    assert outside == 0
+    # pkt = 1 is 60% of the records: its positions fill the middle of [0, 0.6), not a point
+    ones = z[pkt == 1]
+    assert 0.15 <= ones.min() and ones.max() <= 0.45 and len(np.unique(ones)) == 600
+    # the largest value keeps its share of the range (1%): the tail is not squeezed
+    assert z[pkt == 371_653].min() >= 0.99
+
+
+def test_quantile_decodes_any_float_to_a_training_value_in_order():
+    values = np.array([0.0, 0.0, 0.5, 1.25, 7.0, 300.0])
+    q = QuantileTransform(seed=1).fit(values)
+    grid = np.linspace(-0.5, 1.5, 201)[:, None]
+    decoded, outside = q.decode(grid)
+    assert set(decoded) <= set(values)
+    assert (np.diff(decoded) >= 0).all()                    # monotone: order is kept
+    assert outside == int(((grid < 0) | (grid > 1)).sum())
+    assert decoded[0] == 0.0 and decoded[-1] == 300.0
+
+
+def test_quantile_unseen_values_go_to_the_nearest_and_are_counted():
+    q = QuantileTransform(seed=0).fit(np.array([1.0, 2.0, 10.0, 10.0]))
+    column = np.array([1.4, 9.0, 1e9, -5.0, 2.0])
+    assert q.decimals == 0          # integers: 1.4 is 1 at the column's resolution
+    assert q.unknown(column) == 3
+    decoded, _ = q.decode(q.encode(column))
+    np.testing.assert_array_equal(decoded, [1.0, 10.0, 10.0, 1.0, 2.0])
+
+
+def test_quantile_state_round_trip_and_seeded_jitter():
+    column = np.random.default_rng(3).integers(1, 50, 500)
+    q = QuantileTransform(seed=7).fit(column)
+    again = QuantileTransform.from_state(q.state())
+    np.testing.assert_array_equal(again.encode(column), q.encode(column))
+    other = QuantileTransform(seed=8).fit(column)
+    assert not np.array_equal(other.encode(column), q.encode(column))
+
+
+# ---------------------------------------------------------------------------- reuse
+def test_reuse_codes_name_the_nearest_earlier_record():
+    ips = np.array([10, 20, 10, 10, 30, 20, 40, 50, 60, 30])
+    reuse = ReuseBitsTransform(depth=3)
+    #               10 20 10 10 30 20 40 50 60 30
+    expected = [0, 0, 2, 1, 0, 0, 0, 0, 0, 0]  # 20 at 5 is 4 back, 30 at 9 is 5 back: > K
+    np.testing.assert_array_equal(reuse.codes(ips), expected)
+    block = reuse.encode(ips)
+    assert block.shape == (10, 3 + 1 + 32)
+    np.testing.assert_array_equal(block[:, :4].argmax(axis=1), expected)
+    decoded, fallbacks = reuse.decode(block)
+    np.testing.assert_array_equal(decoded, ips)
+    assert fallbacks == 0
+
+
+def test_reuse_resolves_to_the_referenced_address_not_the_bits():
+    """Decoding follows the reuse code even when the bits say otherwise, through chains."""
+    reuse = ReuseBitsTransform(depth=4)
+    block = reuse.encode(np.array([111, 222, 333, 444, 555]))
+    block[:, :5] = 0.0
+    block[:, 0] = 1.0                       # all "new" ...
+    block[2, :5] = np.eye(5)[2]             # ... but record 2 = record 0 (2 back)
+    block[4, :5] = np.eye(5)[2]             # record 4 = record 2 = record 0 (a chain)
+    block[3, :5] = np.eye(5)[1]             # record 3 = record 2 = 111
+    decoded, _ = reuse.decode(block)
+    np.testing.assert_array_equal(decoded, [111, 222, 111, 111, 111])
+
+
+def test_reuse_continues_across_blocks_with_history():
+    """The daemon decodes block by block: codes pointing into the previous block resolve
+    through the stream's history; before any known history they fall back to the bits."""
+    reuse = ReuseBitsTransform(depth=3)
+    ips = np.array([7, 8, 9, 8, 7, 7])
+    block = reuse.encode(ips)[None]                                         # (1, 6, W)
+    first, history, fallbacks = reuse.decode_streams(block[:, :3], None)
+    assert fallbacks == 0 and first.tolist() == [[7, 8, 9]]
+    np.testing.assert_array_equal(history, [[7, 8, 9]])
+    second, history, fallbacks = reuse.decode_streams(block[:, 3:], history)
+    assert second.tolist() == [[8, 7, 7]] and fallbacks == 0
+    np.testing.assert_array_equal(history, [[8, 7, 7]])
+    # the same second block without history: codes 2 and 3 point nowhere -> own bits
+    alone, _, fallbacks = reuse.decode_streams(block[:, 3:],
+                                               np.full((1, 3), UNKNOWN, dtype=np.int64))
+    assert alone.tolist() == [[8, 7, 7]] and fallbacks == 1
+    # two streams at once keep their histories apart
+    two = np.concatenate([block[:, :3], reuse.encode(np.array([5, 5, 5]))[None]])
+    decoded, history, _ = reuse.decode_streams(two, None)
+    assert decoded.tolist() == [[7, 8, 9], [5, 5, 5]]
+
+
+# ---------------------------------------------------------------------------- port tokens
+def _three_tokens() -> KernelDecoder:
+    vectors = np.array([[0.2, 0.2], [0.6, 0.2], [0.4, 0.95]], dtype=np.float32)  # A, B, C
+    return KernelDecoder(vectors, counts=np.array([100, 300, 5000]), temperature=0.05)
+
+
+def test_midway_between_two_tokens_gives_both_never_a_third():
+    decoder = _three_tokens()
+    midway = np.tile([[0.4, 0.2]], (4000, 1)).astype(np.float32)
+    rows = decoder.decode(midway, np.random.default_rng(0).random(4000))
+    counts = np.bincount(rows, minlength=3)
+    assert counts[2] == 0                               # C: far from both, never drawn
+    assert counts[0] > 0 and counts[1] > 0              # both neighbours, ...
+    assert 0.2 < counts[0] / 4000 < 0.3                 # ... in proportion to frequency
+    # a query on a token is that token whatever the uniforms; without uniforms, the most
+    # probable one
+    exact = decoder.decode(decoder.vectors, np.array([0.999, 0.0, 0.5]))
+    np.testing.assert_array_equal(exact, [0, 1, 2])
+    assert decoder.decode(midway[:1], None).tolist() == [1]
+
+
+def test_port_decoding_midway_between_two_real_service_ports(codec_on_sample):
+    """On the fitted UGR'16 vocabulary: the midpoint of two service-port embeddings with no
+    third token near it decodes to those two ports only."""
+    codec, _ = codec_on_sample
+    transform = codec.transforms["srcport"]
+    table = transform.table
+    service = [i for i in np.argsort(-table.counts) if transform.port_of[i] >= 0][:12]
+    decoder = table.decoder
+    for a in service:
+        for b in service:
+            if a >= b:
+                continue
+            mid = (table.scaled[a] + table.scaled[b]) / 2
+            allowed = np.flatnonzero(np.isfinite(decoder.log_weights(mid[None]))[0])
+            if set(allowed) == {a, b}:
+                break
+        else:
+            continue
+        break
+    else:
+        pytest.skip("no pair of frequent service ports with a clean midpoint")
+    n = 2000
+    block = np.zeros((n, transform.width), dtype=np.float32)
+    block[:, :transform.dim] = mid
+    ports, _ = transform.decode(block, np.random.default_rng(1).random((n, 1)))
+    assert set(ports) == {transform.port_of[a], transform.port_of[b]}
+
+
+def test_a_seeded_decode_is_reproducible(codec_on_sample):
+    codec, table = codec_on_sample
+    x = codec.encode(table.iloc[:3000])
+    noisy = np.clip(x + np.random.default_rng(2).normal(0, 0.05, x.shape), 0, 1)
+    decode = lambda seed: codec.decode(noisy, 1.46e9, rng=np.random.default_rng(seed)).table
+    pd.testing.assert_frame_equal(decode(11), decode(11))
+    assert not decode(11)["srcport"].equals(decode(12)["srcport"])
+    pd.testing.assert_frame_equal(codec.decode(noisy, 1.46e9).table,
+                                  codec.decode(noisy, 1.46e9).table)  # default: codec's seed
+
+
+def test_decode_streams_equals_per_stream_decode(codec_on_sample):
+    codec, table = codec_on_sample
+    x = codec.encode(table.iloc[:600]).reshape(3, 200, codec.width)
+    x = np.clip(x + np.random.default_rng(5).normal(0, 0.03, x.shape), 0, 1)
+    starts = np.array([1.46e9, 1.47e9, 1.48e9])
+    together = codec.decode_streams(x, starts, [np.random.default_rng(s) for s in range(3)])
+    for s in range(3):
+        alone = codec.decode(x[s], starts[s], rng=np.random.default_rng(s)).table
+        part = together.result.table.iloc[s * 200:(s + 1) * 200].reset_index(drop=True)
+        pd.testing.assert_frame_equal(part, alone)
+    assert together.history["dstip"].shape == (3, codec.config.reuse_depth)
+
+
+# ---------------------------------------------------------------------------- codec check
+def test_codec_check_degrades_gracefully_on_the_default_codec(codec_on_sample):
+    from flowdiff.eval.codec_check import codec_check, to_markdown
+    codec, table = codec_on_sample
+    rows = codec_check(codec, table.iloc[:5000].reset_index(drop=True), (0.0, 0.02), seed=0)
+    real, exact, small, blend = rows
+    assert [r["noise"] for r in rows] == ["real", 0.0, 0.02, "blend"]
+    assert exact["jsd_srcport"] == 0.0 and exact["emd_sf_byt"] == 0.0
+    assert exact["repeat_dstip"] == real["repeat_dstip"] > 0.05
+    assert small["repeat_dstip"] == real["repeat_dstip"]          # reuse codes survive
+    assert small["max_share_srcport"] < 1.5 * real["max_share_srcport"]  # no hub port
+    for name in ("emd_sf_td", "emd_sf_pkt", "emd_sf_byt", "emd_sf_iat"):
+        assert small[name] < 0.01, name
+    assert 0.0 <= blend["third_srcport"] <= 1.0
+    assert "| jsd_srcport |" in to_markdown(rows)
+
+
+@functools.lru_cache(maxsize=1)
+def _fitted(path) -> tuple[FlowCodec, pd.DataFrame]:
+    from flowdiff.ingest import read_flows
+    table, _ = read_flows(path)
+    return FlowCodec.fit(table, CodecConfig(), seed=0), table
+
+
+@pytest.fixture
+def codec_on_sample(ugr16_sample):
+    """The default codec fitted on the UGR'16 20k sample (once), and a copy of the table."""
+    codec, table = _fitted(ugr16_sample)
+    return codec, table.copy()
