@@ -106,7 +106,8 @@ class QuantileTransform:
 
     def unknown(self, column: np.ndarray) -> int:
         values = self._rounded(column)
-        return int((~np.isin(values, self.values)).sum())
+        rows = np.minimum(np.searchsorted(self.values, values), len(self.values) - 1)
+        return int((self.values[rows] != values).sum())
 
     def decode(self, block: np.ndarray) -> tuple[np.ndarray, int]:
         position = np.asarray(block, dtype=np.float64)[:, 0]                  # (n,)

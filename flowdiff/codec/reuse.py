@@ -86,12 +86,20 @@ class ReuseBitsTransform:
         pointing_nowhere = np.take_along_axis(known, source, axis=1) == UNKNOWN
         pointing_nowhere &= codes > 0
         source = np.where(pointing_nowhere, position[None, :], source)
-        # resolve reuse chains by pointer jumping: parent[j] is j for history and new hosts
-        parent = np.broadcast_to(np.arange(self.depth + horizon), known.shape).copy()
-        parent[:, self.depth:] = source                                     # (S, K+H)
-        for _ in range(int(np.ceil(np.log2(horizon + 1))) + 1):
-            parent = np.take_along_axis(parent, parent, axis=1)
-        resolved = np.take_along_axis(known, parent, axis=1)                # (S, K+H)
+        # resolve reuse chains by pointer jumping over the flattened streams: parent[j] is
+        # j for history and new hosts, else the record it repeats; parent = parent[parent]
+        # until every record points at the start of its chain (log2(chain length) rounds)
+        span = self.depth + horizon
+        offsets = (np.arange(n_streams) * span)[:, None]                   # (S, 1)
+        parent = np.broadcast_to(np.arange(span), known.shape) + offsets    # (S, K+H)
+        parent[:, self.depth:] = source + offsets
+        parent = parent.reshape(-1)                                         # (S*(K+H),)
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+        resolved = known.reshape(-1)[parent].reshape(n_streams, span)       # (S, K+H)
         return resolved[:, self.depth:], resolved[:, -self.depth:], int(pointing_nowhere.sum())
 
     def state(self) -> dict:

@@ -93,12 +93,18 @@ def to_markdown(rows: list[dict], label: str | None = None) -> str:
     """Metrics as table rows, noise levels as columns."""
     keys = list(dict.fromkeys(k for r in rows for k in r if k != "noise"))
     head = ["metric" if label is None else f"{label}: metric"]
-    head += [f"noise {r['noise']}" for r in rows]
+    head += [_column_name(r["noise"]) for r in rows]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in keys:
         cells = [_cell(r.get(key)) for r in rows]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _column_name(noise) -> str:
+    if noise == "real":
+        return "real"
+    return "blend 50/50" if noise == "blend" else f"noise {noise:g}"
 
 
 def _cell(value) -> str:
