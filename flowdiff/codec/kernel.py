@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from flowdiff.codec.nearest import _row_hash
+from flowdiff.codec.nearest import ExactLookup
 
 CUTOFF = float(np.log(1e3))   # tokens whose kernel is < 1e-3 of the nearest's are not drawn
 CHUNK = 4096                  # queries per distance matrix (CHUNK x V floats)
@@ -44,19 +44,7 @@ class KernelDecoder:
             np.maximum(np.asarray(counts, np.float64), 1.0))                  # (V,)
         self.temperature = float(temperature)
         self._norms = (self.vectors.astype(np.float64) ** 2).sum(axis=1)      # (V,)
-        hashes = _row_hash(self.vectors)
-        self._hash_order = np.argsort(hashes, kind="stable")
-        self._sorted_hashes = hashes[self._hash_order]
-
-    def exact_rows(self, queries: np.ndarray) -> np.ndarray:
-        """(n,) row of the token whose vector equals the query bit for bit, else -1."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        hashes = _row_hash(queries)                                           # (n,)
-        pos = np.minimum(np.searchsorted(self._sorted_hashes, hashes),
-                         len(self._sorted_hashes) - 1)
-        rows = self._hash_order[pos]
-        hit = (self._sorted_hashes[pos] == hashes) & (self.vectors[rows] == queries).all(axis=1)
-        return np.where(hit, rows, -1)
+        self.exact = ExactLookup(self.vectors)
 
     def log_weights(self, queries: np.ndarray) -> np.ndarray:
         """(n, d) -> (n, V) unnormalised log posterior, -inf beyond the cutoff."""
@@ -70,7 +58,7 @@ class KernelDecoder:
     def decode(self, queries: np.ndarray, uniforms: np.ndarray | None = None) -> np.ndarray:
         """(n, d) queries, (n,) uniforms in [0, 1) or None -> (n,) token rows."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        rows = self.exact_rows(queries)                                       # (n,)
+        rows = self.exact.rows(queries)                                       # (n,) -1: no hit
         missing = np.flatnonzero(rows < 0)
         with threadpool_limits(limits=1, user_api="blas"):
             for start in range(0, missing.size, CHUNK):

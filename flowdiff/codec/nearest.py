@@ -71,6 +71,25 @@ def _nearest_centroid(points: np.ndarray, centroids: np.ndarray, k: int = 1) -> 
     return out[:, 0] if k == 1 else out
 
 
+class ExactLookup:
+    """Row of the vector equal to a query bit for bit (a hash of its float32 bytes)."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)        # (V, d)
+        hashes = _row_hash(self.vectors)
+        self._order = np.argsort(hashes, kind="stable")
+        self._sorted = hashes[self._order]
+
+    def rows(self, queries: np.ndarray) -> np.ndarray:
+        """(n, d) -> (n,) row of the equal vector, -1 where there is none."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        hashes = _row_hash(queries)                                           # (n,)
+        pos = np.minimum(np.searchsorted(self._sorted, hashes), len(self._sorted) - 1)
+        rows = self._order[pos]
+        hit = (self._sorted[pos] == hashes) & (self.vectors[rows] == queries).all(axis=1)
+        return np.where(hit, rows, -1)
+
+
 class NearestIndex:
     """Nearest token of each query vector; see the module doc for the two stages."""
 
@@ -80,9 +99,7 @@ class NearestIndex:
         self.centroids = np.asarray(centroids, dtype=np.float32)             # (C, d)
         self.cell_of = np.asarray(cell_of, dtype=np.int64).reshape(len(self.vectors), -1)  # (V, S)
         self.probes = min(int(probes), len(self.centroids))
-        hashes = _row_hash(self.vectors)
-        self._hash_order = np.argsort(hashes, kind="stable")
-        self._sorted_hashes = hashes[self._hash_order]
+        self.exact = ExactLookup(self.vectors)
         listed = self.cell_of.reshape(-1)                                     # (V*S,)
         order = np.argsort(listed, kind="stable")
         self._members = order // self.cell_of.shape[1]                         # token rows
@@ -105,20 +122,12 @@ class NearestIndex:
     def query(self, queries: np.ndarray) -> np.ndarray:
         """(n, d) -> (n,) row of the nearest token (exact for queries equal to a token)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        rows = self._exact_rows(queries)                                      # -1: no hit
+        rows = self.exact.rows(queries)                                       # -1: no hit
         missing = np.flatnonzero(rows < 0)
         if missing.size:
             with threadpool_limits(limits=1, user_api="blas"):
                 rows[missing] = self._cell_rows(queries[missing])
         return rows
-
-    def _exact_rows(self, queries: np.ndarray) -> np.ndarray:
-        hashes = _row_hash(queries)                                           # (n,)
-        pos = np.minimum(np.searchsorted(self._sorted_hashes, hashes),
-                         len(self._sorted_hashes) - 1)
-        rows = self._hash_order[pos]
-        hit = (self._sorted_hashes[pos] == hashes) & (self.vectors[rows] == queries).all(axis=1)
-        return np.where(hit, rows, -1)
 
     def _cell_rows(self, queries: np.ndarray) -> np.ndarray:
         probed = _nearest_centroid(queries, self.centroids, self.probes)

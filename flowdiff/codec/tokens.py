@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,8 @@ import numpy as np
 from flowdiff.codec.config import Word2VecConfig
 from flowdiff.codec.kernel import KernelDecoder
 from flowdiff.codec.transforms import BitsTransform
-from flowdiff.codec.word2vec import _quiet_gensim, _scale, _separate, stable_hash
+from flowdiff.codec.word2vec import (_quiet_gensim, _scale, _separate, load_vectors,
+                                     save_vectors, stable_hash, write_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -113,33 +113,19 @@ class TokenEmbedding:
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: Path) -> None:
-        from gensim.models import KeyedVectors
-
-        dim = next(iter(self.tables.values())).dim
-        keyed = KeyedVectors(vector_size=dim)
-        for table in self.tables.values():
-            keyed.add_vectors(table.names, table.vectors)
-        keyed.allocate_vecattrs(attrs=["count"], types=[np.int64])
-        keyed.expandos["count"][:] = np.concatenate([t.counts for t in self.tables.values()])
+        tables = self.tables.values()
+        save_vectors(directory / VECTORS_FILE, [n for t in tables for n in t.names],
+                     np.concatenate([t.vectors for t in tables]),
+                     np.concatenate([t.counts for t in tables]))
         info = {"tables": {kind: {"names": t.names, "counts": t.counts.tolist(),
                                   "temperature": t.decoder.temperature,
                                   "prior_power": t.decoder.prior_power}
                            for kind, t in self.tables.items()}}
-        tmp = directory / (VECTORS_FILE + ".tmp")
-        with _quiet_gensim():
-            keyed.save_word2vec_format(str(tmp), binary=True)
-        os.replace(tmp, directory / VECTORS_FILE)
-        tmp = directory / (TABLES_FILE + ".tmp")
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, directory / TABLES_FILE)
+        write_atomic(directory / TABLES_FILE, lambda f: Path(f).write_text(json.dumps(info)))
 
     @classmethod
     def load(cls, directory: Path) -> "TokenEmbedding":
-        from gensim.models import KeyedVectors
-
-        with _quiet_gensim():
-            keyed = KeyedVectors.load_word2vec_format(str(directory / VECTORS_FILE),
-                                                      binary=True)
+        keyed = load_vectors(directory / VECTORS_FILE)
         info = json.loads((directory / TABLES_FILE).read_text())
         tables = {kind: TokenTable(entry["names"], keyed[entry["names"]],
                                    np.asarray(entry["counts"]), float(entry["temperature"]),
@@ -174,6 +160,16 @@ def _port_tokens(values: np.ndarray, service: np.ndarray) -> np.ndarray:
 
 def _proto_tokens(values: np.ndarray) -> np.ndarray:
     return np.char.add("proto:", np.asarray(values, np.int64).astype(str))
+
+
+def _in_range(column: np.ndarray, high: int, what: str) -> np.ndarray:
+    """The column as int64, or an error naming the first row outside 0..high."""
+    values = np.asarray(column, dtype=np.int64)
+    bad = (values < 0) | (values > high)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"row {i}: {what} {values[i]} outside 0..{high}")
+    return values
 
 
 class PortTokenTransform:
@@ -223,12 +219,7 @@ class PortTokenTransform:
         return lookup, exact
 
     def _checked(self, column: np.ndarray) -> np.ndarray:
-        values = np.asarray(column, dtype=np.int64)
-        bad = (values < 0) | (values > 65535)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"row {i}: port {values[i]} outside 0..65535")
-        return values
+        return _in_range(column, 65535, "port")
 
     def fit(self, column: np.ndarray) -> "PortTokenTransform":
         return self  # the shared model is fitted once by TokenEmbedding.fit
@@ -278,12 +269,7 @@ class ProtoTokenTransform:
         self.seen[self.proto_of] = True
 
     def _checked(self, column: np.ndarray) -> np.ndarray:
-        values = np.asarray(column, dtype=np.int64)
-        bad = (values < 0) | (values > 255)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"row {i}: protocol {values[i]} outside 0..255")
-        return values
+        return _in_range(column, 255, "protocol")
 
     def fit(self, column: np.ndarray) -> "ProtoTokenTransform":
         return self

@@ -194,34 +194,20 @@ class PortProtoEmbedding:
         return cls(tables)
 
     def save(self, directory: Path) -> None:
-        from gensim.models import KeyedVectors
-
-        dim = next(iter(self.tables.values())).dim
-        keyed = KeyedVectors(vector_size=dim)
         counts, arrays = {}, {}
         for kind, table in self.tables.items():
-            keyed.add_vectors([token(kind, int(v)) for v in table.values], table.vectors)
             counts[kind] = {"values": table.values.tolist(), "counts": table.counts.tolist()}
             arrays.update({f"{kind}_{k}": v for k, v in table.index.state_arrays().items()})
-        # gensim sorts the saved vectors by a "count" attribute (and warns when it is absent)
-        keyed.allocate_vecattrs(attrs=["count"], types=[np.int64])
-        keyed.expandos["count"][:] = np.concatenate([t.counts for t in self.tables.values()])
-        writers = ((VECTORS_FILE, lambda f: keyed.save_word2vec_format(f, binary=True)),
-                   (COUNTS_FILE, lambda f: Path(f).write_text(json.dumps(counts))),
-                   (INDEX_FILE, lambda f: _save_npz(f, arrays)))
-        for name, write in writers:
-            tmp = directory / (name + ".tmp")
-            with _quiet_gensim():
-                write(str(tmp))
-            os.replace(tmp, directory / name)
+        save_vectors(directory / VECTORS_FILE,
+                     [token(kind, int(v)) for kind, t in self.tables.items() for v in t.values],
+                     np.concatenate([t.vectors for t in self.tables.values()]),
+                     np.concatenate([t.counts for t in self.tables.values()]))
+        write_atomic(directory / COUNTS_FILE, lambda f: Path(f).write_text(json.dumps(counts)))
+        write_atomic(directory / INDEX_FILE, lambda f: _save_npz(f, arrays))
 
     @classmethod
     def load(cls, directory: Path) -> "PortProtoEmbedding":
-        from gensim.models import KeyedVectors
-
-        with _quiet_gensim():
-            keyed = KeyedVectors.load_word2vec_format(str(directory / VECTORS_FILE),
-                                                      binary=True)
+        keyed = load_vectors(directory / VECTORS_FILE)
         counts = json.loads((directory / COUNTS_FILE).read_text())
         tables = {}
         with np.load(directory / INDEX_FILE, allow_pickle=False) as arrays:
@@ -232,6 +218,34 @@ class PortProtoEmbedding:
                 tables[kind] = EmbeddingTable(kind, values, vectors,
                                               np.asarray(entry["counts"]), 0, index)
         return cls(tables)
+
+
+def write_atomic(path: Path, write) -> None:
+    """``write(temp_path)`` then rename onto ``path`` (a crash leaves the old file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with _quiet_gensim():
+        write(str(tmp))
+    os.replace(tmp, path)
+
+
+def save_vectors(path: Path, names: list[str], vectors: np.ndarray, counts: np.ndarray) -> None:
+    """Token vectors in gensim's word2vec binary format (vectors only, no pickle)."""
+    from gensim.models import KeyedVectors
+
+    keyed = KeyedVectors(vector_size=int(vectors.shape[1]))
+    keyed.add_vectors(list(names), vectors)
+    # gensim sorts the saved vectors by a "count" attribute (and warns when it is absent)
+    keyed.allocate_vecattrs(attrs=["count"], types=[np.int64])
+    keyed.expandos["count"][:] = counts
+    write_atomic(path, lambda f: keyed.save_word2vec_format(f, binary=True))
+
+
+def load_vectors(path: Path):
+    """gensim ``KeyedVectors`` from a file written by ``save_vectors``."""
+    from gensim.models import KeyedVectors
+
+    with _quiet_gensim():
+        return KeyedVectors.load_word2vec_format(str(path), binary=True)
 
 
 def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
