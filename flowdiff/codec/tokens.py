@@ -38,8 +38,8 @@ import numpy as np
 from flowdiff.codec.config import Word2VecConfig
 from flowdiff.codec.kernel import KernelDecoder
 from flowdiff.codec.transforms import BitsTransform
-from flowdiff.codec.word2vec import (_quiet_gensim, _scale, _separate, load_vectors,
-                                     save_vectors, stable_hash, write_atomic)
+from flowdiff.codec.word2vec import (_scale, distinct_vectors, load_vectors, save_vectors,
+                                     train_word2vec, write_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -83,27 +83,17 @@ class TokenEmbedding:
     def fit(cls, columns: dict[str, tuple[str, np.ndarray]], config: Word2VecConfig,
             seed: int) -> "TokenEmbedding":
         """``columns``: field name -> (kind, values) for each token field."""
-        from gensim.models import Word2Vec  # heavy import, only when fitting
-
         ports = [np.asarray(v, np.int64) for kind, v in columns.values() if kind == PORT]
         service = _service_ports(ports, config.service_min_count)
-        sentences = [list(words) for words in zip(*(
-            _port_tokens(values, service) if kind == PORT else _proto_tokens(values)
-            for kind, values in columns.values()))]
-        with _quiet_gensim():
-            model = Word2Vec(sentences, vector_size=config.vector_size, window=config.window,
-                             epochs=config.epochs, negative=config.negative, min_count=1,
-                             workers=1, seed=seed, hashfxn=stable_hash)
+        model = train_word2vec([_port_tokens(values, service) if kind == PORT
+                                else _proto_tokens(values) for kind, values in columns.values()],
+                               config, seed)
         rng = np.random.default_rng(seed)
         tables = {}
         for kind in sorted({kind for kind, _ in columns.values()}):
             names = sorted((str(k) for k in model.wv.index_to_key if _kind(k) == kind),
                            key=_order)
-            counts = np.array([model.wv.get_vecattr(k, "count") for k in names], np.int64)
-            vectors, moved = _separate(model.wv[names], rng)
-            if moved:
-                log.info("word2vec: nudged %d %s vectors apart to keep decoding exact",
-                         moved, kind)
+            counts, vectors = distinct_vectors(model, names, kind, rng)
             tables[kind] = TokenTable(names, vectors, counts, config.temperature,
                                       config.prior_power)
         if PORT in tables:

@@ -171,25 +171,15 @@ class PortProtoEmbedding:
     def fit(cls, columns: dict[str, tuple[str, np.ndarray]], config: Word2VecConfig,
             seed: int) -> "PortProtoEmbedding":
         """``columns``: field name -> (kind, values) for each word2vec field."""
-        from gensim.models import Word2Vec  # heavy import, only when fitting
-
         token_columns = [np.char.add("proto:", values.astype(str)) if kind == PROTO
                          else values.astype(str) for kind, values in columns.values()]
-        sentences = [list(words) for words in zip(*token_columns)]
-        with _quiet_gensim():
-            model = Word2Vec(sentences, vector_size=config.vector_size, window=config.window,
-                             epochs=config.epochs, negative=config.negative, min_count=1,
-                             workers=1, seed=seed, hashfxn=stable_hash)
+        model = train_word2vec(token_columns, config, seed)
         rng = np.random.default_rng(seed)
         tables = {}
         for kind in sorted({kind for kind, _ in columns.values()}):
             keys = [k for k in model.wv.index_to_key if _kind_of(k)[0] == kind]
             values = np.array([_kind_of(k)[1] for k in keys], dtype=np.int64)
-            counts = np.array([model.wv.get_vecattr(k, "count") for k in keys], dtype=np.int64)
-            vectors, moved = _separate(model.wv[keys], rng)
-            if moved:
-                log.info("word2vec: nudged %d %s vectors apart to keep decoding exact",
-                         moved, kind)
+            counts, vectors = distinct_vectors(model, keys, kind, rng)
             tables[kind] = EmbeddingTable(kind, values, vectors, counts, seed)
         return cls(tables)
 
@@ -218,6 +208,28 @@ class PortProtoEmbedding:
                 tables[kind] = EmbeddingTable(kind, values, vectors,
                                               np.asarray(entry["counts"]), 0, index)
         return cls(tables)
+
+
+def train_word2vec(token_columns: list[np.ndarray], config: Word2VecConfig, seed: int):
+    """gensim Word2Vec over one sentence per record (the i-th token of every column),
+    reproducible: one worker, ``seed``, an unsalted hash for the initial vectors."""
+    from gensim.models import Word2Vec  # heavy import, only when fitting
+
+    sentences = [list(words) for words in zip(*token_columns)]
+    with _quiet_gensim():
+        return Word2Vec(sentences, vector_size=config.vector_size, window=config.window,
+                        epochs=config.epochs, negative=config.negative, min_count=1,
+                        workers=1, seed=seed, hashfxn=stable_hash)
+
+
+def distinct_vectors(model, keys: list[str], kind: str,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, vectors) of ``keys``, vectors nudged apart where they coincide."""
+    counts = np.array([model.wv.get_vecattr(k, "count") for k in keys], dtype=np.int64)
+    vectors, moved = _separate(model.wv[keys], rng)
+    if moved:
+        log.info("word2vec: nudged %d %s vectors apart to keep decoding exact", moved, kind)
+    return counts, vectors
 
 
 def write_atomic(path: Path, write) -> None:
