@@ -73,6 +73,20 @@ def test_state_round_trip_is_atomic_and_exact(tmp_path):
     assert path.stat().st_size < 100_000
 
 
+def test_state_keeps_the_address_history_and_reads_states_without_it(tmp_path):
+    state = _state()
+    state.history = {"dstip": torch.tensor([[1, 2], [-1, 3], [4, 4]], dtype=torch.int64)}
+    save_state(tmp_path, state)
+    loaded = load_state(tmp_path, state.fingerprint)
+    assert set(loaded.history) == {"dstip"}
+    assert torch.equal(loaded.history["dstip"], state.history["dstip"])
+    # a state file of flowdiff 0.1 has no "history": it loads with an empty one
+    payload = torch.load(tmp_path / "state.pt", weights_only=True)
+    del payload["history"]
+    torch.save(payload, tmp_path / "state.pt")
+    assert load_state(tmp_path, state.fingerprint).history == {}
+
+
 def test_state_missing_mismatched_or_corrupt(tmp_path):
     assert load_state(tmp_path, {"artifact": "abc"}) is None
     save_state(tmp_path, _state())
