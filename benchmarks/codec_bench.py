@@ -48,7 +48,7 @@ def read_trace(path: Path):
 
 def _noisy_model_output(array: np.ndarray, codec, rows: int, seed: int) -> np.ndarray:
     """Encoded records plus Gaussian noise (sigma 0.02): vectors that are not on a token,
-    like a model's output, so the nearest-neighbour index (not the exact-hit path) runs."""
+    like a model's output, so the off-token decoding (not the exact-hit path) runs."""
     rng = np.random.default_rng(seed)
     picked = array[np.sort(rng.choice(len(array), size=rows, replace=False))]   # (rows, F)
     return picked + rng.normal(0.0, 0.02, picked.shape).astype(np.float32)
