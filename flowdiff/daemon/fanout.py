@@ -7,6 +7,12 @@ discards the batch for that exporter, counting the records in
 ``flowdiff_records_dropped_total{reason="queue_full"}``. Workers pace records (see
 ``pacing.Pacer``), deliver them, and count exported records and errors. ``close`` drains in
 order: queues empty -> exporters flushed and closed, within a deadline.
+
+A delivery that fails is, under ``block``, retried with back-off (0.1 s doubling to 5 s) until
+it succeeds: the exporter reports unhealthy with the error as its reason meanwhile, its queue
+fills and generation waits; nothing is discarded before the shutdown bound. Under ``drop``
+the failed records are counted (``reason="error"``). An exporter whose reader went away for
+good (``OutputClosed``: EPIPE on stdout) ends the run through ``on_output_closed``.
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import pandas as pd
 
 from flowdiff.daemon.metrics import DaemonMetrics
 from flowdiff.daemon.pacing import Pacer
-from flowdiff.exporters.base import Exporter
+from flowdiff.exporters.base import Exporter, OutputClosed
 
 log = logging.getLogger(__name__)
 
 _CLOSE = object()  # queue sentinel: flush and close the exporter, then end the worker
 _PUT_POLL = 0.1  # seconds between checks of the abort flag while blocked on a full queue
+RETRY_FIRST = 0.1  # seconds before the first retry of a failed delivery (policy block)
+RETRY_MAX = 5.0  # back-off cap between retries
 
 
 @dataclass
@@ -47,12 +55,14 @@ class _Lane:
         self.queue: queue.Queue = queue.Queue(maxsize=sink.capacity)
         self.fanout = fanout
         self.closed = False
+        self.problem: str | None = None  # why deliveries fail right now (retrying), else None
+        self.gone = False  # the output's reader went away: later batches are discarded
         self.thread = threading.Thread(target=self._work, name=f"exporter-{self.name}",
                                        daemon=True)
         sink.exporter.on_errors = fanout.metrics.exporter_errors.labels(exporter=self.name).inc
 
     def is_healthy(self) -> bool:
-        return bool(self.sink.exporter.healthy) and not self.closed
+        return bool(self.sink.exporter.healthy) and not self.closed and self.problem is None
 
     def _work(self) -> None:
         m = self.fanout.metrics
@@ -70,13 +80,35 @@ class _Lane:
     def _deliver(self, chunk: pd.DataFrame) -> None:
         m = self.fanout.metrics
         exporter = self.sink.exporter
-        try:
-            exporter.submit(chunk)
+        backoff = RETRY_FIRST
+        while not self.gone:
+            try:
+                exporter.submit(chunk)
+            except OutputClosed as exc:  # e.g. `flowdiff serve | head`: stop quietly
+                self.gone = True
+                log.info("exporter %s: %s; stopping", self.name, exc)
+                self.fanout.on_output_closed(self.name)
+                break
+            except Exception as exc:  # ExporterError or a bug in the exporter: count, log
+                m.exporter_errors.labels(exporter=self.name).inc()
+                if self.sink.policy == "drop":
+                    m.dropped.labels(exporter=self.name, reason="error").inc(len(chunk))
+                    log.error("exporter %s: %d records lost: %s", self.name, len(chunk), exc)
+                    return
+                self.problem = f"delivery failing, retrying: {exc}"
+                log.error("exporter %s: %d records not delivered, retrying in %.1f s: %s",
+                          self.name, len(chunk), backoff, exc)
+                if self.fanout.abort.wait(backoff):  # the shutdown bound was reached
+                    m.dropped.labels(exporter=self.name, reason="shutdown").inc(len(chunk))
+                    return
+                backoff = min(2 * backoff, RETRY_MAX)
+                continue
+            if self.problem is not None:
+                log.info("exporter %s: delivering again", self.name)
+                self.problem = None
             m.count_exported(self.name, _stream_counts(chunk))
-        except Exception as exc:  # ExporterError or a bug in the exporter: count, log, go on
-            m.exporter_errors.labels(exporter=self.name).inc()
-            m.dropped.labels(exporter=self.name, reason="error").inc(len(chunk))
-            log.error("exporter %s: %d records lost: %s", self.name, len(chunk), exc)
+            return
+        m.dropped.labels(exporter=self.name, reason="output_closed").inc(len(chunk))
 
     def _close_exporter(self) -> None:
         try:
@@ -94,9 +126,11 @@ def _stream_counts(batch: pd.DataFrame) -> np.ndarray:
 
 class Fanout:
     def __init__(self, sinks: list[Sink], metrics: DaemonMetrics, pacer: Pacer,
-                 give_up: Callable[[], bool] = lambda: False):
+                 give_up: Callable[[], bool] = lambda: False,
+                 on_output_closed: Callable[[str], None] = lambda name: None):
         self.metrics = metrics
         self.give_up = give_up  # polled while blocked on a full queue: True = stop waiting
+        self.on_output_closed = on_output_closed  # called with the exporter's name
         self.pacer = pacer
         self.hurry = threading.Event()  # set at shutdown: release without pacing
         self.abort = threading.Event()  # set when the shutdown bound is reached
@@ -135,8 +169,9 @@ class Fanout:
             self.metrics.queue_depth.labels(exporter=lane.name).set(lane.queue.qsize())
 
     def healthy(self) -> list[str]:
-        """Names of exporters that report unhealthy."""
-        return [lane.name for lane in self.lanes if not lane.is_healthy()]
+        """``name`` (or ``name (reason)`` when deliveries fail) of each unhealthy exporter."""
+        return [lane.name if lane.problem is None else f"{lane.name} ({lane.problem})"
+                for lane in self.lanes if not lane.is_healthy()]
 
     def close(self, timeout: float) -> bool:
         """Drain every queue, flush and close every exporter, within ``timeout`` seconds.

@@ -149,7 +149,8 @@ class Service:
             pacer = Pacer(s.pace, s.speed, anchor_ts=float(gen.clocks.min()),
                           anchor_wall=self.clock(), clock=self.clock)
             self.fanout = Fanout([Sink(e, c.policy, c.queue) for c, e in exporters],
-                                 self.metrics, pacer, give_up=self._past_drain_deadline).start()
+                                 self.metrics, pacer, give_up=self._past_drain_deadline,
+                                 on_output_closed=self._output_closed).start()
             self.loaded = True
             self.notifier.ready(f"{s.streams} streams, model {artifact.path}")
             log.info("serving %d streams (C=%d, H=%d, sampler %s/%d steps, pace %s)",
@@ -220,6 +221,10 @@ class Service:
             self._tick()
             if s.state_dir and gen.turns % s.state_every == 0:
                 self._save(gen, fingerprint)
+
+    def _output_closed(self, exporter: str) -> None:
+        """An exporter's reader went away (``serve | head``): end the run like a Unix tool."""
+        self.stop.set()
 
     def _tick(self) -> None:
         self.heartbeat = time.monotonic()

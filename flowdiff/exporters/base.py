@@ -17,6 +17,11 @@ class ExporterError(RuntimeError):
     """An exporter could not deliver and cannot recover by itself (message names the target)."""
 
 
+class OutputClosed(ExporterError):
+    """The reader of the output went away for good (a pipe whose reader exited: EPIPE).
+    Nothing more can be delivered there; the daemon stops quietly, as Unix tools do."""
+
+
 class ExporterConfig:
     """Base of every exporter's settings dataclass: ``validate`` lists the problems (all of
     them), and a config with any problem cannot be built."""
