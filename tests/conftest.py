@@ -58,3 +58,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A real artifact trained once per session with configs/tiny-test.yaml on the first
+    1,500 UGR'16 records (a few seconds on one core; quality irrelevant)."""
+    import torch
+
+    from flowdiff.config import load_config
+    from flowdiff.training import train_flows
+
+    data = shared_file("ugr16/ugr16_sample_20k.csv")
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("model") / "tiny"
+    train_flows(load_config(REPO / "configs" / "tiny-test.yaml"), data, out)
+    return out

@@ -1,5 +1,5 @@
-"""The serve loop end to end with the REAL tiny model and codec (trained once per session on
-the first 1,500 UGR'16 records, a few seconds on one core)."""
+"""The serve loop end to end with the REAL tiny model and codec (``tiny_model`` in conftest:
+trained once per session on the first 1,500 UGR'16 records, a few seconds on one core)."""
 
 from __future__ import annotations
 
@@ -23,20 +23,6 @@ from realtools import http_get
 
 REPO = Path(__file__).resolve().parents[1]
 START = 1_700_000_000.0  # fixed clock: same seed -> identical records, timestamps included
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    from conftest import shared_file
-
-    from flowdiff.config import load_config
-    from flowdiff.training import train_flows
-
-    data = shared_file("ugr16/ugr16_sample_20k.csv")
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("model") / "tiny"
-    train_flows(load_config(REPO / "configs" / "tiny-test.yaml"), data, out)
-    return out
 
 
 class Collect(Exporter):

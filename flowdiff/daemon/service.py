@@ -20,10 +20,11 @@ from typing import Callable
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from flowdiff.config import Config, ExporterConfig
+from flowdiff.config import Config, ConfigError, ExporterConfig
 from flowdiff.daemon.fanout import Fanout, Sink
 from flowdiff.daemon.generator import StreamGenerator
 from flowdiff.daemon.http import OpsServer
+from flowdiff.daemon.lock import StateDirLock
 from flowdiff.daemon.metrics import DaemonMetrics
 from flowdiff.daemon.pacing import LagWatch, Pacer
 from flowdiff.daemon.sdnotify import SdNotifier
@@ -64,6 +65,13 @@ class ServeResult:
     next_seq: list[int] = field(default_factory=list)
 
 
+def state_fingerprint(artifact, serve) -> dict:
+    """What a saved state must match to be resumed: the model and the stream layout."""
+    return {"artifact": artifact.artifact_id, "streams": serve.streams, "seed": serve.seed,
+            "context": artifact.context, "horizon": artifact.horizon,
+            "width": int(artifact.codec.width)}
+
+
 def build_exporters(configs: list[ExporterConfig]) -> list[tuple[ExporterConfig, Exporter]]:
     from flowdiff.exporters.registry import build_exporter
 
@@ -99,6 +107,7 @@ class Service:
         self.heartbeat: float | None = None  # monotonic time the loop last made progress
         self.fanout: Fanout | None = None
         self.server: OpsServer | None = None
+        self.lock: StateDirLock | None = None  # held while serving with a state_dir
         self.result = ServeResult()
 
     # ------------------------------------------------------------ probes
@@ -129,19 +138,18 @@ class Service:
         s = self.cfg.serve
         if s.threads:
             torch.set_num_threads(s.threads)
-        if self.cfg.metrics.enabled:
-            self.server = OpsServer(self.cfg.metrics.listen, self.registry, self.health,
-                                    self.ready).start()
         gen = fingerprint = None
         try:
+            if s.state_dir:
+                self.lock = StateDirLock(s.state_dir).acquire()
+            if self.cfg.metrics.enabled:
+                self.server = self._start_server()
             artifact = load_artifact(resolve_model_dir(s.model), device=s.device)
             gen = StreamGenerator(artifact.model, artifact.codec,
                                   make_sampler(s.sampler.kind, steps=s.sampler.steps),
                                   context=artifact.context, horizon=artifact.horizon,
                                   streams=s.streams, seed=s.seed, device=s.device)
-            fingerprint = {"artifact": artifact.artifact_id, "streams": s.streams,
-                           "seed": s.seed, "context": artifact.context,
-                           "horizon": artifact.horizon, "width": int(artifact.codec.width)}
+            fingerprint = state_fingerprint(artifact, s)
             self._start_streams(gen, artifact, fingerprint)
             self._publish_info(artifact)
             exporters = self.exporters if self.exporters is not None else \
@@ -162,6 +170,15 @@ class Service:
             raise
         self._shutdown(gen, fingerprint)
         return self.result
+
+    def _start_server(self) -> OpsServer:
+        listen = self.cfg.metrics.listen
+        try:
+            server = OpsServer(listen, self.registry, self.health, self.ready)
+        except OSError as exc:  # checked before (preflight), but the port may be taken since
+            raise ConfigError(self.cfg.source, [f"metrics.listen: cannot listen on {listen}: "
+                                                f"{exc.strerror or exc}"]) from exc
+        return server.start()
 
     def _start_streams(self, gen: StreamGenerator, artifact, fingerprint: dict) -> None:
         """Resume from the saved state if there is one, else start fresh."""
@@ -255,5 +272,7 @@ class Service:
                          self.result.next_seq[:8])
         if self.server is not None:
             self.server.stop()
+        if self.lock is not None:
+            self.lock.release()
         log.info("stopped after %d turns, %d records (%.1f s after the stop request)",
                  self.result.turns, self.result.records, time.monotonic() - began)

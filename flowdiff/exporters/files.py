@@ -34,6 +34,7 @@ SUFFIXES = {"csv": ".csv", "ugr16": ".csv", "jsonl": ".jsonl", "parquet": ".parq
 
 @dataclass
 class FileConfig(ExporterConfig):
+    DIRECTORY_KEYS = ("directory",)
     directory: str = "out"
     format: Literal["csv", "ugr16", "jsonl", "parquet"] = "csv"
     prefix: str = "flows"

@@ -35,6 +35,7 @@ Message = tuple[bytes, bytes]  # (key, value)
 
 @dataclass
 class KafkaConfig(ExporterConfig):
+    ADDRESS_KEYS = ("bootstrap_servers",)
     bootstrap_servers: str = "127.0.0.1:9092"  # comma-separated host:port list
     topic: str = "flowdiff.flows"
     key: Literal["stream_id", "five_tuple"] = "stream_id"

@@ -34,6 +34,7 @@ _RECORD_HEADER = struct.Struct("<IIII")
 
 @dataclass
 class PcapConfig(ExporterConfig):
+    DIRECTORY_KEYS = ("directory",)
     directory: str | None = "out"         # pcap files go here; null: live sending only
     prefix: str = "flows"
     interface: str | None = None          # send live on this interface; null (default): never
