@@ -122,8 +122,11 @@ class CsvSegment:
     """CSV rows from ``encode(batch) -> columns``; the header names the columns (written with
     the first batch, since canonical tables may lack optional columns)."""
 
+    resumable = True
+
     def __init__(self, stream: BinaryIO, encode, header: bool):
         self.stream, self.encode, self.header = stream, encode, header
+        self._header_pending = False  # set by begin(): only a file started here gets one
 
     def begin(self) -> None:
         self._header_pending = self.header
@@ -140,6 +143,8 @@ class CsvSegment:
 
 
 class JsonLinesSegment:
+    resumable = True
+
     def __init__(self, stream: BinaryIO):
         self.stream = stream
 
@@ -156,6 +161,8 @@ class JsonLinesSegment:
 
 
 class ParquetSegment:
+    resumable = False  # the writer keeps row-group metadata for the footer
+
     def __init__(self, stream: BinaryIO, compression: str):
         self.stream, self.compression = stream, compression
         self._writer = None
@@ -192,6 +199,7 @@ class FileExporter(Exporter):
             self._segment, gzip_level=config.gzip_level if config.gzip and
             config.format != "parquet" else None, fsync=config.fsync)
         self._healthy = True
+        self._retry: tuple[pd.DataFrame, int] | None = None  # (failed batch, records written)
 
     def _segment(self, stream: BinaryIO):
         fmt = self.config.format
@@ -214,7 +222,9 @@ class FileExporter(Exporter):
         return self._healthy
 
     def submit(self, batch: pd.DataFrame) -> int:
-        start = 0
+        # The fan-out retries a failed batch with the same object: continue where the failed
+        # attempt stopped, so the records already in completed files are not written twice.
+        start = self._retry[1] if self._retry is not None and self._retry[0] is batch else 0
         try:
             while start < len(batch):
                 room = self.files.room()
@@ -223,7 +233,9 @@ class FileExporter(Exporter):
                 start = stop
         except ExporterError as exc:
             self._healthy = False
+            self._retry = (batch, start)
             raise ExporterError(f"file exporter {self.name}: {exc}") from exc
+        self._retry = None
         self._healthy = True
         return len(batch)
 

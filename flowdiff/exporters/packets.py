@@ -70,6 +70,8 @@ class PcapConfig(ExporterConfig):
 
 
 class PcapSegment:
+    resumable = True
+
     def __init__(self, stream: BinaryIO):
         self.stream = stream
 
