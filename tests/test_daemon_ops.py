@@ -150,6 +150,40 @@ def test_ops_server_endpoints_answer_probe_values():
         server.stop()
 
 
+def test_ops_server_bounds_idle_connections_and_times_them_out(capfd):
+    """300 clients that connect and send nothing: at most ``max_connections`` threads, each
+    dropped after ``read_timeout``; the endpoints answer again; no traceback when they go."""
+    import struct
+    import threading
+    import time
+
+    server = OpsServer("127.0.0.1:0", CollectorRegistry(), health=lambda: (True, "ok"),
+                       ready=lambda: (True, "ready"), read_timeout=1.0, max_connections=8)
+    server.start()
+    before = threading.active_count()
+    idle = []
+    try:
+        for _ in range(300):
+            sock = socket.create_connection(server.address, timeout=5)
+            idle.append(sock)
+        time.sleep(0.5)
+        assert threading.active_count() - before <= 8
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and threading.active_count() > before:
+            time.sleep(0.1)  # the read timeout frees every slot
+        assert threading.active_count() == before
+        assert http_get(f"http://127.0.0.1:{server.address[1]}/healthz") == (200, "ok\n")
+        for sock in idle:  # an abrupt close (RST) of a connection the server still holds
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        for sock in idle:
+            sock.close()
+        time.sleep(0.3)
+        server.stop()
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed "
                     "(apt-get install prometheus)")
 def test_metric_catalogue_is_promtool_clean():
