@@ -89,8 +89,7 @@ exporters:
     bootstrap_servers: {broker.bootstrap}
     topic: serve
     linger_ms: 5
-    request_timeout_ms: 1500
-    delivery_timeout_ms: 2000
+    # request/delivery timeouts at their defaults (10 s / 30 s): health must not wait for them
     max_block_ms: 1000
     retry_backoff_s: 0.2
 """)
@@ -102,19 +101,19 @@ exporters:
         assert scrape(metrics_port)[healthy] == 1 and ready(metrics_port)
 
         broker.stop()
-        # The health gauge is evaluated at scrape time: /metrics alone shows the outage even
-        # while backpressure keeps the loop from turning.
-        wait_for(lambda: scrape(metrics_port)[healthy] == 0, 30, "outage in /metrics")
-        assert not ready(metrics_port)
-        assert serve.poll() is None, "the daemon must keep running during the outage"
-        # failed delivery attempts are counted while the blocked batch is still retrying
+        # The broker connection is probed every second: /readyz, the gauge (evaluated at
+        # scrape time, so it shows even while backpressure stops the loop) and the error
+        # counter all show the outage within 5 s, not after delivery_timeout_ms.
+        wait_for(lambda: not ready(metrics_port), 5, "/readyz 503 within 5 s of the outage")
+        assert scrape(metrics_port)[healthy] == 0
         errors = 'flowdiff_exporter_errors_total{exporter="kafka"}'
-        wait_for(lambda: scrape(metrics_port)[errors] > 0, 30, "errors counted during the outage")
+        assert scrape(metrics_port)[errors] > 0
+        assert serve.poll() is None, "the daemon must keep running during the outage"
 
         broker.start()  # same port, empty broker
         restarted = time.monotonic()
-        wait_for(lambda: scrape(metrics_port)[healthy] == 1, 60, "healthy again in /metrics")
-        assert ready(metrics_port)
+        wait_for(lambda: ready(metrics_port), 5, "/readyz 200 within 5 s of the recovery")
+        assert scrape(metrics_port)[healthy] == 1
         before = scrape(metrics_port)["flowdiff_turns_total"]
         wait_for(lambda: scrape(metrics_port)["flowdiff_turns_total"] >= before + 3, 60,
                  "generation after the restart")
@@ -141,4 +140,6 @@ exporters:
         # one is there: no gap (records held back during the outage included)
         assert unique == list(range(unique[0], unique[-1] + 1)), f"gap in stream {stream}"
         assert len(unique) >= 3 * 8, "at least three turns (horizon 8) after the restart"
-        assert seqs == sorted(seqs), f"stream {stream} out of order"
+        # at-least-once: a round the outage overlapped is sent again; first copies in order
+        first_copies = list(dict.fromkeys(seqs))
+        assert first_copies == sorted(first_copies), f"stream {stream} out of order"
