@@ -13,6 +13,13 @@ it succeeds: the exporter reports unhealthy with the error as its reason meanwhi
 fills and generation waits; nothing is discarded before the shutdown bound. Under ``drop``
 the failed records are counted (``reason="error"``). An exporter whose reader went away for
 good (``OutputClosed``: EPIPE on stdout) ends the run through ``on_output_closed``.
+
+Acknowledged progress: ``submit(batch, turn)`` numbers each batch with the generation turn
+that made it. A lane counts a turn as done once its batch was delivered (``submit`` of the
+exporter returned: written and flushed, acknowledged by the broker) or dropped by the
+``drop`` policy; ``acked_turn()`` is the last turn every lane has done, all earlier ones
+included. A batch lost at the shutdown bound or after the reader went away is never done,
+so the daemon's saved state stays before it and a restart emits it again.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _CLOSE = object()  # queue sentinel: flush and close the exporter, then end the worker
 _PUT_POLL = 0.1  # seconds between checks of the abort flag while blocked on a full queue
+_ABORT_GRACE = 0.5  # seconds a worker gets to notice the abort and count its batch
 RETRY_FIRST = 0.1  # seconds before the first retry of a failed delivery (policy block)
 RETRY_MAX = 5.0  # back-off cap between retries
 
@@ -57,12 +65,26 @@ class _Lane:
         self.closed = False
         self.problem: str | None = None  # why deliveries fail right now (retrying), else None
         self.gone = False  # the output's reader went away: later batches are discarded
+        self.acked = fanout.start_turn  # every turn <= acked is done (delivered or dropped)
+        self._done: set[int] = set()  # turns done out of order (a drop ahead of the queue)
+        self._done_lock = threading.Lock()  # the loop (drops) and the worker both mark
+        self._undelivered = False  # the batch being released lost records (not done)
         self.thread = threading.Thread(target=self._work, name=f"exporter-{self.name}",
                                        daemon=True)
         sink.exporter.on_errors = fanout.metrics.exporter_errors.labels(exporter=self.name).inc
 
     def is_healthy(self) -> bool:
         return bool(self.sink.exporter.healthy) and not self.closed and self.problem is None
+
+    def mark_done(self, turn: int | None) -> None:
+        """Turn ``turn``'s batch is delivered or deliberately dropped for this lane."""
+        if turn is None:
+            return
+        with self._done_lock:
+            self._done.add(turn)
+            while self.acked + 1 in self._done:
+                self.acked += 1
+                self._done.discard(self.acked)
 
     def _work(self) -> None:
         m = self.fanout.metrics
@@ -72,10 +94,15 @@ class _Lane:
             if item is _CLOSE:
                 self._close_exporter()
                 return
+            turn, batch = item
+            self._undelivered = False
             try:
-                self.fanout.pacer.release(item, self._deliver, self.fanout.hurry)
+                self.fanout.pacer.release(batch, self._deliver, self.fanout.hurry)
             except Exception:  # a worker must never die silently
                 log.exception("exporter %s: unexpected failure while delivering", self.name)
+                self._undelivered = True
+            if not self._undelivered:
+                self.mark_done(turn)
 
     def _deliver(self, chunk: pd.DataFrame) -> None:
         m = self.fanout.metrics
@@ -100,6 +127,7 @@ class _Lane:
                           self.name, len(chunk), backoff, exc)
                 if self.fanout.abort.wait(backoff):  # the shutdown bound was reached
                     m.dropped.labels(exporter=self.name, reason="shutdown").inc(len(chunk))
+                    self._undelivered = True
                     return
                 backoff = min(2 * backoff, RETRY_MAX)
                 continue
@@ -109,6 +137,7 @@ class _Lane:
             m.count_exported(self.name, _stream_counts(chunk))
             return
         m.dropped.labels(exporter=self.name, reason="output_closed").inc(len(chunk))
+        self._undelivered = True
 
     def _close_exporter(self) -> None:
         try:
@@ -127,8 +156,11 @@ def _stream_counts(batch: pd.DataFrame) -> np.ndarray:
 class Fanout:
     def __init__(self, sinks: list[Sink], metrics: DaemonMetrics, pacer: Pacer,
                  give_up: Callable[[], bool] = lambda: False,
-                 on_output_closed: Callable[[str], None] = lambda name: None):
+                 on_output_closed: Callable[[str], None] = lambda name: None,
+                 start_turn: int = 0):
         self.metrics = metrics
+        self.start_turn = start_turn  # turns up to this one were done before (resume)
+        self.last_turn = start_turn  # the last turn submitted
         self.give_up = give_up  # polled while blocked on a full queue: True = stop waiting
         self.on_output_closed = on_output_closed  # called with the exporter's name
         self.pacer = pacer
@@ -147,19 +179,25 @@ class Fanout:
             lane.thread.start()
         return self
 
-    def submit(self, batch: pd.DataFrame) -> None:
-        """Queue ``batch`` for every exporter under its policy (may block: backpressure)."""
+    def submit(self, batch: pd.DataFrame, turn: int | None = None) -> None:
+        """Queue ``batch`` (made by generation turn ``turn``, numbered 1, 2, ... after
+        ``start_turn``; None: not tracked) for every exporter under its policy (may block:
+        backpressure)."""
+        if turn is not None:
+            self.last_turn = turn
+        item = (turn, batch)
         for lane in self.lanes:
             if lane.sink.policy == "drop":
                 try:
-                    lane.queue.put_nowait(batch)
+                    lane.queue.put_nowait(item)
                 except queue.Full:
                     self.metrics.dropped.labels(exporter=lane.name, reason="queue_full").inc(
                         len(batch))
+                    lane.mark_done(turn)  # dropped by policy: not to be sent again
             else:
                 while True:
                     try:
-                        lane.queue.put(batch, timeout=_PUT_POLL)
+                        lane.queue.put(item, timeout=_PUT_POLL)
                         break
                     except queue.Full:
                         if self.abort.is_set() or self.give_up():
@@ -167,6 +205,11 @@ class Fanout:
                                                         reason="shutdown").inc(len(batch))
                             break
             self.metrics.queue_depth.labels(exporter=lane.name).set(lane.queue.qsize())
+
+    def acked_turn(self) -> int:
+        """The last turn every exporter has done (delivered or dropped by policy), all
+        earlier turns included."""
+        return min((lane.acked for lane in self.lanes), default=self.last_turn)
 
     def healthy(self) -> list[str]:
         """``name`` (or ``name (reason)`` when deliveries fail) of each unhealthy exporter."""
@@ -201,8 +244,10 @@ class Fanout:
                     except queue.Empty:
                         break
                     if item is not _CLOSE:
-                        lost += len(item)
+                        lost += len(item[1])
                 self.metrics.dropped.labels(exporter=lane.name, reason="shutdown").inc(lost)
                 log.error("exporter %s did not drain within %.1f s: %d queued records dropped",
                           lane.name, timeout, lost)
+                # a worker retrying a failed batch sees the abort at once and counts it
+                lane.thread.join(timeout=_ABORT_GRACE)
         return clean

@@ -73,8 +73,13 @@ class StreamGenerator:
         for rng, saved in zip(self.rngs, state.rng_states):
             rng.set_state(saved)
         self.next_seq = state.next_seq.clone()
-        self.clocks = torch.clamp(state.clocks.clone(), min=rebase_to)
+        self.clocks = state.clocks.clone()
+        self.rebase(rebase_to)
         self.turns = state.turns
+
+    def rebase(self, now: float) -> None:
+        """Move clocks that are behind ``now`` forward to it (never back)."""
+        self.clocks = torch.clamp(self.clocks, min=now)
 
     def snapshot(self, fingerprint: dict) -> StreamState:
         return StreamState(contexts=self.contexts.detach().cpu().clone(),

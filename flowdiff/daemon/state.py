@@ -39,6 +39,10 @@ class StreamState:
     clocks: torch.Tensor  # (S,) float64: ts of the last record of each stream (epoch s)
     turns: int
     fingerprint: dict
+    # Turns generated when this (acknowledged) state was saved; > turns after a crash: the
+    # records of turns (turns, generated_turns] may have been emitted, and a restart emits
+    # them again with the same content (clocks not moved) before rebasing the clocks.
+    generated_turns: int | None = None
 
 
 def save_state(directory: str | Path, state: StreamState) -> Path:
@@ -55,6 +59,8 @@ def save_state(directory: str | Path, state: StreamState) -> Path:
         "turns": int(state.turns),
         "fingerprint": dict(state.fingerprint),
     }
+    if state.generated_turns is not None:
+        payload["generated_turns"] = int(state.generated_turns)
     with open(tmp, "wb") as fh:
         torch.save(payload, fh)
         fh.flush()
@@ -99,7 +105,8 @@ def load_state(directory: str | Path, fingerprint: dict) -> StreamState | None:
                          "move it away to start fresh")
     return StreamState(contexts=payload["contexts"], rng_states=payload["rng_states"],
                        next_seq=payload["next_seq"], clocks=payload["clocks"],
-                       turns=payload["turns"], fingerprint=saved)
+                       turns=payload["turns"], fingerprint=saved,
+                       generated_turns=payload.get("generated_turns"))
 
 
 def state_problems(payload: dict) -> list[str]:
@@ -112,6 +119,10 @@ def state_problems(payload: dict) -> list[str]:
     if not isinstance(turns, int) or isinstance(turns, bool) or turns < 0:
         problems.append(f"turns: expected an integer >= 0, got {turns!r}")
         turns = None
+    generated = payload.get("generated_turns")
+    if generated is not None and (not isinstance(generated, int) or isinstance(generated, bool)
+                                  or turns is None or generated < turns):
+        problems.append(f"generated_turns: expected an integer >= turns, got {generated!r}")
     streams = fp.get("streams")
     shape = (streams, fp.get("context"), fp.get("width"))
     if not isinstance(contexts, torch.Tensor) or not contexts.is_floating_point() \
