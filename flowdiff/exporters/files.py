@@ -200,6 +200,9 @@ class FileExporter(Exporter):
             config.format != "parquet" else None, fsync=config.fsync)
         self._healthy = True
         self._retry: tuple[pd.DataFrame, int] | None = None  # (failed batch, records written)
+        # Line formats can be cut to whole records: a killed run's .part files are completed
+        # on the first submit (gzip and Parquet ones are left as they are).
+        self._orphans_pending = config.format in ("csv", "ugr16", "jsonl") and not config.gzip
 
     def _segment(self, stream: BinaryIO):
         fmt = self.config.format
@@ -225,6 +228,9 @@ class FileExporter(Exporter):
         # The fan-out retries a failed batch with the same object: continue where the failed
         # attempt stopped, so the records already in completed files are not written twice.
         start = self._retry[1] if self._retry is not None and self._retry[0] is batch else 0
+        if self._orphans_pending:
+            self._orphans_pending = False
+            self.files.adopt_orphans(self._whole_lines)
         try:
             while start < len(batch):
                 room = self.files.room()
@@ -238,6 +244,13 @@ class FileExporter(Exporter):
         self._retry = None
         self._healthy = True
         return len(batch)
+
+    def _whole_lines(self, part: Path) -> int:
+        """Bytes of ``part`` up to its last complete line; 0 when no record line is whole."""
+        data = part.read_bytes()
+        end = data.rfind(b"\n") + 1
+        header = 1 if self.config.format != "jsonl" and self.config.header else 0
+        return end if data[:end].count(b"\n") > header else 0
 
     def flush(self) -> None:
         self.files.rotate_if_old()

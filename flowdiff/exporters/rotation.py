@@ -11,10 +11,15 @@ repeats records: every chunk is flushed to the file, so a plain (not gzip) file 
 Parquet file cannot be cut (compressor or footer state) and is abandoned: deleted when it
 held no earlier chunk, else left as ``.part`` with an ERROR naming how many records only it
 holds. No empty ``.part`` is ever left behind.
+
+The open ``.part`` is held with ``flock``; ``adopt_orphans`` completes the unlocked ``.part``
+files a killed process left behind (cut to whole records, renamed into place), so rows an
+exporter acknowledged before a kill -9 reach a completed file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import logging
 import os
@@ -152,6 +157,38 @@ class RotatingFiles:
                 self._undo_write()
                 raise error from exc
 
+    def adopt_orphans(self, usable_bytes: Callable[[Path], int]) -> list[Path]:
+        """Complete the ``<prefix>-*<suffix>.part`` files an earlier, killed process left in
+        the directory (a live writer's open file is locked and skipped): each is cut to its
+        first ``usable_bytes(part)`` bytes (whole records) and renamed into place, or
+        deleted when nothing usable is left. Returns the completed files."""
+        adopted = []
+        for part in sorted(self.directory.glob(f"{self.prefix}-*{self.suffix}.part")):
+            final = part.with_name(part.name.removesuffix(".part"))
+            try:
+                with open(part, "r+b") as handle:
+                    try:
+                        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # another process is writing it
+                    keep = usable_bytes(part)
+                    handle.truncate(keep)
+                    if keep and self.fsync:
+                        os.fsync(handle.fileno())
+                    if keep and not final.exists():
+                        os.replace(part, final)  # under the lock: no writer can take it
+                if not keep:
+                    part.unlink()
+                    continue
+            except OSError as exc:
+                log.error("cannot complete %s left by an earlier run: %s", part, exc)
+                continue
+            self.completed.append(final)
+            adopted.append(final)
+            log.warning("completed %s left by an earlier run (%d bytes of whole records)",
+                        final, keep)
+        return adopted
+
     # ------------------------------------------------------------- internals
     def _open(self) -> None:
         started = self.clock()
@@ -165,6 +202,7 @@ class RotatingFiles:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._raw = open(self.part_path, "xb")
+            fcntl.flock(self._raw.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # see adopt_orphans
             self._start_segment()
             self._raw.flush()
         except OSError as exc:
@@ -204,6 +242,7 @@ class RotatingFiles:
             self._close_quietly()
             try:
                 raw = open(part, "r+b")
+                fcntl.flock(raw.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 raw.truncate(good)
                 raw.seek(good)
             except OSError:
