@@ -362,9 +362,11 @@ def test_falling_behind_real_time_raises_lag_and_warns_once(tiny_model, caplog):
     assert all(s == list(range(len(s))) for s in seqs)  # late, but nothing dropped
 
 
-def test_serve_into_head_exits_zero_quietly(tiny_model, tmp_path):
-    """`flowdiff serve | head -5`: once head has its lines and exits, the daemon sees EPIPE
-    and ends with exit 0 and no ERROR line, as Unix tools do."""
+@pytest.mark.parametrize("command", ["serve", "generate"])
+def test_output_into_head_exits_zero_quietly(tiny_model, tmp_path, command):
+    """`flowdiff serve | head -5` (and `generate --out - | head -5`): once head has its
+    lines and exits, flowdiff sees EPIPE and ends with exit 0 and no ERROR line, as Unix
+    tools do."""
     import subprocess
     import sys
 
@@ -374,10 +376,11 @@ serve: {{model: {tiny_model}, streams: 2, pace: fast, threads: 1,
          sampler: {{kind: replacement, steps: 2}}}}
 metrics: {{listen: 127.0.0.1:0}}
 """)
+    args = (f"serve --config {config}" if command == "serve" else
+            f"generate --model {tiny_model} --records 100000 --steps 2 --out -")
     started = time.monotonic()
-    proc = subprocess.run(["bash", "-c", 'set -o pipefail; "$0" -m flowdiff serve --config "$1" '
-                           "| head -5", sys.executable, str(config)],
-                          capture_output=True, text=True, timeout=90, cwd=REPO)
+    proc = subprocess.run(["bash", "-c", f'set -o pipefail; "$0" -m flowdiff {args} | head -5',
+                           sys.executable], capture_output=True, text=True, timeout=90, cwd=REPO)
     took = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-3000:]  # pipefail: serve's own status
     assert len(proc.stdout.splitlines()) == 5

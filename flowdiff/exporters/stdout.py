@@ -44,6 +44,7 @@ class JsonLinesExporter(Exporter):
     def __init__(self, name: str, handle: TextIO):
         super().__init__(name)
         self.handle = handle
+        self.reader_gone = False  # set on EPIPE: the reader of the output exited
 
     def submit(self, batch: pd.DataFrame) -> int:
         try:
@@ -64,6 +65,7 @@ class JsonLinesExporter(Exporter):
             raise ExporterError(f"{self.name}: cannot flush: {exc}") from exc
 
     def _reader_gone(self, exc: OSError) -> OutputClosed:
+        self.reader_gone = True
         silence(self.handle)
         return OutputClosed(f"{self.name}: the reader closed the output ({exc.strerror})")
 
