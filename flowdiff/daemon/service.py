@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 REALTIME_LEAD_SECONDS = 5.0  # realtime: generate at most this far ahead of the wall clock
 STATE_SAVE_RESERVE = 2.0  # seconds of the shutdown bound kept for saving state
+# Snapshots kept back to the acknowledged turn. ``block`` lanes bound them by their queues
+# (generation waits); only a ``drop`` lane stuck on one batch (it accepts loss) reaches this.
+MAX_SNAPSHOTS = 64
 
 
 class StopFlag:
@@ -178,9 +181,9 @@ class Service:
                      s.sampler.steps, s.pace)
             self._loop(gen, pacer, fingerprint)
         except BaseException:
-            self._shutdown(None, None)  # no state save: a half-done turn must not be persisted
+            self._shutdown(None)  # no state save: a half-done turn must not be persisted
             raise
-        self._shutdown(gen, fingerprint)
+        self._shutdown(gen)
         return self.result
 
     def _start_server(self) -> OpsServer:
@@ -288,10 +291,12 @@ class Service:
         self._rebase_at = None
 
     def _forget_acknowledged(self) -> None:
-        """Drop the snapshots before the acknowledged turn (never needed again)."""
+        """Drop the snapshots before the acknowledged turn (never needed again), and the
+        oldest beyond ``MAX_SNAPSHOTS``."""
         acked = self.fanout.acked_turn()
-        for turn in [t for t in self._snapshots if t < acked]:
-            del self._snapshots[turn]
+        for turn in sorted(self._snapshots)[:-1]:  # the newest stays: a save needs one
+            if turn < acked or len(self._snapshots) > MAX_SNAPSHOTS:
+                del self._snapshots[turn]
 
     def _save(self, gen: StreamGenerator) -> StreamState:
         """Save the state after the last turn every exporter acknowledged."""
@@ -302,7 +307,7 @@ class Service:
         self.metrics.state_saves.inc()
         return state
 
-    def _shutdown(self, gen: StreamGenerator | None, fingerprint: dict | None) -> None:
+    def _shutdown(self, gen: StreamGenerator | None) -> None:
         self.notifier.stopping()
         began = self.stop.requested_at or time.monotonic()
         bound = self.cfg.serve.shutdown_timeout
