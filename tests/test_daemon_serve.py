@@ -362,6 +362,7 @@ def test_falling_behind_real_time_raises_lag_and_warns_once(tiny_model, caplog):
     assert all(s == list(range(len(s))) for s in seqs)  # late, but nothing dropped
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["serve", "generate"])
 def test_output_into_head_exits_zero_quietly(tiny_model, tmp_path, command):
     """`flowdiff serve | head -5` (and `generate --out - | head -5`): once head has its

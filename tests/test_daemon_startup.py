@@ -87,6 +87,7 @@ def test_valid_config_checks_ok_and_serves(tiny_model, tmp_path, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 16
 
 
+@pytest.mark.slow
 def test_serve_process_exits_2_without_traceback_on_a_bogus_device(tiny_model, tmp_path):
     """The real process, as systemd runs it (RestartPreventExitStatus=2)."""
     path = tmp_path / "serve.yaml"
