@@ -527,7 +527,7 @@ def test_kill_9_with_a_file_exporter_loses_nothing(tiny_model, tmp_path):
         with open(tmp_path / f"err{run}.txt", "w") as err:
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
         try:
-            def progressed() -> bool:
+            def progressed(run: int = run) -> bool:
                 saved, exported = _saved_and_exported(state, port)
                 if run == 1:  # the restarted process counts its own exports from 0
                     return exported >= 600

@@ -191,8 +191,8 @@ class Service:
         try:
             server = OpsServer(listen, self.registry, self.health, self.ready)
         except OSError as exc:  # checked before (preflight), but the port may be taken since
-            raise ConfigError(self.cfg.source, [f"metrics.listen: cannot listen on {listen}: "
-                                                f"{exc.strerror or exc}"]) from exc
+            problem = f"metrics.listen: cannot listen on {listen}: {exc.strerror or exc}"
+            raise ConfigError(self.cfg.source, [problem]) from exc
         return server.start()
 
     def _start_streams(self, gen: StreamGenerator, artifact, fingerprint: dict) -> None:
