@@ -16,6 +16,7 @@ import pytest
 from flowdiff.exporters.base import ExporterError
 from flowdiff.exporters.files import CONFIG, EXPORTER
 from flowdiff.ingest import read_flows
+from conftest import fill_fs
 from realtools import synthetic_records, ugr16_records
 
 
@@ -128,19 +129,6 @@ def test_rotation_by_time(tmp_path):
     assert [len(read_flows(f)[0]) for f in files] == [10, 10, 10]
 
 
-@pytest.fixture
-def tiny_fs(tmp_path):
-    """A real 256 KiB tmpfs, so writes fail with ENOSPC like a full disk."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()}); needs root/CAP_SYS_ADMIN")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_disk_full_fails_loudly_and_completed_files_stay_intact(tiny_fs, fmt):
     exporter = EXPORTER("f", CONFIG(directory=str(tiny_fs), format=fmt, rotate_records=500,
@@ -159,21 +147,11 @@ def test_disk_full_fails_loudly_and_completed_files_stay_intact(tiny_fs, fmt):
         assert len(table) == 500
 
 
-def _fill(mount: Path, leave: int) -> Path:
-    """A filler file taking all but about ``leave`` bytes of the tmpfs."""
-    import os
-
-    stat = os.statvfs(mount)
-    filler = mount / "filler"
-    filler.write_bytes(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave))
-    return filler
-
-
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_disk_full_retry_after_space_is_freed_loses_and_repeats_nothing(tiny_fs, fmt):
     """The fan-out retries a failed batch (same object) under ``block``: after space is
     freed, every record is in a completed file exactly once and no .part is left."""
-    filler = _fill(tiny_fs, leave=24_000)
+    filler = fill_fs(tiny_fs, leave=24_000)
     out = tiny_fs / "out"
     exporter = EXPORTER("f", CONFIG(directory=str(out), format=fmt, rotate_records=120,
                                     rotate_seconds=None))
@@ -205,7 +183,7 @@ def test_disk_full_retry_after_space_is_freed_loses_and_repeats_nothing(tiny_fs,
 
 
 def test_disk_full_leaves_no_empty_part_file(tiny_fs):
-    _fill(tiny_fs, leave=0)
+    fill_fs(tiny_fs, leave=0)
     exporter = EXPORTER("f", CONFIG(directory=str(tiny_fs), format="parquet"))
     for attempt in range(5):
         with pytest.raises(ExporterError, match="No space left"):
@@ -224,7 +202,7 @@ def test_serve_on_a_full_disk_under_block_waits_and_loses_nothing(tiny_fs, tiny_
     from realtools import free_port, http_get
 
     repo = Path(__file__).resolve().parents[1]
-    filler = _fill(tiny_fs, leave=20_000)
+    filler = fill_fs(tiny_fs, leave=20_000)
     out, port = tiny_fs / "out", free_port()
     config = tiny_fs.parent / "serve.yaml"
     config.write_text(f"""

@@ -95,7 +95,7 @@ def small_csv(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing dir", "out is a dir", "unwritable", "disk full"])
-def test_output_errors_exit_2_with_one_line(small_csv, tmp_path, capsys, case):
+def test_output_errors_exit_2_with_one_line(small_csv, tmp_path, capsys, case, request):
     if case == "missing dir":
         out, expected = tmp_path / "nowhere" / "o.csv", "does not exist"
     elif case == "out is a dir":
@@ -104,19 +104,14 @@ def test_output_errors_exit_2_with_one_line(small_csv, tmp_path, capsys, case):
     elif case == "unwritable":  # /proc takes no new files, even for root
         out, expected = "/proc/flowdiff-test.csv", "cannot write"
     else:
-        mount = tmp_path / "tiny"
-        mount.mkdir()
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mount)],
-                             capture_output=True, text=True)
-        if res.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()})")
+        from conftest import fill_fs
+
+        mount = request.getfixturevalue("tiny_fs")
+        filler = fill_fs(mount, leave=16_000)
         out, expected = mount / "o.csv", "cannot write: No space left on device"
-    try:
-        assert run_cli([str(small_csv), "--out", str(out)]) == 2
-    finally:
-        if case == "disk full":
-            assert not [p for p in out.parent.iterdir()]  # no temporary file left behind
-            subprocess.run(["umount", "-l", str(out.parent)], check=False)
+    assert run_cli([str(small_csv), "--out", str(out)]) == 2
+    if case == "disk full":
+        assert [p.name for p in out.parent.iterdir()] == [filler.name]  # no temporary file
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"flowdiff ingest: error: --out {out}: ")
     assert expected in err
