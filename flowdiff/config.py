@@ -120,6 +120,7 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     exporters: list[ExporterConfig] = field(default_factory=lambda: [ExporterConfig(kind="stdout")])
+    lines: dict[str, int] = field(default_factory=dict, repr=False)  # dotted path -> YAML line
 
 
 _OWN_SECTIONS = {"data": DataConfig, "window": WindowConfig, "serve": ServeConfig,
@@ -345,7 +346,7 @@ def parse_config(raw, source: str, lines: dict[str, int] | None = None) -> Confi
         problems.add("<top>", f"expected a mapping of sections ({', '.join(SECTIONS)}), "
                               f"got {type(raw).__name__}")
         problems.raise_if_any()
-    cfg = Config(source=source)
+    cfg = Config(source=source, lines=dict(lines or {}))
     for key in raw:
         if key not in SECTIONS:
             problems.add(str(key), f"unknown section (known: {', '.join(SECTIONS)})")
@@ -428,9 +429,15 @@ def load_config(path: str | Path) -> Config:
     Relative paths inside the file (data, model, state_dir, seed_data) stay as written."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), [f"{path}: cannot read: {exc.strerror}"]) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(str(path), [f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} "
+                                      f"at offset {exc.start}); save the file as UTF-8"]) from None
     try:
         raw = yaml.safe_load(text)
         lines = _line_index(yaml.compose(text))
@@ -438,6 +445,9 @@ def load_config(path: str | Path) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(str(path), [f"{where}: invalid YAML: {exc}"]) from exc
+    if raw is None:  # an empty file (or only comments) is a mistake more often than a choice
+        raise ConfigError(str(path), [f"{path}: no settings (the file is empty or only "
+                                      "comments); write `serve: {}` for all the defaults"])
     return parse_config(raw, str(path), lines)
 
 

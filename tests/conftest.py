@@ -58,3 +58,44 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A real artifact trained once per session with configs/tiny-test.yaml on the first
+    1,500 UGR'16 records (a few seconds on one core; quality irrelevant)."""
+    import torch
+
+    from flowdiff.config import load_config
+    from flowdiff.training import train_flows
+
+    data = shared_file("ugr16/ugr16_sample_20k.csv")
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("model") / "tiny"
+    train_flows(load_config(REPO / "configs" / "tiny-test.yaml"), data, out)
+    return out
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A real 256 KiB tmpfs, so writes fail with ENOSPC like a full disk."""
+    import subprocess
+
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()}); needs root/CAP_SYS_ADMIN")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_fs(mount: Path, leave: int) -> Path:
+    """A filler file taking all but about ``leave`` bytes of the file system at ``mount``."""
+    import os
+
+    stat = os.statvfs(mount)
+    filler = mount / "filler"
+    filler.write_bytes(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave))
+    return filler

@@ -37,10 +37,21 @@ class GateExporter(Exporter):
 
 
 class FailingExporter(Exporter):
+    """Fails the first ``failures`` submits (all of them by default), then delivers."""
     kind = "failing"
 
+    def __init__(self, name: str, failures: int | None = None):
+        super().__init__(name)
+        self.failures = failures
+        self.attempts = 0
+        self.batches: list[pd.DataFrame] = []
+
     def submit(self, batch):
-        raise ExporterError(f"{self.name}: target unreachable")
+        self.attempts += 1
+        if self.failures is None or self.attempts <= self.failures:
+            raise ExporterError(f"{self.name}: target unreachable")
+        self.batches.append(batch)
+        return len(batch)
 
 
 def batch(n: int, start_seq: int = 0, stream: int = 0, ts0: float = 0.0) -> pd.DataFrame:
@@ -110,15 +121,45 @@ def test_drop_policy_counts_drops_and_never_blocks():
     assert fast.records == 60  # the other exporter got everything
 
 
-def test_exporter_error_is_counted_not_fatal():
+def test_exporter_error_under_drop_is_counted_not_fatal():
     registry = CollectorRegistry()
-    fanout = Fanout([Sink(FailingExporter("bad"), "block", 2)], DaemonMetrics(registry),
+    fanout = Fanout([Sink(FailingExporter("bad"), "drop", 2)], DaemonMetrics(registry),
                     fast_pacer()).start()
-    fanout.submit(batch(7))
-    fanout.submit(batch(5))
+    fanout.submit(batch(7), turn=1)
+    fanout.submit(batch(5), turn=2)
     assert fanout.close(timeout=5)
     assert value(registry, "flowdiff_exporter_errors_total", exporter="bad") == 2
     assert value(registry, "flowdiff_records_dropped_total", exporter="bad", reason="error") == 12
+    assert fanout.acked_turn() == 2  # dropped by policy: done, not to be sent again
+
+
+def test_exporter_error_under_block_is_retried_not_discarded():
+    """Block: a failing delivery is retried with back-off while the lane reports why; the
+    turn is acknowledged only once delivered."""
+    registry = CollectorRegistry()
+    flaky = FailingExporter("flaky", failures=3)
+    fanout = Fanout([Sink(flaky, "block", 2)], DaemonMetrics(registry), fast_pacer()).start()
+    fanout.submit(batch(7), turn=1)
+    deadline = time.monotonic() + 5
+    while not fanout.healthy() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fanout.healthy() == ["flaky (delivery failing, retrying: flaky: target unreachable)"]
+    assert fanout.acked_turn() == 0
+    fanout.submit(batch(5, start_seq=7), turn=2)
+    assert fanout.close(timeout=10)
+    assert [len(b) for b in flaky.batches] == [7, 5] and fanout.acked_turn() == 2
+    assert value(registry, "flowdiff_exporter_errors_total", exporter="flaky") == 3
+    assert value(registry, "flowdiff_records_dropped_total", exporter="flaky", reason="error") == 0
+
+
+def test_block_retry_gives_up_at_the_shutdown_bound_without_acknowledging():
+    registry = CollectorRegistry()
+    fanout = Fanout([Sink(FailingExporter("bad"), "block", 2)], DaemonMetrics(registry),
+                    fast_pacer()).start()
+    fanout.submit(batch(7), turn=1)
+    assert fanout.close(timeout=1.0) is False
+    assert value(registry, "flowdiff_records_dropped_total", exporter="bad", reason="shutdown") == 7
+    assert fanout.acked_turn() == 0  # the saved state stays before the lost batch
 
 
 def test_close_deadline_counts_stuck_records_as_dropped():

@@ -97,6 +97,48 @@ def test_state_missing_mismatched_or_corrupt(tmp_path):
         load_state(tmp_path, {"artifact": "abc", "streams": 3})
 
 
+FP = {"artifact": "abc", "streams": 3, "context": 5, "width": 4, "horizon": 10}
+
+# name -> (change to a valid saved payload, text the error must contain)
+DAMAGE = {
+    "not a mapping": (lambda p: [1, 2], "expected state version 1"),
+    "no fingerprint": (lambda p: p.pop("fingerprint"), "missing fingerprint"),
+    "fingerprint not a mapping": (lambda p: p.update(fingerprint=[1]), "fingerprint is not a"),
+    "no next_seq": (lambda p: p.pop("next_seq"), "missing next_seq"),
+    "negative seq": (lambda p: p["next_seq"].__setitem__(0, -5), "next_seq: values -5.."),
+    "seq 10^12": (lambda p: p["next_seq"].__setitem__(1, 10 ** 12), "outside 0..70"),
+    "float seq": (lambda p: p.update(next_seq=p["next_seq"].double()), "next_seq: expected"),
+    "infinite clock": (lambda p: p["clocks"].__setitem__(2, float("inf")), "clocks: expected"),
+    "NaN clock": (lambda p: p["clocks"].__setitem__(0, float("nan")), "clocks: expected"),
+    "clocks wrong length": (lambda p: p.update(clocks=p["clocks"][:2]), "clocks: expected"),
+    "contexts wrong shape": (lambda p: p.update(contexts=torch.rand(3, 6, 4)),
+                             "contexts: shape (3, 6, 4), expected (3, 5, 4)"),
+    "contexts NaN": (lambda p: p["contexts"].__setitem__((0, 0, 0), float("nan")),
+                     "contexts: values outside"),
+    "contexts not a tensor": (lambda p: p.update(contexts=[0.5]), "contexts: expected"),
+    "rng state garbage": (lambda p: p["rng_states"].__setitem__(1, torch.zeros(3, dtype=torch.uint8)),
+                          "rng_states[1]: not a torch generator state"),
+    "rng states missing": (lambda p: p["rng_states"].pop(), "rng_states: expected a list of 3"),
+    "negative turns": (lambda p: p.update(turns=-1), "turns: expected an integer >= 0"),
+    "turns a string": (lambda p: p.update(turns="7"), "turns: expected an integer >= 0"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_state_file_is_refused_naming_the_file(tmp_path, damage):
+    change, expected = DAMAGE[damage]
+    state = _state(fingerprint=FP)
+    state.next_seq = torch.full((3,), 70, dtype=torch.int64)  # 7 turns x horizon 10
+    path = save_state(tmp_path, state)
+    assert load_state(tmp_path, FP) is not None  # valid before the damage
+    payload = torch.load(path, weights_only=True)
+    payload = change(payload) if damage == "not a mapping" else (change(payload), payload)[1]
+    torch.save(payload, path)
+    with pytest.raises(StateError) as info:
+        load_state(tmp_path, FP)
+    assert str(info.value).startswith(f"{path}: ") and expected in str(info.value)
+
+
 def test_ops_server_endpoints_answer_probe_values():
     registry = CollectorRegistry()
     metrics = DaemonMetrics(registry)
@@ -120,6 +162,40 @@ def test_ops_server_endpoints_answer_probe_values():
         assert http_get(base + "/nope")[0] == 404
     finally:
         server.stop()
+
+
+def test_ops_server_bounds_idle_connections_and_times_them_out(capfd):
+    """300 clients that connect and send nothing: at most ``max_connections`` threads, each
+    dropped after ``read_timeout``; the endpoints answer again; no traceback when they go."""
+    import struct
+    import threading
+    import time
+
+    server = OpsServer("127.0.0.1:0", CollectorRegistry(), health=lambda: (True, "ok"),
+                       ready=lambda: (True, "ready"), read_timeout=1.0, max_connections=8)
+    server.start()
+    before = threading.active_count()
+    idle = []
+    try:
+        for _ in range(300):
+            sock = socket.create_connection(server.address, timeout=5)
+            idle.append(sock)
+        time.sleep(0.5)
+        assert threading.active_count() - before <= 8
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and threading.active_count() > before:
+            time.sleep(0.1)  # the read timeout frees every slot
+        assert threading.active_count() == before
+        assert http_get(f"http://127.0.0.1:{server.address[1]}/healthz") == (200, "ok\n")
+        for sock in idle:  # an abrupt close (RST) of a connection the server still holds
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        for sock in idle:
+            sock.close()
+        time.sleep(0.3)
+        server.stop()
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed "

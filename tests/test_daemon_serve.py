@@ -1,5 +1,5 @@
-"""The serve loop end to end with the REAL tiny model and codec (trained once per session on
-the first 1,500 UGR'16 records, a few seconds on one core)."""
+"""The serve loop end to end with the REAL tiny model and codec (``tiny_model`` in conftest:
+trained once per session on the first 1,500 UGR'16 records, a few seconds on one core)."""
 
 from __future__ import annotations
 
@@ -23,20 +23,6 @@ from realtools import http_get
 
 REPO = Path(__file__).resolve().parents[1]
 START = 1_700_000_000.0  # fixed clock: same seed -> identical records, timestamps included
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    from conftest import shared_file
-
-    from flowdiff.config import load_config
-    from flowdiff.training import train_flows
-
-    data = shared_file("ugr16/ugr16_sample_20k.csv")
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("model") / "tiny"
-    train_flows(load_config(REPO / "configs" / "tiny-test.yaml"), data, out)
-    return out
 
 
 class Collect(Exporter):
@@ -409,3 +395,204 @@ def test_falling_behind_real_time_raises_lag_and_warns_once(tiny_model, caplog):
     assert len(warnings) == 1  # once per minute, not once per turn
     seqs = sink.records().groupby("stream_id")["seq"].apply(list)
     assert all(s == list(range(len(s))) for s in seqs)  # late, but nothing dropped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["serve", "generate"])
+def test_output_into_head_exits_zero_quietly(tiny_model, tmp_path, command):
+    """`flowdiff serve | head -5` (and `generate --out - | head -5`): once head has its
+    lines and exits, flowdiff sees EPIPE and ends with exit 0 and no ERROR line, as Unix
+    tools do."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"""
+serve: {{model: {tiny_model}, streams: 2, pace: fast, threads: 1,
+         sampler: {{kind: replacement, steps: 2}}}}
+metrics: {{listen: 127.0.0.1:0}}
+""")
+    args = (f"serve --config {config}" if command == "serve" else
+            f"generate --model {tiny_model} --records 100000 --steps 2 --out -")
+    started = time.monotonic()
+    proc = subprocess.run(["bash", "-c", f'set -o pipefail; "$0" -m flowdiff {args} | head -5',
+                           sys.executable], capture_output=True, text=True, timeout=90, cwd=REPO)
+    took = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-3000:]  # pipefail: serve's own status
+    assert len(proc.stdout.splitlines()) == 5
+    assert "ERROR" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "reader closed the output" in proc.stderr
+    assert took < 60
+
+
+def _serve_config(path: Path, tiny_model: Path, state: Path, exporter: str, port: int) -> Path:
+    path.write_text(f"""
+serve: {{model: {tiny_model}, streams: 3, seed: 8, pace: fast, threads: 1,
+         sampler: {{kind: replacement, steps: 2}}, state_dir: {state}, state_every: 3}}
+metrics: {{listen: '127.0.0.1:{port}'}}
+exporters:
+  - {exporter}
+""")
+    return path
+
+
+def _saved_and_exported(state: Path, port: int) -> tuple[int, int]:
+    """(records the saved state counts as done, records the exporters delivered so far)."""
+    import re
+
+    saved = int(torch.load(state / "state.pt", weights_only=True)["next_seq"].sum())
+    text = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+    exported = sum(float(v) for v in re.findall(r"^flowdiff_records_exported_total\{.*\} (\S+)$",
+                                                text, re.M))
+    return saved, int(exported)
+
+
+def _read_lines(stream, count: int | None, pause: float) -> list[dict]:
+    """``count`` JSON lines (all until EOF when None), ``pause`` s each: a slow consumer."""
+    records = []
+    while count is None or len(records) < count:
+        line = stream.readline()
+        if not line:
+            break
+        records.append(json.loads(line))
+        time.sleep(pause)
+    return records
+
+
+@pytest.mark.slow
+def test_kill_9_while_a_slow_consumer_lags_loses_nothing(tiny_model, tmp_path):
+    """The consumer reads slowly, so batches wait in the queue when the periodic state save
+    happens; kill -9, restart: every seq of every stream arrives, and the records emitted
+    again equal the first ones (timestamps included)."""
+    import signal
+    import subprocess
+    import sys
+
+    from realtools import free_port
+
+    state, port = tmp_path / "state", free_port()
+    config = _serve_config(tmp_path / "serve.yaml", tiny_model, state, "{kind: stdout, queue: 2}",
+                           port)
+    command = [sys.executable, "-m", "flowdiff", "serve", "--config", str(config)]
+    runs = []
+    for run in range(2):
+        with open(tmp_path / f"err{run}.txt", "w") as err:
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True,
+                                    cwd=REPO)
+        try:
+            first = _read_lines(proc.stdout, 240, pause=0.004)
+            assert len(first) == 240, (tmp_path / f"err{run}.txt").read_text()[-2000:]
+            if run == 0:
+                # Kill while records were delivered after the last save (so some are emitted
+                # twice) and batches wait in the queue (generated, not delivered).
+                while True:
+                    saved, exported = _saved_and_exported(state, port)
+                    assert saved <= exported, "progress saved for records not delivered"
+                    if exported > saved:
+                        break
+                    first += _read_lines(proc.stdout, 6, pause=0.004)
+                proc.send_signal(signal.SIGKILL)
+            else:
+                proc.send_signal(signal.SIGTERM)
+            runs.append(first + _read_lines(proc.stdout, None, pause=0.0))  # the pipe's rest
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert "generated again with their original timestamps" in (tmp_path / "err1.txt").read_text()
+    first, second = (pd.DataFrame(r) for r in runs)
+    key = ["stream_id", "seq"]
+    for stream in range(3):
+        seqs = np.union1d(first.loc[first["stream_id"] == stream, "seq"],
+                          second.loc[second["stream_id"] == stream, "seq"])
+        np.testing.assert_array_equal(seqs, np.arange(len(seqs)), err_msg=f"stream {stream}")
+    again = first.merge(second, on=key, suffixes=("", "_again"))
+    assert len(again) > 0, "the restart re-emitted nothing: the test did not test anything"
+    for column in (c for c in first.columns if c not in key):
+        np.testing.assert_array_equal(again[column].to_numpy(), again[f"{column}_again"].to_numpy(),
+                                      err_msg=column)
+
+
+def test_drain_timeout_saves_the_acknowledged_position(tiny_model, tmp_path):
+    """SIGTERM while the exporter is stuck: the drain gives up at shutdown_timeout and the
+    state saved is the delivered position, so the restart continues without a gap."""
+    from flowdiff.daemon.state import load_state
+
+    state = str(tmp_path / "state")
+    stuck = Collect("sink", open_batches=2)  # delivers two turns, then hangs
+    stop = StopFlag()
+    cfg = make_cfg(tiny_model, state_dir=state, shutdown_timeout=3.0)
+    cfg.exporters[0].queue = 2
+    service = Service(cfg, stop, registry=CollectorRegistry(),
+                      exporters=[(ExporterConfig(kind="collect", name="sink", queue=2), stuck)],
+                      clock=lambda: START)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    assert _wait_for(lambda: service.result.turns >= 4)  # 2 delivered, 1 stuck, queue full
+    stop.set()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and not service.result.clean_shutdown
+    delivered = stuck.records().groupby("stream_id")["seq"].max() + 1
+    assert service.result.next_seq == delivered.tolist() == [16, 16, 16]
+    saved = load_state(state, {})  # an empty fingerprint checks nothing
+    assert saved.next_seq.tolist() == [16, 16, 16] and saved.generated_turns >= 4
+    stuck.gate.set()
+    _, again = run_collect(tiny_model, max_records=24, state_dir=state)
+    assert again.records().groupby("stream_id")["seq"].min().tolist() == [16, 16, 16]
+
+
+@pytest.mark.slow
+def test_kill_9_with_a_file_exporter_loses_nothing(tiny_model, tmp_path):
+    """kill -9 with rows flushed to an open .part file after the last save; the restart
+    completes that file (cut to whole rows) and generates the unsaved turns again: every seq
+    of every stream is in a completed file, and rows present twice are identical."""
+    import signal
+    import subprocess
+    import sys
+
+    from flowdiff.ingest import read_flows
+    from realtools import free_port
+
+    state, out, port = tmp_path / "state", tmp_path / "out", free_port()
+    config = _serve_config(tmp_path / "serve.yaml", tiny_model, state,
+                           f"{{kind: file, directory: {out}, format: csv, rotate_records: 400, "
+                           "rotate_seconds: null, fsync: false, queue: 2}", port)
+    command = [sys.executable, "-m", "flowdiff", "serve", "--config", str(config)]
+    for run in range(2):
+        with open(tmp_path / f"err{run}.txt", "w") as err:
+            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
+        try:
+            def progressed(run: int = run) -> bool:
+                saved, exported = _saved_and_exported(state, port)
+                if run == 1:  # the restarted process counts its own exports from 0
+                    return exported >= 600
+                assert saved <= exported, "progress saved for records not delivered"
+                return exported >= 600 and exported > saved and any(out.glob("*.part"))
+            assert _wait_for(lambda: _safely(progressed), timeout=90), \
+                (tmp_path / f"err{run}.txt").read_text()[-2000:]
+            if run == 0:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=30)
+                assert list(out.glob("*.part")), "no open file at the kill: nothing tested"
+            else:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert "left by an earlier run" in (tmp_path / "err1.txt").read_text()
+    assert not list(out.glob("*.part"))
+    rows = pd.concat([read_flows(f)[0] for f in sorted(out.iterdir())], ignore_index=True)
+    key = ["stream_id", "seq"]
+    distinct = rows.drop_duplicates()
+    assert not distinct.duplicated(key).any(), "a record emitted twice with other content"
+    for stream, part in distinct.groupby("stream_id"):
+        np.testing.assert_array_equal(np.sort(part["seq"].to_numpy()), np.arange(len(part)))
+
+
+def _safely(predicate) -> bool:
+    """``predicate()``, False while the daemon is not up yet (no state file, no server)."""
+    try:
+        return predicate()
+    except (OSError, KeyError, EOFError, RuntimeError):
+        return False

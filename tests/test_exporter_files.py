@@ -16,6 +16,7 @@ import pytest
 from flowdiff.exporters.base import ExporterError
 from flowdiff.exporters.files import CONFIG, EXPORTER
 from flowdiff.ingest import read_flows
+from conftest import fill_fs
 from realtools import synthetic_records, ugr16_records
 
 
@@ -128,19 +129,6 @@ def test_rotation_by_time(tmp_path):
     assert [len(read_flows(f)[0]) for f in files] == [10, 10, 10]
 
 
-@pytest.fixture
-def tiny_fs(tmp_path):
-    """A real 256 KiB tmpfs, so writes fail with ENOSPC like a full disk."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()}); needs root/CAP_SYS_ADMIN")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_disk_full_fails_loudly_and_completed_files_stay_intact(tiny_fs, fmt):
     exporter = EXPORTER("f", CONFIG(directory=str(tiny_fs), format=fmt, rotate_records=500,
@@ -157,6 +145,119 @@ def test_disk_full_fails_loudly_and_completed_files_stay_intact(tiny_fs, fmt):
     for path in completed:
         table, _ = read_flows(path)   # each completed file is whole and readable
         assert len(table) == 500
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_disk_full_retry_after_space_is_freed_loses_and_repeats_nothing(tiny_fs, fmt):
+    """The fan-out retries a failed batch (same object) under ``block``: after space is
+    freed, every record is in a completed file exactly once and no .part is left."""
+    filler = fill_fs(tiny_fs, leave=24_000)
+    out = tiny_fs / "out"
+    exporter = EXPORTER("f", CONFIG(directory=str(out), format=fmt, rotate_records=120,
+                                    rotate_seconds=None))
+    batches = [synthetic_records(50, seed=i, start_seq=i * 17) for i in range(12)]
+    failures = 0
+    for i, batch in enumerate(batches):
+        while True:
+            try:
+                exporter.submit(batch)
+                break
+            except ExporterError as exc:
+                failures += 1
+                assert "No space left" in str(exc)
+                assert not exporter.healthy
+                assert not [p for p in out.glob("*.part") if p.stat().st_size == 0]
+                filler.unlink(missing_ok=True)  # the operator frees space; the retry follows
+    exporter.close()
+    assert failures >= 1, "the disk never filled: the test did not test anything"
+    assert exporter.healthy
+    assert not list(out.glob("*.part"))
+    files = sorted(out.iterdir())
+    got = pd.concat([read_flows(f)[0] for f in files], ignore_index=True)
+    want = pd.concat(batches, ignore_index=True)
+    key = ["stream_id", "seq"]
+    assert len(got) == len(want) and not got.duplicated(key).any()
+    pd.testing.assert_frame_equal(got.sort_values(key, ignore_index=True)[key + ["srcip"]],
+                                  want.sort_values(key, ignore_index=True)[key + ["srcip"]],
+                                  check_dtype=False)
+
+
+def test_disk_full_leaves_no_empty_part_file(tiny_fs):
+    fill_fs(tiny_fs, leave=0)
+    exporter = EXPORTER("f", CONFIG(directory=str(tiny_fs), format="parquet"))
+    for attempt in range(5):
+        with pytest.raises(ExporterError, match="No space left"):
+            exporter.submit(synthetic_records(200, seed=attempt))
+    assert not list(tiny_fs.glob("*.part"))
+
+
+@pytest.mark.slow
+def test_serve_on_a_full_disk_under_block_waits_and_loses_nothing(tiny_fs, tiny_model):
+    """The real daemon writing CSV files to a full tmpfs: /readyz says why, generation waits,
+    and once space is freed every record of every stream is in a completed file, once."""
+    import re
+    import signal
+    import sys
+
+    from realtools import free_port, http_get
+
+    repo = Path(__file__).resolve().parents[1]
+    filler = fill_fs(tiny_fs, leave=20_000)
+    out, port = tiny_fs / "out", free_port()
+    config = tiny_fs.parent / "serve.yaml"
+    config.write_text(f"""
+serve: {{model: {tiny_model}, streams: 2, seed: 1, pace: fast, threads: 1,
+         sampler: {{kind: replacement, steps: 2}}, shutdown_timeout: 20}}
+metrics: {{listen: '127.0.0.1:{port}'}}
+exporters:
+  - {{kind: file, directory: {out}, format: csv, rotate_records: 64, rotate_seconds: null,
+     policy: block, queue: 2}}
+""")
+    base = f"http://127.0.0.1:{port}"
+
+    def turns() -> float:
+        text = http_get(base + "/metrics")[1]
+        return float(re.search(r"^flowdiff_turns_total (\S+)$", text, re.M).group(1))
+
+    def wait(predicate, what: str, timeout: float = 60.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    proc = subprocess.Popen([sys.executable, "-m", "flowdiff", "serve", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=repo)
+    try:
+        wait(lambda: "No space left" in http_get(base + "/readyz")[1],
+             "/readyz to report the full disk")
+        status, reason = http_get(base + "/readyz")
+        assert status == 503 and "retrying" in reason, reason
+        time.sleep(1.0)  # the turns already under way fill the queue (2 batches), then stop
+        stalled = turns()
+        time.sleep(1.5)
+        assert turns() == stalled, "generation must wait while the sink cannot write"
+        assert proc.poll() is None
+        filler.unlink()
+        wait(lambda: http_get(base + "/readyz")[0] == 200, "/readyz to recover")
+        wait(lambda: turns() >= stalled + 5, "generation to go on")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        stderr = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    generated = int(re.search(r"stopped after \d+ turns, (\d+) records", stderr).group(1))
+    assert not list(out.glob("*.part")), stderr[-2000:]
+    got = pd.concat([read_flows(f)[0] for f in sorted(out.iterdir())], ignore_index=True)
+    assert len(got) == generated
+    for stream, part in got.groupby("stream_id"):
+        np.testing.assert_array_equal(np.sort(part["seq"].to_numpy()), np.arange(len(part)))
 
 
 def test_unwritable_directory_names_the_path(tmp_path):

@@ -268,5 +268,6 @@ def test_fanout_broker_outage_and_restart(broker, policy):
         assert missing == dropped() > 0, "drop: drop counter must equal the missing seq count"
         assert unique <= set(range(generated))
     # per stream order: within the records delivered after the restart, seq only increases
-    after_seqs = [json.loads(m.value)["seq"] for m in after]
+    # (a round the outage overlapped is sent again: at-least-once, so compare first copies)
+    after_seqs = list(dict.fromkeys(json.loads(m.value)["seq"] for m in after))
     assert after_seqs == sorted(after_seqs)

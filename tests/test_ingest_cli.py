@@ -79,3 +79,68 @@ def test_python_dash_m_flowdiff_ingest(netshare_small, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "format netshare" in done.stdout and "rows kept:    1000" in done.stdout
     assert len(read_flows(out)[0]) == 1000
+
+
+@pytest.fixture
+def small_csv(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from realtools import synthetic_records
+
+    from flowdiff.ingest import write_flows
+
+    return write_flows(synthetic_records(1002, seed=1), tmp_path / "in.csv")
+
+
+@pytest.mark.parametrize("case", ["missing dir", "out is a dir", "unwritable", "disk full"])
+def test_output_errors_exit_2_with_one_line(small_csv, tmp_path, capsys, case, request):
+    if case == "missing dir":
+        out, expected = tmp_path / "nowhere" / "o.csv", "does not exist"
+    elif case == "out is a dir":
+        out, expected = tmp_path / "o.csv", "is a directory"
+        out.mkdir()
+    elif case == "unwritable":  # /proc takes no new files, even for root
+        out, expected = "/proc/flowdiff-test.csv", "cannot write"
+    else:
+        from conftest import fill_fs
+
+        mount = request.getfixturevalue("tiny_fs")
+        filler = fill_fs(mount, leave=16_000)
+        out, expected = mount / "o.csv", "cannot write: No space left on device"
+    assert run_cli([str(small_csv), "--out", str(out)]) == 2
+    if case == "disk full":
+        assert [p.name for p in out.parent.iterdir()] == [filler.name]  # no temporary file
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"flowdiff ingest: error: --out {out}: ")
+    assert expected in err
+
+
+def test_non_utf8_byte_is_reported_on_its_real_line(small_csv, tmp_path, capsys):
+    lines = small_csv.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b"background", b"backgr\xe9und")
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"\n".join(lines))
+    assert run_cli([str(bad), "--out", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad} line 3: not UTF-8 text: byte 0xe9" in err, err
+
+
+def test_seconds_read_as_netshare_microseconds_are_refused_with_a_hint(tmp_path, capsys):
+    """Canonical column names with integer IPs look like NetShare, whose ts is in
+    microseconds: epoch seconds would land in January 1970."""
+    import numpy as np
+
+    table = pd.DataFrame({"ts": 1.46e9 + np.arange(50) * 0.5, "td": 0.1,
+                          "srcip": 167772161 + np.arange(50), "dstip": 3232235777,
+                          "srcport": 1000, "dstport": 80, "proto": 6, "pkt": 3, "byt": 300})
+    path = tmp_path / "seconds.csv"
+    table.to_csv(path, index=False)
+    assert run_cli([str(path), "--out", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "read as epoch us" in err and "1970-01-01" in err and "outside 1990..2100" in err
+    assert "time_unit: s" in err and "--format canonical" in err
+    assert run_cli([str(path), "--format", "canonical", "--out", str(tmp_path / "o.csv")]) == 0
+    assert read_flows(tmp_path / "o.csv")[0]["ts"].iloc[0] == 1.46e9
+

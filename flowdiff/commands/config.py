@@ -6,6 +6,11 @@ daemon/training configs (``serve``, ``exporters``, ``data``/``window``/``codec``
 ``flowdiff.model.run_config``; codec-only files (``fields``, ``word2vec``) by
 ``flowdiff.codec.CodecConfig``; ingest column mappings (``columns``) by
 ``flowdiff.ingest.load_mapping``.
+
+A file with a ``serve``, ``metrics`` or ``exporters`` section is then checked the way
+``serve`` starts (``flowdiff.daemon.preflight``): listen address and port, device, model,
+state directory and its state file, exporter addresses and directories. OK means serve
+will not fail before READY for a reason the check could see.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ def register(subparsers) -> None:
     check = actions.add_parser("check", help="validate one or more config files")
     check.add_argument("files", nargs="+", metavar="FILE", help="YAML config file(s)")
     parser.set_defaults(func=run)
+
+
+SERVE_SECTIONS = {"serve", "metrics", "exporters"}  # a file with any of them configures serve
 
 
 def detect_kind(raw) -> str:
@@ -47,9 +55,9 @@ def check_file(path: str) -> tuple[str, list[str]]:
     from flowdiff.config import ConfigError, load_config
 
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
-        raw = None  # load_config reports the read/parse error with its position
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raw = None  # load_config reports the read/decode/parse error with its position
     kind = detect_kind(raw)
     try:
         if kind == "timeseries":
@@ -68,6 +76,10 @@ def check_file(path: str) -> tuple[str, list[str]]:
             load_mapping(path)
             return "ingest column mapping", []
         cfg = load_config(path)
+        if isinstance(raw, dict) and raw.keys() & SERVE_SECTIONS:
+            from flowdiff.daemon.preflight import raise_if_unfit
+
+            raise_if_unfit(cfg, load_model=True)  # what serve checks before READY
     except ConfigError as exc:
         return "", exc.errors
     except ValueError as exc:  # the other loaders' errors are ValueError subclasses

@@ -97,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         if handle is not None:
             handle.close()
     exported = _exported(registry, "out")
+    if getattr(exporter, "reader_gone", False):  # `generate --out - | head`: as Unix tools do
+        return 0
     if table_output and exported:
         exporter.write(args.out)
     if exported != result.records or not result.clean_shutdown:

@@ -46,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"flowdiff ingest: error: --chunk-rows must be >= 1, got {args.chunk_rows}",
               file=sys.stderr)
         return 2
+    problem = output_problem(args.out)  # before a long read, not after it
+    if problem:
+        print(f"flowdiff ingest: error: --out {args.out}: {problem}", file=sys.stderr)
+        return 2
     with _ProgressBar(args.input) as progress:
         try:
             table, summary = read_flows(args.input, format=args.format, mapping=args.mapping,
@@ -54,11 +58,33 @@ def run(args: argparse.Namespace) -> int:
         except IngestError as exc:
             print(f"flowdiff ingest: error: {exc}", file=sys.stderr)
             return 2
-    write_flows(table, args.out)
+    try:
+        write_flows(table, args.out)
+    except OSError as exc:  # disk full, permissions changed meanwhile, ...
+        print(f"flowdiff ingest: error: --out {args.out}: cannot write: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
     for line in summary.lines():
         print(line)
     print(f"written:      {args.out} ({len(table)} records)")
     return 0
+
+
+def output_problem(out: str) -> str | None:
+    """Why ``out`` cannot be written (its directory missing or not writable, or it is a
+    directory), or None."""
+    import os
+    from pathlib import Path
+
+    path = Path(out)
+    parent = path.parent
+    if path.is_dir():
+        return "is a directory"
+    if not parent.is_dir():
+        return f"directory {parent} does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {parent} is not writable"
+    return None
 
 
 class _ProgressBar:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import argparse
 
+# Exit status for a problem a restart cannot fix (config, model, device, address, state
+# directory): systemd's RestartPreventExitStatus=2 then stops retrying.
+EXIT_CONFIG = 2
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -57,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     from flowdiff.artifact import ArtifactError
     from flowdiff.config import ConfigError, default_config, load_config
+    from flowdiff.daemon.preflight import raise_if_unfit
     from flowdiff.daemon.service import Service, StopFlag
     from flowdiff.daemon.state import StateError
     from flowdiff.exporters.base import ExporterError
@@ -65,15 +70,27 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config) if args.config else default_config()
         apply_overrides(cfg, args)
+        raise_if_unfit(cfg, load_model=False)  # Service loads (and checks) the model next
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     stop = StopFlag()
     signal.signal(signal.SIGTERM, stop.set)
     signal.signal(signal.SIGINT, stop.set)
     try:
         result = Service(cfg, stop).run()
-    except (ArtifactError, StateError, ExporterError, ImportError, OSError, ValueError) as exc:
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    except ArtifactError as exc:
+        print(f"serve.model: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StateError as exc:  # corrupt or foreign state file, state_dir in use
+        text = str(exc)
+        print(text if text.startswith("serve.state_dir") else f"serve.state_dir: {text}",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    except (ExporterError, ImportError, OSError, ValueError) as exc:
         log.error("%s", exc)
         return 1
     return 0 if result.clean_shutdown else 1

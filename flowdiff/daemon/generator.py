@@ -78,11 +78,16 @@ class StreamGenerator:
         for rng, saved in zip(self.rngs, state.rng_states):
             rng.set_state(saved)
         self.next_seq = state.next_seq.clone()
-        self.clocks = torch.clamp(state.clocks.clone(), min=rebase_to)
+        self.clocks = state.clocks.clone()
+        self.rebase(rebase_to)
         self.turns = state.turns
         for name in self.history:  # a state saved without history keeps the empty one
             if name in state.history:
                 self.history[name] = state.history[name].numpy().astype(np.int64).copy()
+
+    def rebase(self, now: float) -> None:
+        """Move clocks that are behind ``now`` forward to it (never back)."""
+        self.clocks = torch.clamp(self.clocks, min=now)
 
     def snapshot(self, fingerprint: dict) -> StreamState:
         return StreamState(contexts=self.contexts.detach().cpu().clone(),

@@ -1,6 +1,11 @@
 """One HTTP server for ``/metrics`` (Prometheus text), ``/healthz`` (the generation loop
 turned recently) and ``/readyz`` (model loaded and every exporter healthy). Runs in a daemon
-thread; binds 127.0.0.1 unless configured otherwise."""
+thread; binds 127.0.0.1 unless configured otherwise.
+
+Hardened against idle or abusive clients: a connection must send its request within
+``read_timeout`` seconds, at most ``max_connections`` are served at once (more are closed
+at once, without a thread), and a connection that breaks is logged at debug level, never
+as a traceback on stderr."""
 
 from __future__ import annotations
 
@@ -15,13 +20,51 @@ log = logging.getLogger(__name__)
 
 Probe = Callable[[], tuple[bool, str]]  # -> (ok, one-line reason)
 
+READ_TIMEOUT = 5.0  # seconds a client may take to send its request (a scrape takes ms)
+MAX_CONNECTIONS = 16  # connections served at once; Prometheus needs one
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` of them; errors logged quietly."""
+
+    daemon_threads = True
+    request_queue_size = 128  # listen backlog: a burst of connects is accepted, then refused
+
+    def __init__(self, address, handler, max_connections: int):
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            log.debug("http: %s refused: %d connections open already", client_address[0],
+                      self.max_connections)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the thread
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):
+        log.debug("http: connection from %s ended with an error", client_address[0],
+                  exc_info=True)
+
 
 class OpsServer:
-    def __init__(self, listen: str, registry: CollectorRegistry, health: Probe, ready: Probe):
+    def __init__(self, listen: str, registry: CollectorRegistry, health: Probe, ready: Probe,
+                 *, read_timeout: float = READ_TIMEOUT, max_connections: int = MAX_CONNECTIONS):
         host, _, port = listen.rpartition(":")
         self._registry, self._health, self._ready = registry, health, ready
-        self._server = ThreadingHTTPServer((host, int(port)), self._handler_class())
-        self._server.daemon_threads = True
+        self._read_timeout = read_timeout
+        self._server = _BoundedServer((host, int(port)), self._handler_class(), max_connections)
         self._thread = threading.Thread(target=self._server.serve_forever, name="ops-http",
                                         daemon=True)
 
@@ -42,6 +85,8 @@ class OpsServer:
         ops = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = ops._read_timeout  # socket timeout: an idle client is dropped
+
             def do_GET(self):  # noqa: N802 (http.server naming)
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":

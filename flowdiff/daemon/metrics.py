@@ -8,8 +8,9 @@ name                                       type       meaning (labels)
 flowdiff_records_generated_total           counter    records decoded by the generator (stream)
 flowdiff_records_exported_total            counter    records an exporter accepted (exporter, stream)
 flowdiff_records_dropped_total             counter    records not delivered: queue full under the
-                                                      ``drop`` policy, exporter error, or shutdown
-                                                      bound reached (exporter, reason)
+                                                      ``drop`` policy, exporter error, shutdown
+                                                      bound reached, or the output's reader gone
+                                                      (exporter, reason)
 flowdiff_queue_depth_batches               gauge      batches waiting in an exporter's queue (exporter)
 flowdiff_queue_capacity_batches            gauge      bound of that queue (exporter)
 flowdiff_predict_seconds                   histogram  wall time of one predict step over all streams

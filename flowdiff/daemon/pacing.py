@@ -32,6 +32,10 @@ class Pacer:
         self.anchor_wall = anchor_wall
         self.clock = clock
 
+    def reanchor(self, anchor_ts: float, anchor_wall: float) -> None:
+        """Map ``anchor_ts`` to ``anchor_wall`` from now on (after the clocks jumped)."""
+        self.anchor_ts, self.anchor_wall = anchor_ts, anchor_wall
+
     def due(self, ts):
         """Wall-clock release time of synthetic timestamp(s) ``ts``."""
         return self.anchor_wall + (ts - self.anchor_ts) / self.speed

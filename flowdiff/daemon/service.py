@@ -5,6 +5,13 @@ Signals only set a flag (``StopFlag.set``); the loop notices it between turns, t
 STOPPING=1 -> fan-out drains (queues -> exporters flush and close) -> state saved ->
 HTTP server stopped -> exit 0, all inside ``serve.shutdown_timeout``.
 
+Progress is saved only for delivered records (at-least-once): the loop keeps the generator's
+snapshot after each turn until every exporter has done that turn (``Fanout.acked_turn``),
+and a save (periodic or at shutdown, also after a drain timeout) writes the snapshot of the
+acknowledged turn. After a crash the restart regenerates the unacknowledged turns with the
+same ``(stream_id, seq)`` and the same content, timestamps included (clocks are moved to the
+wall clock only after the last turn generated before the crash).
+
 Everything long-lived that touches the outside world (exporters, the metrics registry, the
 environment for sd_notify, the clock) can be passed in, so tests give real local ones.
 """
@@ -20,20 +27,24 @@ from typing import Callable
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from flowdiff.config import Config, ExporterConfig
+from flowdiff.config import Config, ConfigError, ExporterConfig
 from flowdiff.daemon.fanout import Fanout, Sink
 from flowdiff.daemon.generator import StreamGenerator
 from flowdiff.daemon.http import OpsServer
+from flowdiff.daemon.lock import StateDirLock
 from flowdiff.daemon.metrics import DaemonMetrics
 from flowdiff.daemon.pacing import LagWatch, Pacer
 from flowdiff.daemon.sdnotify import SdNotifier
-from flowdiff.daemon.state import load_state, save_state
+from flowdiff.daemon.state import StreamState, load_state, save_state
 from flowdiff.exporters.base import Exporter
 
 log = logging.getLogger(__name__)
 
 REALTIME_LEAD_SECONDS = 5.0  # realtime: generate at most this far ahead of the wall clock
 STATE_SAVE_RESERVE = 2.0  # seconds of the shutdown bound kept for saving state
+# Snapshots kept back to the acknowledged turn. ``block`` lanes bound them by their queues
+# (generation waits); only a ``drop`` lane stuck on one batch (it accepts loss) reaches this.
+MAX_SNAPSHOTS = 64
 
 
 class StopFlag:
@@ -62,6 +73,13 @@ class ServeResult:
     resumed: bool = False
     clean_shutdown: bool = True
     next_seq: list[int] = field(default_factory=list)
+
+
+def state_fingerprint(artifact, serve) -> dict:
+    """What a saved state must match to be resumed: the model and the stream layout."""
+    return {"artifact": artifact.artifact_id, "streams": serve.streams, "seed": serve.seed,
+            "context": artifact.context, "horizon": artifact.horizon,
+            "width": int(artifact.codec.width)}
 
 
 def build_exporters(configs: list[ExporterConfig]) -> list[tuple[ExporterConfig, Exporter]]:
@@ -99,6 +117,9 @@ class Service:
         self.heartbeat: float | None = None  # monotonic time the loop last made progress
         self.fanout: Fanout | None = None
         self.server: OpsServer | None = None
+        self.lock: StateDirLock | None = None  # held while serving with a state_dir
+        self._snapshots: dict[int, StreamState] = {}  # turn -> generator state after it
+        self._rebase_at: int | None = None  # replaying: move clocks after this turn
         self.result = ServeResult()
 
     # ------------------------------------------------------------ probes
@@ -129,27 +150,30 @@ class Service:
         s = self.cfg.serve
         if s.threads:
             torch.set_num_threads(s.threads)
-        if self.cfg.metrics.enabled:
-            self.server = OpsServer(self.cfg.metrics.listen, self.registry, self.health,
-                                    self.ready).start()
         gen = fingerprint = None
         try:
+            if s.state_dir:
+                self.lock = StateDirLock(s.state_dir).acquire()
+            if self.cfg.metrics.enabled:
+                self.server = self._start_server()
             artifact = load_artifact(resolve_model_dir(s.model), device=s.device)
             gen = StreamGenerator(artifact.model, artifact.codec,
                                   make_sampler(s.sampler.kind, steps=s.sampler.steps),
                                   context=artifact.context, horizon=artifact.horizon,
                                   streams=s.streams, seed=s.seed, device=s.device)
-            fingerprint = {"artifact": artifact.artifact_id, "streams": s.streams,
-                           "seed": s.seed, "context": artifact.context,
-                           "horizon": artifact.horizon, "width": int(artifact.codec.width)}
+            fingerprint = state_fingerprint(artifact, s)
             self._start_streams(gen, artifact, fingerprint)
             self._publish_info(artifact)
             exporters = self.exporters if self.exporters is not None else \
                 build_exporters(self.cfg.exporters)
             pacer = Pacer(s.pace, s.speed, anchor_ts=float(gen.clocks.min()),
                           anchor_wall=self.clock(), clock=self.clock)
+            if s.state_dir:  # the position a save may go back to
+                self._snapshots[gen.turns] = gen.snapshot(fingerprint)
             self.fanout = Fanout([Sink(e, c.policy, c.queue) for c, e in exporters],
-                                 self.metrics, pacer, give_up=self._past_drain_deadline).start()
+                                 self.metrics, pacer, give_up=self._past_drain_deadline,
+                                 on_output_closed=self._output_closed,
+                                 start_turn=gen.turns).start()
             self.loaded = True
             self.notifier.ready(f"{s.streams} streams, model {artifact.path}")
             log.info("serving %d streams (C=%d, H=%d, sampler %s/%d steps, pace %s)",
@@ -157,10 +181,19 @@ class Service:
                      s.sampler.steps, s.pace)
             self._loop(gen, pacer, fingerprint)
         except BaseException:
-            self._shutdown(None, None)  # no state save: a half-done turn must not be persisted
+            self._shutdown(None)  # no state save: a half-done turn must not be persisted
             raise
-        self._shutdown(gen, fingerprint)
+        self._shutdown(gen)
         return self.result
+
+    def _start_server(self) -> OpsServer:
+        listen = self.cfg.metrics.listen
+        try:
+            server = OpsServer(listen, self.registry, self.health, self.ready)
+        except OSError as exc:  # checked before (preflight), but the port may be taken since
+            problem = f"metrics.listen: cannot listen on {listen}: {exc.strerror or exc}"
+            raise ConfigError(self.cfg.source, [problem]) from exc
+        return server.start()
 
     def _start_streams(self, gen: StreamGenerator, artifact, fingerprint: dict) -> None:
         """Resume from the saved state if there is one, else start fresh."""
@@ -170,10 +203,18 @@ class Service:
         now = self.clock()
         saved = load_state(s.state_dir, fingerprint) if s.state_dir else None
         if saved is not None:
-            gen.restore(saved, rebase_to=now)
+            generated = saved.generated_turns or saved.turns
+            if generated > saved.turns:  # a crash: emit the unacknowledged turns as before
+                gen.restore(saved, rebase_to=float("-inf"))
+                self._rebase_at = generated
+                log.info("resumed %d streams from %s at acknowledged turn %d: turns %d..%d "
+                         "are generated again with their original timestamps", s.streams,
+                         s.state_dir, saved.turns, saved.turns + 1, generated)
+            else:
+                gen.restore(saved, rebase_to=now)
+                log.info("resumed %d streams from %s (turn %d)", s.streams, s.state_dir,
+                         saved.turns)
             self.result.resumed = True
-            log.info("resumed %d streams from %s (turn %d)", s.streams, s.state_dir,
-                     saved.turns)
         elif s.start == "real":
             windows = _seed_windows(self.cfg, artifact.codec, artifact.context, s.streams)
             gen.start_from_windows(windows, start_ts=now)
@@ -210,7 +251,11 @@ class Service:
             m.predict_seconds.observe(turn.predict_seconds)
             m.count_generated(turn.stream_counts)
             m.count_repairs(turn.repairs)
-            self.fanout.submit(records)
+            if s.state_dir:
+                self._snapshots[gen.turns] = gen.snapshot(fingerprint)
+            self.fanout.submit(records, turn=gen.turns)
+            if self._rebase_at is not None and gen.turns >= self._rebase_at:
+                self._end_replay(gen, pacer)
             self.result.turns += 1
             self.result.records += len(records)
             m.turns.inc()
@@ -218,8 +263,14 @@ class Service:
             if pacer.realtime:
                 lag.update(-pacer.seconds_until(float(gen.clocks.min())))
             self._tick()
-            if s.state_dir and gen.turns % s.state_every == 0:
-                self._save(gen, fingerprint)
+            if s.state_dir:
+                self._forget_acknowledged()
+                if gen.turns % s.state_every == 0:
+                    self._save(gen)
+
+    def _output_closed(self, exporter: str) -> None:
+        """An exporter's reader went away (``serve | head``): end the run like a Unix tool."""
+        self.stop.set()
 
     def _tick(self) -> None:
         self.heartbeat = time.monotonic()
@@ -231,11 +282,32 @@ class Service:
         bound = self.cfg.serve.shutdown_timeout
         return at is not None and time.monotonic() > at + max(0.0, bound - STATE_SAVE_RESERVE)
 
-    def _save(self, gen: StreamGenerator, fingerprint: dict) -> None:
-        save_state(self.cfg.serve.state_dir, gen.snapshot(fingerprint))
-        self.metrics.state_saves.inc()
+    def _end_replay(self, gen: StreamGenerator, pacer: Pacer) -> None:
+        """The turns emitted before the crash are regenerated: from here on the clocks
+        follow the wall clock again (as after a clean restart)."""
+        now = self.clock()
+        gen.rebase(now)
+        pacer.reanchor(float(gen.clocks.min()), now)
+        self._rebase_at = None
 
-    def _shutdown(self, gen: StreamGenerator | None, fingerprint: dict | None) -> None:
+    def _forget_acknowledged(self) -> None:
+        """Drop the snapshots before the acknowledged turn (never needed again), and the
+        oldest beyond ``MAX_SNAPSHOTS``."""
+        acked = self.fanout.acked_turn()
+        for turn in sorted(self._snapshots)[:-1]:  # the newest stays: a save needs one
+            if turn < acked or len(self._snapshots) > MAX_SNAPSHOTS:
+                del self._snapshots[turn]
+
+    def _save(self, gen: StreamGenerator) -> StreamState:
+        """Save the state after the last turn every exporter acknowledged."""
+        self._forget_acknowledged()
+        state = self._snapshots[min(self._snapshots)]
+        state.generated_turns = max(gen.turns, self._rebase_at or 0)  # replaying: its end
+        save_state(self.cfg.serve.state_dir, state)
+        self.metrics.state_saves.inc()
+        return state
+
+    def _shutdown(self, gen: StreamGenerator | None) -> None:
         self.notifier.stopping()
         began = self.stop.requested_at or time.monotonic()
         bound = self.cfg.serve.shutdown_timeout
@@ -244,11 +316,15 @@ class Service:
             self.result.clean_shutdown = self.fanout.close(remaining)
         if gen is not None and gen.contexts is not None:
             self.result.next_seq = [int(x) for x in gen.next_seq]
-            if self.cfg.serve.state_dir:
-                self._save(gen, fingerprint)
-                log.info("state saved to %s (next seq %s)", self.cfg.serve.state_dir,
+            if self.cfg.serve.state_dir and self.fanout is not None:
+                saved = self._save(gen)
+                self.result.next_seq = [int(x) for x in saved.next_seq]
+                log.info("state saved to %s (acknowledged turn %d of %d, next seq %s)",
+                         self.cfg.serve.state_dir, saved.turns, gen.turns,
                          self.result.next_seq[:8])
         if self.server is not None:
             self.server.stop()
+        if self.lock is not None:
+            self.lock.release()
         log.info("stopped after %d turns, %d records (%.1f s after the stop request)",
                  self.result.turns, self.result.records, time.monotonic() - began)

@@ -17,9 +17,21 @@ class ExporterError(RuntimeError):
     """An exporter could not deliver and cannot recover by itself (message names the target)."""
 
 
+class OutputClosed(ExporterError):
+    """The reader of the output went away for good (a pipe whose reader exited: EPIPE).
+    Nothing more can be delivered there; the daemon stops quietly, as Unix tools do."""
+
+
 class ExporterConfig:
     """Base of every exporter's settings dataclass: ``validate`` lists the problems (all of
-    them), and a config with any problem cannot be built."""
+    them), and a config with any problem cannot be built.
+
+    ``ADDRESS_KEYS`` (``host:port[,host:port...]`` values) and ``DIRECTORY_KEYS`` name the
+    keys ``flowdiff config check`` and ``serve`` check against the world before starting
+    (names resolve, directories usable; see ``flowdiff.daemon.preflight``)."""
+
+    ADDRESS_KEYS: tuple[str, ...] = ()  # unannotated in subclasses, so not dataclass fields
+    DIRECTORY_KEYS: tuple[str, ...] = ()
 
     def validate(self) -> list[str]:
         return []

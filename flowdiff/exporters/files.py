@@ -34,6 +34,7 @@ SUFFIXES = {"csv": ".csv", "ugr16": ".csv", "jsonl": ".jsonl", "parquet": ".parq
 
 @dataclass
 class FileConfig(ExporterConfig):
+    DIRECTORY_KEYS = ("directory",)
     directory: str = "out"
     format: Literal["csv", "ugr16", "jsonl", "parquet"] = "csv"
     prefix: str = "flows"
@@ -121,8 +122,11 @@ class CsvSegment:
     """CSV rows from ``encode(batch) -> columns``; the header names the columns (written with
     the first batch, since canonical tables may lack optional columns)."""
 
+    resumable = True
+
     def __init__(self, stream: BinaryIO, encode, header: bool):
         self.stream, self.encode, self.header = stream, encode, header
+        self._header_pending = False  # set by begin(): only a file started here gets one
 
     def begin(self) -> None:
         self._header_pending = self.header
@@ -139,6 +143,8 @@ class CsvSegment:
 
 
 class JsonLinesSegment:
+    resumable = True
+
     def __init__(self, stream: BinaryIO):
         self.stream = stream
 
@@ -155,6 +161,8 @@ class JsonLinesSegment:
 
 
 class ParquetSegment:
+    resumable = False  # the writer keeps row-group metadata for the footer
+
     def __init__(self, stream: BinaryIO, compression: str):
         self.stream, self.compression = stream, compression
         self._writer = None
@@ -191,6 +199,10 @@ class FileExporter(Exporter):
             self._segment, gzip_level=config.gzip_level if config.gzip and
             config.format != "parquet" else None, fsync=config.fsync)
         self._healthy = True
+        self._retry: tuple[pd.DataFrame, int] | None = None  # (failed batch, records written)
+        # Line formats can be cut to whole records: a killed run's .part files are completed
+        # on the first submit (gzip and Parquet ones are left as they are).
+        self._orphans_pending = config.format in ("csv", "ugr16", "jsonl") and not config.gzip
 
     def _segment(self, stream: BinaryIO):
         fmt = self.config.format
@@ -213,7 +225,12 @@ class FileExporter(Exporter):
         return self._healthy
 
     def submit(self, batch: pd.DataFrame) -> int:
-        start = 0
+        # The fan-out retries a failed batch with the same object: continue where the failed
+        # attempt stopped, so the records already in completed files are not written twice.
+        start = self._retry[1] if self._retry is not None and self._retry[0] is batch else 0
+        if self._orphans_pending:
+            self._orphans_pending = False
+            self.files.adopt_orphans(self._whole_lines)
         try:
             while start < len(batch):
                 room = self.files.room()
@@ -222,9 +239,18 @@ class FileExporter(Exporter):
                 start = stop
         except ExporterError as exc:
             self._healthy = False
+            self._retry = (batch, start)
             raise ExporterError(f"file exporter {self.name}: {exc}") from exc
+        self._retry = None
         self._healthy = True
         return len(batch)
+
+    def _whole_lines(self, part: Path) -> int:
+        """Bytes of ``part`` up to its last complete line; 0 when no record line is whole."""
+        data = part.read_bytes()
+        end = data.rfind(b"\n") + 1
+        header = 1 if self.config.format != "jsonl" and self.config.header else 0
+        return end if data[:end].count(b"\n") > header else 0
 
     def flush(self) -> None:
         self.files.rotate_if_old()

@@ -6,7 +6,11 @@ Key: ``stream_id`` (default; all records of a stream land in one partition, in o
 five-tuple ``srcip:srcport>dstip:dstport/proto``.
 
 Delivery is at-least-once and blocking: ``submit`` returns once the broker acknowledged every
-record of the batch. While the broker is unreachable the exporter reports ``healthy == False``,
+record of the batch. Health follows the broker connection: from the first ``submit`` on, a
+probe thread opens a TCP connection to the bootstrap servers every ``health_probe_s`` (1 s),
+so an outage shows as ``healthy == False`` (and one counted error) within about 2 s and
+recovery as soon as the broker accepts connections again, not only when a delivery times
+out after ``delivery_timeout_ms``. While the broker is unreachable the exporter reports ``healthy == False``,
 counts each failed delivery attempt in ``errors``, logs it, and retries the undelivered records
 in order; the fan-out's queue in front of it then fills and applies the exporter's ``block`` or
 ``drop`` policy. With ``retry_timeout_s`` set, ``submit`` gives up after that long and raises
@@ -18,6 +22,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -35,6 +41,7 @@ Message = tuple[bytes, bytes]  # (key, value)
 
 @dataclass
 class KafkaConfig(ExporterConfig):
+    ADDRESS_KEYS = ("bootstrap_servers",)
     bootstrap_servers: str = "127.0.0.1:9092"  # comma-separated host:port list
     topic: str = "flowdiff.flows"
     key: Literal["stream_id", "five_tuple"] = "stream_id"
@@ -61,6 +68,7 @@ class KafkaConfig(ExporterConfig):
     max_block_ms: int = 5000             # longest wait for a connection or metadata
     retry_backoff_s: float = 1.0         # pause between delivery rounds while the broker is down
     retry_timeout_s: float | None = None  # give up (ExporterError) after this; None: never
+    health_probe_s: float = 1.0          # seconds between TCP probes of the bootstrap servers
 
     def validate(self) -> list[str]:
         errors = []
@@ -82,6 +90,8 @@ class KafkaConfig(ExporterConfig):
         if self.delivery_timeout_ms < self.linger_ms + self.request_timeout_ms:
             errors.append(f"delivery_timeout_ms: expected >= linger_ms + request_timeout_ms "
                           f"({self.linger_ms + self.request_timeout_ms}), got {self.delivery_timeout_ms}")
+        if self.health_probe_s <= 0:
+            errors.append(f"health_probe_s: expected > 0, got {self.health_probe_s!r}")
         if self.retry_backoff_s < 0:
             errors.append(f"retry_backoff_s: expected >= 0, got {self.retry_backoff_s!r}")
         if self.retry_timeout_s is not None and self.retry_timeout_s <= 0:
@@ -166,11 +176,60 @@ class KafkaExporter(Exporter):
         self.retried = 0         # records sent again after a failed attempt
         self._producer = None    # created on first use: the constructor touches no network
         self._topic_ready = False
-        self._healthy = True
+        self._healthy = True     # the last delivery round succeeded
+        self._reachable = True   # the last probe reached a bootstrap server
+        self._recovered_at = 0.0  # monotonic time the probe last saw the broker come back
+        self._outages = 0  # times the probe found no broker
+        self._probe: threading.Thread | None = None
+        self._probe_stop = threading.Event()
+        self._probe_lock = threading.Lock()
 
     @property
     def healthy(self) -> bool:
-        return self._healthy
+        return self._healthy and self._reachable
+
+    # ------------------------------------------------------------- health probe
+    def _start_probe(self) -> None:
+        if self._probe is None:
+            self._probe = threading.Thread(target=self._probe_loop, daemon=True,
+                                           name=f"kafka-probe-{self.name}")
+            self._probe.start()
+
+    def _probe_loop(self) -> None:
+        while not self._probe_stop.wait(self.config.health_probe_s):
+            self._probe_once()
+
+    def _probe_once(self) -> None:
+        """Probe now and note a change (from the probe thread, or from ``submit`` before
+        it retries while the broker counts as away)."""
+        reachable = self._broker_reachable()
+        with self._probe_lock:
+            if reachable == self._reachable:
+                return
+            if reachable:  # a round that started during the outage may still fail: see submit
+                log.info("kafka exporter %s: broker %s reachable again", self.name,
+                         self.config.bootstrap_servers)
+                self._recovered_at = time.monotonic()
+                self._healthy = True
+            else:
+                log.warning("kafka exporter %s: no broker reachable at %s", self.name,
+                            self.config.bootstrap_servers)
+                self._outages += 1
+                self.count_errors(1)
+            self._reachable = reachable
+
+    def _broker_reachable(self) -> bool:
+        """True when a TCP connection to any bootstrap server opens (a cheap probe: no
+        Kafka request, so it works the same with SASL/SSL)."""
+        timeout = min(1.0, self.config.health_probe_s)
+        for server in filter(None, (s.strip() for s in self.config.bootstrap_servers.split(","))):
+            host, _, port = server.rpartition(":")
+            try:
+                with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                    return True
+            except OSError:
+                continue
+        return False
 
     # ------------------------------------------------------------- connection
     def _connect(self) -> None:
@@ -253,22 +312,32 @@ class KafkaExporter(Exporter):
             return 0
         from kafka.errors import KafkaError
 
+        self._start_probe()
         pending = encode_messages(batch, self.config.key)
         total, started = len(pending), time.monotonic()
         while True:
+            round_started = time.monotonic()
+            outages, down = self._outages, not self._reachable
             try:
                 self._connect()
-                pending, error = self._send_round(pending)
+                sent, (pending, error) = pending, self._send_round(pending)
+                if not pending and (down or self._outages != outages):
+                    # The broker was away during this round: a restarted broker may have
+                    # acknowledged records for a topic it no longer has. Send them again
+                    # after the topic check (at-least-once; consumers dedupe on seq).
+                    pending, error = sent, KafkaError("the broker was unreachable during "
+                                                      "this delivery round")
             except KafkaError as exc:  # broker unreachable while connecting or creating the topic
                 error = exc
             if not pending:
                 if not self._healthy:
                     log.info("kafka exporter %s: delivering to %s again", self.name,
                              self.config.bootstrap_servers)
-                self._healthy = True
+                self._healthy = self._reachable = True  # acknowledged: the broker is there
                 self.delivered += total
                 return total
-            self._healthy = False
+            if round_started >= self._recovered_at:  # not a round begun before a recovery
+                self._healthy = False
             self._topic_ready = False  # a restarted broker may have lost the topic
             self.count_errors(len(pending))
             self.retried += len(pending)
@@ -283,12 +352,15 @@ class KafkaExporter(Exporter):
                         self.config.topic, self.config.bootstrap_servers, error,
                         self.config.retry_backoff_s)
             time.sleep(self.config.retry_backoff_s)
+            if not self._reachable:
+                self._probe_once()  # a round begun while the broker counts as away is resent
 
     def flush(self) -> None:
         if self._producer is not None:
             self._producer.flush()
 
     def close(self) -> None:
+        self._probe_stop.set()
         if self._producer is not None:
             self._producer.flush()
             self._producer.close(timeout=5)

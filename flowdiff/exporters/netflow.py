@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class NetflowConfig(ExporterConfig):
+    ADDRESS_KEYS = ("collector",)
     collector: str = "127.0.0.1:4739"       # host:port of the collector
     version: Literal[9, 10] = 10            # 9: NetFlow v9, 10: IPFIX
     source_id: int = 0                      # v9 source id / IPFIX observation domain id

@@ -34,6 +34,7 @@ _RECORD_HEADER = struct.Struct("<IIII")
 
 @dataclass
 class PcapConfig(ExporterConfig):
+    DIRECTORY_KEYS = ("directory",)
     directory: str | None = "out"         # pcap files go here; null: live sending only
     prefix: str = "flows"
     interface: str | None = None          # send live on this interface; null (default): never
@@ -69,6 +70,8 @@ class PcapConfig(ExporterConfig):
 
 
 class PcapSegment:
+    resumable = True
+
     def __init__(self, stream: BinaryIO):
         self.stream = stream
 
@@ -108,6 +111,9 @@ class PcapExporter(Exporter):
         self.sent = 0            # frames sent live
         self._socket = None      # opened on first use: the constructor touches no device
         self._healthy = True
+        # (failed batch, its packets, packets already in files): the fan-out retries the same
+        # batch object; the retry continues it instead of building and writing it again
+        self._retry: tuple[pd.DataFrame, list, int] | None = None
 
     @property
     def stats(self) -> BuildStats:
@@ -123,18 +129,23 @@ class PcapExporter(Exporter):
         return self._healthy
 
     def submit(self, batch: pd.DataFrame) -> int:
-        before = (self.builder.stats.skipped, self.builder.stats.adjusted)
-        packets = self.builder.build(batch)
-        self._note_inexact(before)
+        if self._retry is not None and self._retry[0] is batch:
+            _, packets, start = self._retry
+        else:
+            before = (self.builder.stats.skipped, self.builder.stats.adjusted)
+            packets, start = self.builder.build(batch), 0
+            self._note_inexact(before)
         if self.files is not None:
             try:
-                self._write(packets)
+                start = self._write(batch, packets, start)
             except ExporterError as exc:
                 self._healthy = False
                 raise ExporterError(f"pcap exporter {self.name}: {exc}") from exc
             self._healthy = True
         if self.config.interface is not None:
+            self._retry = (batch, packets, len(packets))  # files done: a retry only sends
             self._send(packets)
+        self._retry = None
         return len(batch)
 
     def _note_inexact(self, before: tuple[int, int]) -> None:
@@ -148,13 +159,18 @@ class PcapExporter(Exporter):
                     "only TCP, UDP, ICMP), %d with sizes clamped to 1 header..mtu per packet "
                     "(totals in .stats)", self.name, skipped, adjusted)
 
-    def _write(self, packets: list[tuple[float, bytes]]) -> None:
-        start = 0
+    def _write(self, batch: pd.DataFrame, packets: list[tuple[float, bytes]], start: int) -> int:
+        """Write ``packets[start:]`` across rotations; on a failure remember how far it got."""
         while start < len(packets):
             room = self.files.room()
             stop = len(packets) if room is None else min(len(packets), start + room)
-            self.files.write(packets[start:stop], stop - start)
+            try:
+                self.files.write(packets[start:stop], stop - start)
+            except ExporterError:
+                self._retry = (batch, packets, start)
+                raise
             start = stop
+        return start
 
     def _send(self, packets: list[tuple[float, bytes]]) -> None:
         try:

@@ -86,9 +86,24 @@ def open_text_bytes(path: Path) -> Iterator[tuple[BinaryIO, BinaryIO]]:
         except zlib.error as exc:
             raise IngestError(path, counter.newlines + 1, None,
                               f"corrupt gzip data: {exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise IngestError(path, counter.newlines + 1, None,
-                              f"not UTF-8 text: {exc}") from exc
+        except UnicodeDecodeError as exc:  # decoded in big blocks: find the real line
+            line, column, byte = _first_undecodable(path)
+            raise IngestError(path, line, None, f"not UTF-8 text: byte 0x{byte:02x} at "
+                              f"column {column} ({exc.reason})") from exc
+
+
+def _first_undecodable(path: Path) -> tuple[int, int, int]:
+    """(1-based line, 1-based byte column, byte value) of the first byte that is not UTF-8
+    in the (decompressed) text; (0, 0, 0) if every line decodes on its own."""
+    with open(path, "rb") as raw:
+        lines = io.BufferedReader(LineCounter(raw, gzip_members=raw.peek(2)[:2] == GZIP_MAGIC),
+                                  LineCounter.BLOCK)
+        for number, line in enumerate(lines, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return number, exc.start + 1, line[exc.start]
+    return 0, 0, 0
 
 
 def first_line(path: Path, expected: str) -> str:

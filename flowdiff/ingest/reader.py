@@ -14,12 +14,13 @@ from flowdiff import schema
 from flowdiff.ingest.csvsource import Progress
 from flowdiff.ingest.errors import IngestError
 from flowdiff.ingest.formats import FORMATS, READERS, detect
-from flowdiff.ingest.mapping import Mapping, load_mapping
+from flowdiff.ingest.mapping import UNITS, Mapping, load_mapping
 from flowdiff.ingest.request import ReadRequest
 from flowdiff.ingest.summary import IngestSummary
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 200_000
+EARLIEST, LATEST = 631_152_000.0, 4_102_444_800.0  # 1990-01-01 and 2100-01-01 UTC
 
 
 def iter_flow_chunks(path: str | Path, format: str = "auto",
@@ -34,7 +35,7 @@ def iter_flow_chunks(path: str | Path, format: str = "auto",
     (with ``skip_bad``, bad rows are dropped and counted in the summary instead)."""
     request = _request(path, format, mapping, skip_bad, chunk_rows, summary, progress)
     started = time.perf_counter()
-    for chunk in READERS[request.summary.format](request):
+    for chunk in _unit_checked(request, READERS[request.summary.format](request)):
         request.summary.seconds = time.perf_counter() - started
         yield chunk
     request.summary.seconds = time.perf_counter() - started
@@ -50,7 +51,7 @@ def read_flows(path: str | Path, format: str = "auto",
     request = _request(path, format, mapping, skip_bad, chunk_rows, None, progress)
     summary = request.summary
     started = time.perf_counter()
-    chunks = list(READERS[summary.format](request))
+    chunks = list(_unit_checked(request, READERS[summary.format](request)))
     table = pd.concat(chunks, ignore_index=True) if chunks else schema.empty_table(schema.REQUIRED)
     del chunks
     order = np.argsort(table["ts"].to_numpy(), kind="stable")
@@ -77,6 +78,38 @@ def _request(path, format, mapping, skip_bad, chunk_rows, summary, progress) -> 
         summary = IngestSummary(path, format)
     summary.path, summary.format = path, format
     return ReadRequest(path, chunk_rows, skip_bad, summary, mapping, progress)
+
+
+def _unit_checked(request: ReadRequest, chunks: Iterator[pd.DataFrame]
+                  ) -> Iterator[pd.DataFrame]:
+    """``chunks``, refused (IngestError) when the time unit a detected format assumes
+    (NetShare: microseconds; canonical names with integer IPs are detected as NetShare) puts
+    the first chunk's median start time before 1990 or after 2100: a wrong unit, not an old
+    or future trace. Formats whose unit is stated (canonical: seconds; a generic mapping's
+    ``time_unit``) keep relative times such as 0.0, 1.5, ..."""
+    if request.summary.format != "netshare":
+        yield from chunks
+        return
+    unit, fix = "us", ("NetShare's ts is in microseconds; if these are epoch {unit}, read the "
+                       "file with --format generic and a mapping with time_unit: {unit} (or "
+                       "--format canonical for seconds with canonical columns)")
+    checked = False
+    for chunk in chunks:
+        if not checked and len(chunk):
+            checked = True
+            _check_time_unit(request.path, float(np.median(chunk["ts"].to_numpy())), unit, fix)
+        yield chunk
+
+
+def _check_time_unit(path: Path, median: float, unit: str, fix: str) -> None:
+    if EARLIEST <= median < LATEST:
+        return
+    raw = median * UNITS[unit]  # the number as written in the file
+    fits = [u for u, per_second in UNITS.items() if EARLIEST <= raw / per_second < LATEST]
+    when = pd.Timestamp(median, unit="s").isoformat() if abs(median) < 9e9 else f"{median:.3g} s"
+    hint = fix.format(unit=fits[0]) if fits else "check --format and the mapping's time_unit"
+    raise IngestError(path, None, "ts", f"read as epoch {unit}, the start times lie around "
+                      f"{when} UTC, outside 1990..2100: wrong time unit? {hint}")
 
 
 def _mapping(mapping) -> Mapping | None:

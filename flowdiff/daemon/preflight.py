@@ -1,0 +1,165 @@
+"""What ``serve`` needs from the world before READY, checked without starting anything.
+``flowdiff config check`` runs all of it and ``serve`` runs it before loading the model, so
+a config that checks OK does not then fail at start-up for a reason the check could see.
+
+Each problem names the config key, as ``flowdiff.config`` reports its own errors
+(``file:line: key: message``):
+
+* ``metrics.listen``: the host is an IP address or a name that resolves; the port is free
+  (bound and released at once; port 0 = any free port);
+* ``serve.device``: a torch device that exists here (``cpu``, ``cuda[:N]`` with that GPU,
+  ``mps`` when available);
+* ``serve.state_dir``: a directory, or creatable; writable; not locked by a running daemon;
+  an existing state file readable and written for this model and config (needs the model);
+* ``serve.seed_data``: the trace exists (``start: real``);
+* ``serve.model``: the artifact loads (``load_model=True``; ``serve`` loads it right after);
+* ``exporters[i]``: the host names in the keys its config lists in ``ADDRESS_KEYS`` resolve,
+  the directories in ``DIRECTORY_KEYS`` are usable. Whether a broker or collector answers is
+  not checked: the daemon starts and reports it as unhealthy until it does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+from flowdiff.config import Config, ConfigError, Problems
+
+SUPPORTED_DEVICES = ("cpu", "cuda", "mps")
+
+
+def check_host(host: str) -> str | None:
+    """None when ``host`` is an IP address or a resolvable name, else the problem."""
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if all(c.isdigit() or c == "." for c in host):
+        return f"{host!r} is not a valid IP address"
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"host {host!r} does not resolve ({getattr(exc, 'strerror', None) or exc})"
+    return None
+
+
+def check_port_free(host: str, port: int) -> str | None:
+    """None when a TCP server could listen on ``host:port`` now (as the metrics server
+    binds: SO_REUSEADDR), else the problem."""
+    if port == 0:
+        return None
+    try:
+        family = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+def check_directory(path: str) -> str | None:
+    """None when ``path`` is a writable directory or can be created, else the problem."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        return f"{path} exists and is not a directory"
+    probe = target
+    while not probe.exists():  # the nearest existing ancestor decides whether mkdir works
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{path} cannot be created: {probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is" if probe == target else f"cannot be created: {probe} is"
+        return f"{path} {what} not writable (uid {os.getuid()})"
+    return None
+
+
+def check_device(device: str) -> str | None:
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        return f"{device!r} is not a torch device ({str(exc).splitlines()[0][:120]})"
+    if parsed.type == "cpu":
+        return None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return f"{device!r}: no CUDA device is available here"
+        if parsed.index is not None and parsed.index >= count:
+            return f"{device!r}: only {count} CUDA device(s) here"
+        return None
+    if parsed.type == "mps":
+        return None if torch.backends.mps.is_available() else f"{device!r}: MPS is not available"
+    return f"{device!r}: device type {parsed.type!r} is not supported (use one of " \
+           f"{', '.join(SUPPORTED_DEVICES)})"
+
+
+def preflight(cfg: Config, *, load_model: bool) -> list[str]:
+    """Every problem ``serve`` would hit before READY, as ``file:line: key: message`` lines."""
+    from flowdiff.daemon.lock import check_unlocked
+
+    problems = Problems(cfg.source, cfg.lines)
+    s = cfg.serve
+    if cfg.metrics.enabled:
+        host, _, port = cfg.metrics.listen.rpartition(":")
+        problem = check_host(host) or check_port_free(host, int(port))
+        if problem:
+            problems.add("metrics.listen", problem)
+    device_problem = check_device(s.device)
+    if device_problem:
+        problems.add("serve.device", device_problem)
+    if s.state_dir:
+        problem = check_directory(s.state_dir) or check_unlocked(s.state_dir)
+        if problem:
+            problems.add("serve.state_dir", problem.removeprefix("serve.state_dir: "))
+    if s.start == "real" and s.seed_data and not Path(s.seed_data).is_file():
+        problems.add("serve.seed_data", f"{s.seed_data}: no such file")
+    for i, exporter in enumerate(cfg.exporters):
+        _check_exporter(f"exporters[{i}]", exporter.options, problems)
+    if load_model and not device_problem:
+        _check_model_and_state(cfg, problems)
+    return problems.errors
+
+
+def _check_exporter(path: str, options, problems: Problems) -> None:
+    for key in options.ADDRESS_KEYS:
+        for address in filter(None, (a.strip() for a in str(getattr(options, key)).split(","))):
+            problem = check_host(address.rpartition(":")[0])
+            if problem:
+                problems.add(f"{path}.{key}", problem)
+    for key in options.DIRECTORY_KEYS:
+        value = getattr(options, key)
+        problem = check_directory(value) if value else None
+        if problem:
+            problems.add(f"{path}.{key}", problem)
+
+
+def _check_model_and_state(cfg: Config, problems: Problems) -> None:
+    from flowdiff.artifact import ArtifactError, load_artifact, resolve_model_dir
+    from flowdiff.daemon.service import state_fingerprint
+    from flowdiff.daemon.state import StateError, load_state
+
+    s = cfg.serve
+    try:
+        artifact = load_artifact(resolve_model_dir(s.model), device=s.device)
+    except ArtifactError as exc:
+        problems.add("serve.model", str(exc))
+        return
+    if s.state_dir and Path(s.state_dir).is_dir():
+        try:
+            load_state(s.state_dir, state_fingerprint(artifact, s))
+        except StateError as exc:
+            problems.add("serve.state_dir", str(exc))
+
+
+def raise_if_unfit(cfg: Config, *, load_model: bool) -> None:
+    """``preflight`` as a ConfigError listing every problem (nothing when all is well)."""
+    errors = preflight(cfg, load_model=load_model)
+    if errors:
+        raise ConfigError(cfg.source, errors)
