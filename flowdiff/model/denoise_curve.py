@@ -139,6 +139,8 @@ def plot_denoise_curve(curve: DenoiseCurve, path: str | Path, title: str = "") -
     fig, (ax_err, ax_ratio) = plt.subplots(1, 2, figsize=(11, 4.2))
     steps = curve.timesteps
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(curve.groups) > len(colors):
+        colors = [plt.cm.tab20(i) for i in range(20)]
     for i, group in enumerate(curve.groups):
         color = "black" if group == ALL else colors[i % len(colors)]
         ax_err.plot(steps, curve.x0_error[group], "-o", ms=3, color=color, label=group)
@@ -147,6 +149,7 @@ def plot_denoise_curve(curve: DenoiseCurve, path: str | Path, title: str = "") -
     ax_ratio.axhline(1.0, color="grey", lw=1)
     for ax in (ax_err, ax_ratio):
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(min(steps), max(steps) * 1.2 + 1)
         ax.set_yscale("log")
         ax.set_xlabel(f"t (of T = {curve.timesteps_total})")
         ax.grid(alpha=0.3)
