@@ -6,7 +6,8 @@ Prints a table and writes OUT/denoise_curve.json and OUT/denoise_curve.png.
 
 Windows (pick one):
   --csv CSV --train-fraction F   time series: the windows after the chronological training
-                                 split (scaler fitted on the training rows, as in training)
+  [--split val|train]            split (default), or before it (scaler fitted on the
+                                 training rows, as in training)
   --windows FILE.npy             (N, L, F) windows in [0, 1]
 Feature groups: one per CSV column, or --artifact DIR (the codec's feature_slices), or one
 per feature.
@@ -29,17 +30,25 @@ import torch
 DEFAULT_FRACTIONS = (0.0, 0.002, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.9)
 
 
-def held_out_csv_windows(csv: Path, seq_len: int, train_fraction: float
-                         ) -> tuple[np.ndarray, dict[str, slice]]:
-    """Validation windows of the chronological split (scaler fitted on the training rows, as
+def csv_windows(csv: Path, seq_len: int, train_fraction: float, split: str
+                ) -> tuple[np.ndarray, dict[str, slice]]:
+    """Windows of one side of the chronological split (scaler fitted on the training rows, as
     in training), and one group per column."""
     from flowdiff.model.timeseries import prepare_series
 
     prepared = prepare_series(csv, seq_len, train_fraction)
-    if prepared.val_windows is None:
+    windows = prepared.val_windows if split == "val" else prepared.train_windows
+    if windows is None:
         raise SystemExit(f"{csv}: no held-out windows with train fraction {train_fraction}")
     groups = {name: slice(i, i + 1) for i, name in enumerate(prepared.scaler.columns)}
-    return prepared.val_windows.astype(np.float32), groups
+    return windows.astype(np.float32), groups
+
+
+def spread_subset(windows: np.ndarray, count: int) -> np.ndarray:
+    """At most ``count`` windows evenly spaced over the set (every period represented)."""
+    if len(windows) <= count:
+        return windows
+    return windows[np.linspace(0, len(windows) - 1, count).round().astype(int)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,10 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifact", type=Path, help="flowdiff artifact: groups = codec feature_slices")
     parser.add_argument("--csv", type=Path)
     parser.add_argument("--train-fraction", type=float, default=0.9)
+    parser.add_argument("--split", choices=("val", "train"), default="val",
+                        help="CSV windows after the split (held out) or before it (seen in "
+                             "training); a chronological hold-out can lie outside the "
+                             "training range (Stocks: prices above the training max clip to 1)")
     parser.add_argument("--windows", type=Path, help=".npy windows (N, L, F) in [0, 1]")
     parser.add_argument("--t", type=int, nargs="+",
                         help=f"timesteps (default fractions {DEFAULT_FRACTIONS} of T)")
-    parser.add_argument("--max-windows", type=int, default=1024)
+    parser.add_argument("--max-windows", type=int, default=1024, help="evenly spaced subset")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
@@ -67,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     model, extra = load_checkpoint(checkpoint, "cpu")
     groups = None
     if args.csv is not None:
-        windows, groups = held_out_csv_windows(args.csv, model.cfg.seq_len, args.train_fraction)
+        windows, groups = csv_windows(args.csv, model.cfg.seq_len, args.train_fraction, args.split)
     else:
         windows = np.load(args.windows).astype(np.float32)
     if args.artifact is not None:
         from flowdiff.codec import FlowCodec
 
         groups = dict(FlowCodec.load(args.artifact / "codec").feature_slices)
-    windows = windows[:args.max_windows]
+    windows = spread_subset(windows, args.max_windows)
     total = model.cfg.timesteps
     timesteps = args.t or sorted({min(int(f * total), total - 1) for f in DEFAULT_FRACTIONS})
     curve = denoising_curve(model, windows, timesteps, groups, seed=args.seed)
@@ -83,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     print(curve.table())
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": str(checkpoint), "parameterization": model.cfg.parameterization,
-              **curve.to_dict()}
+              "split": args.split if args.csv else None, **curve.to_dict()}
     (args.out / "denoise_curve.json").write_text(json.dumps(result, indent=2))
     plot_denoise_curve(curve, args.out / "denoise_curve.png",
                        title=f"{checkpoint.name} ({model.cfg.parameterization})")
