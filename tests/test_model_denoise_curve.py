@@ -98,3 +98,4 @@ def test_benchmark_cli_writes_table_json_and_png(windows, tmp_path, monkeypatch,
     assert result["timesteps"] == [0, 10] and result["parameterization"] == "x0"
     assert (tmp_path / "out" / "denoise_curve.png").exists()
     assert "trained steps 7" in capsys.readouterr().out
+

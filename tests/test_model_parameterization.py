@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from flowdiff.model import ConfigError, DiffusionTS, ModelConfig, load_checkpoint, make_sampler, save_checkpoint
+from flowdiff.model import (
+    ConfigError,
+    DiffusionTS,
+    ModelConfig,
+    load_checkpoint,
+    make_sampler,
+    save_checkpoint,
+)
 from flowdiff.model.diffusion import DiffusionProcess
 from flowdiff.model.diffusion_ts import to_model_space
 from flowdiff.model.parameterization import Preconditioning, edm_coefficients
