@@ -50,12 +50,12 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(half)
 
 
-def sample_windows(model, n: int, kind: str, steps: int | None, batch: int, seed: int
-                   ) -> tuple[np.ndarray, float]:
+def sample_windows(model, n: int, kind: str, steps: int | None, batch: int, seed: int,
+                   eta: float = 0.0, churn: float = 0.0) -> tuple[np.ndarray, float]:
     """n windows (n, L, F) in [0, 1] from the EMA model; returns (windows, windows per second)."""
     from flowdiff.model import make_sampler
 
-    sampler = make_sampler(kind, steps=steps)
+    sampler = make_sampler(kind, steps=steps, eta=eta, churn=churn)
     parts = []
     started = time.perf_counter()
     for i, start in enumerate(range(0, n, batch)):
@@ -87,8 +87,12 @@ def run_train(config_path: Path, out: Path, resume: bool) -> dict:
     return figures
 
 
+METRICS = ("context_fid", "correlational", "discriminative", "predictive")
+
+
 def run_eval(dataset: str, config_path: Path, out: Path, repeats: int, kind: str,
-             steps: int | None, batch: int, max_windows: int | None) -> dict:
+             steps: int | None, batch: int, max_windows: int | None, eta: float = 0.0,
+             churn: float = 0.0, metrics: tuple[str, ...] = METRICS) -> dict:
     from flowdiff.model import load_checkpoint
     from flowdiff.model.metrics import (context_fid, correlational_score, discriminative_score,
                                         predictive_score)
@@ -102,22 +106,24 @@ def run_eval(dataset: str, config_path: Path, out: Path, repeats: int, kind: str
     if max_windows:
         real = real[:max_windows]
     trained_steps = extra["train_state"]["step"]
-    fake, windows_per_s = sample_windows(model, len(real), kind, steps, batch, seed=7)
+    fake, windows_per_s = sample_windows(model, len(real), kind, steps, batch, seed=7, eta=eta,
+                                         churn=churn)
     np.save(out / "samples.npy", fake)
-    scores: dict[str, list[float]] = {"context_fid": [], "correlational": [],
-                                      "discriminative": [], "predictive": []}
+    score_fns = {"context_fid": context_fid, "correlational": correlational_score,
+                 "discriminative": discriminative_score, "predictive": predictive_score}
+    scores: dict[str, list[float]] = {name: [] for name in metrics}
     for repeat in range(repeats):
         started = time.perf_counter()
-        scores["context_fid"].append(context_fid(real, fake, seed=repeat))
-        scores["correlational"].append(correlational_score(real, fake, seed=repeat))
-        scores["discriminative"].append(discriminative_score(real, fake, seed=repeat))
-        scores["predictive"].append(predictive_score(real, fake, seed=repeat))
+        for name in metrics:
+            scores[name].append(score_fns[name](real, fake, seed=repeat))
         log.info("repeat %d: %s (%.0f s)", repeat, {k: v[-1] for k, v in scores.items()},
                  time.perf_counter() - started)
-    real_predictive = [predictive_score(real, real, seed=r) for r in range(min(repeats, 2))]
+    real_predictive = ([predictive_score(real, real, seed=r) for r in range(min(repeats, 2))]
+                       if "predictive" in metrics else [float("nan")])
     summary = {name: mean_ci(values) for name, values in scores.items()}
     print(f"\n{dataset}: {len(real)} real windows, {len(fake)} generated with {kind}"
-          f"{'' if steps is None else f' S={steps}'} from a model trained {trained_steps} steps; "
+          f"{'' if steps is None else f' S={steps}'} eta={eta} churn={churn} "
+          f"from a model trained {trained_steps} steps; "
           f"sampling {windows_per_s:.1f} windows/s")
     print(f"{'metric':<16}{'ours (mean +- 95% CI)':<26}{'paper':<18}{'target':<8}")
     for name, (mean, half) in summary.items():
@@ -128,6 +134,7 @@ def run_eval(dataset: str, config_path: Path, out: Path, repeats: int, kind: str
               f"{'' if target is None else f'<= {target}':<9}{verdict}")
     print(f"predictive on real data (train-on-real): {np.mean(real_predictive):.3f}")
     return {"dataset": dataset, "trained_steps": trained_steps, "sampler": kind, "sampler_steps": steps,
+            "eta": eta, "churn": churn,
             "windows": len(fake), "sampling_windows_per_s": windows_per_s,
             "scores": scores, "summary": summary, "paper": PAPER[dataset],
             "predictive_real": float(np.mean(real_predictive))}
@@ -143,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm",
                         help="reference: ddpm over all T=500 steps")
-    parser.add_argument("--sampler-steps", type=int, default=None, help="DDIM steps S")
+    parser.add_argument("--sampler-steps", type=int, default=None, help="sampler steps S")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    parser.add_argument("--churn", type=float, default=0.0, help="EDM S_churn (0 = off)")
+    parser.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS))
     parser.add_argument("--batch", type=int, default=512, help="sampling batch size")
     parser.add_argument("--max-windows", type=int, default=None,
                         help="evaluate on the first N training windows only (quick check)")
@@ -160,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         results_path.write_text(json.dumps(results, indent=2))
     if args.phase in ("eval", "all"):
         results["eval"] = run_eval(args.dataset, config, args.out, args.repeats, args.sampler,
-                                   args.sampler_steps, args.batch, args.max_windows)
+                                   args.sampler_steps, args.batch, args.max_windows, args.eta,
+                                   args.churn, tuple(args.metrics))
         results_path.write_text(json.dumps(results, indent=2))
     return 0
 

@@ -164,8 +164,10 @@ def test_make_sampler_rejects_bad_arguments():
         make_sampler("ddim", steps=0)
     with pytest.raises(SamplerError, match="exceeds"):
         make_sampler("ddim", steps=51).set_timesteps(50)
-    with pytest.raises(SamplerError, match="ddpm"):
-        make_sampler("ddpm", steps=10).set_timesteps(50)
+    with pytest.raises(SamplerError, match="ddpm sampler: steps=60 exceeds"):
+        make_sampler("ddpm", steps=60).set_timesteps(50)
+    with pytest.raises(SamplerError, match="churn"):
+        make_sampler("ddim", churn=-1.0)
 
 
 @pytest.mark.parametrize("kind,steps", [("ddpm", None), ("ddim", 10)])

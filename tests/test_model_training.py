@@ -150,3 +150,58 @@ def test_train_accepts_a_torch_dataset(sine_windows, tmp_path):
     result = train(DiffusionTS(CFG), Windows(), Windows(),
                    small_train_cfg(steps=20, checkpoint_every=20, val_every=20, log_every=10), tmp_path)
     assert result.steps == 20 and np.isfinite(result.val_loss)
+
+
+def test_predict_mode_training_is_seeded_and_uses_the_given_fraction(sine_windows, tmp_path,
+                                                                     monkeypatch):
+    """predict_fraction of the micro-batches are trained with the context clean and only the
+    last predict_horizon steps noised; the choice comes from the seeded noise generator."""
+    horizons = []
+    original = DiffusionTS.loss
+
+    def spy(self, x0, generator=None, horizon=None):
+        horizons.append(horizon)
+        return original(self, x0, generator, horizon)
+
+    monkeypatch.setattr(DiffusionTS, "loss", spy)
+    cfg = small_train_cfg(steps=60, checkpoint_every=60, val_every=0, predict_fraction=0.5,
+                          predict_horizon=4)
+    a, b = DiffusionTS(CFG), DiffusionTS(CFG)
+    b.load_state_dict(a.state_dict())
+    train(a, sine_windows, None, cfg, tmp_path / "a")
+    first = list(horizons)
+    horizons.clear()
+    train(b, sine_windows, None, cfg, tmp_path / "b")
+    assert horizons == first                       # same micro-batches in predict mode
+    for x, y in zip(a.parameters(), b.parameters()):
+        assert torch.equal(x, y)                   # a seeded run reproduces bit for bit
+    assert set(first) == {None, 4} and 15 <= first.count(4) <= 45   # 60 draws at p = 0.5
+
+    horizons.clear()
+    train(DiffusionTS(CFG), sine_windows, None, small_train_cfg(steps=5, checkpoint_every=5, val_every=0),
+          tmp_path / "c")
+    assert horizons == [None] * 5                  # predict_fraction 0: unconditional only
+
+
+def test_predict_mode_training_needs_a_horizon_inside_the_window(sine_windows, tmp_path):
+    from flowdiff.model import ConfigError
+
+    for horizon in (0, 16):
+        with pytest.raises(ConfigError, match=r"train.predict_horizon: an integer in \[1, 15\]"):
+            train(DiffusionTS(CFG), sine_windows, None,
+                  small_train_cfg(steps=1, predict_fraction=0.2, predict_horizon=horizon), tmp_path)
+    with pytest.raises(ConfigError, match="train.predict_fraction"):
+        TrainConfig.from_dict({"predict_fraction": 1.5})
+
+
+def test_resume_accepts_a_checkpoint_written_before_new_model_keys(sine_windows, tmp_path):
+    """A checkpoint whose model_config lacks keys added later (issue 11) resumes: the missing
+    keys take their defaults, which is the configuration it was trained with."""
+    train(DiffusionTS(CFG), sine_windows, None,
+          small_train_cfg(steps=10, checkpoint_every=10, val_every=0), tmp_path)
+    raw = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del raw["model_config"]["parameterization"]
+    torch.save(raw, tmp_path / "checkpoint.pt")
+    result = train(DiffusionTS(CFG), sine_windows, None,
+                   small_train_cfg(steps=15, checkpoint_every=5, val_every=0), tmp_path, resume=True)
+    assert result.start_step == 10 and result.steps == 15

@@ -65,6 +65,11 @@ def _range_problems(where: str, checks: list[tuple[str, bool, str]]) -> list[str
     return [f"{where}.{name}: {expected}" for name, ok, expected in checks if not ok]
 
 
+PARAMETERIZATIONS = ("x0", "edm")
+LOSSES = ("l1", "l2")
+LOSS_WEIGHTINGS = ("dts", "edm")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Network size and diffusion process. Defaults are the reference Stocks config."""
@@ -82,6 +87,10 @@ class ModelConfig:
     cosine_s: float = 0.008           # cosine schedule offset
     fourier_loss: bool = True         # add the Fourier term to the L1 loss
     fourier_weight: float = -1.0      # w_ff; -1 means sqrt(L) / 5 (the reference)
+    parameterization: str = "x0"      # x0 (network output is x0_hat) | edm (preconditioned)
+    sigma_data: float = 0.5           # edm: assumed std of the data in model space [-1, 1]
+    loss: str = "l1"                  # l1 | l2: element-wise distance (and of the Fourier term)
+    loss_weighting: str = "dts"       # dts: w_t of Diffusion-TS | edm: 1 / c_out(t)^p (p = 1, 2)
 
     def problems(self, where: str = "model") -> list[str]:
         return _range_problems(where, [
@@ -103,6 +112,12 @@ class ModelConfig:
             ("cosine_s", 0.0 < self.cosine_s < 1.0, f"a number in (0, 1), got {self.cosine_s}"),
             ("fourier_weight", self.fourier_weight == -1.0 or self.fourier_weight >= 0.0,
              f"-1 (meaning sqrt(L)/5) or a number >= 0, got {self.fourier_weight}"),
+            ("parameterization", self.parameterization in PARAMETERIZATIONS,
+             f"one of {', '.join(PARAMETERIZATIONS)}, got {self.parameterization!r}"),
+            ("sigma_data", self.sigma_data > 0, f"a number > 0, got {self.sigma_data}"),
+            ("loss", self.loss in LOSSES, f"one of {', '.join(LOSSES)}, got {self.loss!r}"),
+            ("loss_weighting", self.loss_weighting in LOSS_WEIGHTINGS,
+             f"one of {', '.join(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}"),
         ])
 
     @property
@@ -146,6 +161,15 @@ class TrainConfig:
     seed: int = 12345
     device: str = "auto"              # auto | cpu | cuda
     num_threads: int = 0              # torch CPU threads; 0 = leave torch's default
+    predict_fraction: float = 0.0     # share of micro-batches trained in predict mode
+    predict_horizon: int = 0          # H: those keep the first L - H steps clean, noise the last H
+
+    def predict_problems(self, seq_len: int, where: str = "train") -> list[str]:
+        """Cross-check with the model's window length (known only when training starts)."""
+        if self.predict_fraction == 0.0 or 1 <= self.predict_horizon < seq_len:
+            return []
+        return [f"{where}.predict_horizon: an integer in [1, {seq_len - 1}] (seq_len {seq_len}) "
+                f"when predict_fraction > 0, got {self.predict_horizon}"]
 
     def problems(self, where: str = "train") -> list[str]:
         return _range_problems(where, [
@@ -172,6 +196,10 @@ class TrainConfig:
             ("nan_patience", self.nan_patience >= 1, f"an integer >= 1, got {self.nan_patience}"),
             ("device", self.device in ("auto", "cpu", "cuda"), f"one of auto, cpu, cuda, got {self.device!r}"),
             ("num_threads", self.num_threads >= 0, f"an integer >= 0, got {self.num_threads}"),
+            ("predict_fraction", 0.0 <= self.predict_fraction <= 1.0,
+             f"a number in [0, 1], got {self.predict_fraction}"),
+            ("predict_horizon", self.predict_horizon >= 0,
+             f"an integer >= 0, got {self.predict_horizon}"),
         ])
 
     @classmethod

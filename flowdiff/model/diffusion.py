@@ -2,8 +2,9 @@
 
 Cosine beta schedule (Nichol & Dhariwal, s = 0.008, betas clipped at 0.999), forward
 noising q_sample, the posterior used by ancestral sampling, and the training loss:
-L1 + w_ff * Fourier L1, per-sample mean, reweighted by
-w_t = sqrt(alpha_t) * sqrt(1 - abar_t) / beta_t / 100. All tensors here live in [-1, 1].
+L1 + w_ff * Fourier L1 (or both squared: L2), per-sample mean, reweighted by
+w_t = sqrt(alpha_t) * sqrt(1 - abar_t) / beta_t / 100 (or weights given by the caller).
+All tensors here live in [-1, 1].
 """
 
 from __future__ import annotations
@@ -69,13 +70,24 @@ class DiffusionProcess(nn.Module):
         return _at(self.posterior_mean_coef1, t) * x0 + _at(self.posterior_mean_coef2, t) * x_t
 
     def loss(self, x0_hat: torch.Tensor, x0: torch.Tensor, t: torch.Tensor,
-             fourier_weight: float) -> torch.Tensor:
-        """Reweighted L1 + Fourier loss, a scalar. x0_hat, x0 (B, L, F); t (B,)."""
-        per_element = (x0_hat - x0).abs()                                        # (B, L, F)
+             fourier_weight: float, norm: str = "l1",
+             weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Reweighted distance + Fourier loss, a scalar. x0_hat, x0 (B, L, F); t (B,).
+
+        norm: ``l1`` (the reference) or ``l2`` (squared differences, Fourier term too).
+        weight: per-sample weights (B,); default w_t of Diffusion-TS (``loss_weight[t]``).
+        """
+        distance = _DISTANCES[norm]
+        per_element = distance(x0_hat - x0)                                      # (B, L, F)
         if fourier_weight > 0:
             fft_hat = torch.fft.fft(x0_hat, dim=1, norm="forward")               # (B, L, F) complex
             fft_true = torch.fft.fft(x0, dim=1, norm="forward")
             per_element = per_element + fourier_weight * (
-                (fft_hat.real - fft_true.real).abs() + (fft_hat.imag - fft_true.imag).abs())
+                distance(fft_hat.real - fft_true.real) + distance(fft_hat.imag - fft_true.imag))
         per_sample = per_element.flatten(1).mean(dim=1)                          # (B,)
-        return (per_sample * self.loss_weight.gather(0, t)).mean()
+        if weight is None:
+            weight = self.loss_weight.gather(0, t)
+        return (per_sample * weight).mean()
+
+
+_DISTANCES = {"l1": torch.abs, "l2": torch.square}

@@ -13,6 +13,7 @@ from torch import nn
 from flowdiff.model.config import ModelConfig
 from flowdiff.model.diffusion import DiffusionProcess
 from flowdiff.model.network import DiffusionTSNetwork
+from flowdiff.model.parameterization import Preconditioning
 from flowdiff.model.rng import Generators, check_generators, randint_rows, randn_like_rows
 from flowdiff.model.samplers import Sampler, run_sampler
 
@@ -35,6 +36,8 @@ class DiffusionTS(nn.Module):
         self.cfg = cfg
         self.network = DiffusionTSNetwork(cfg)
         self.process = DiffusionProcess(cfg.timesteps, cfg.cosine_s)
+        self.precondition = Preconditioning(cfg.parameterization, cfg.timesteps, cfg.cosine_s,
+                                            cfg.sigma_data)
 
     @property
     def device(self) -> torch.device:
@@ -44,8 +47,9 @@ class DiffusionTS(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Model space: x_t (B, L, F), t (B,) long -> x0_hat (B, L, F), unclipped."""
-        return self.network(x_t, t)
+        """Model space: x_t (B, L, F), t (B,) long -> x0_hat (B, L, F), unclipped
+        (the network's output, preconditioned when cfg.parameterization is ``edm``)."""
+        return self.precondition(self.network, x_t, t)
 
     def _check_windows(self, x: torch.Tensor, name: str, length: int | None = None) -> None:
         length = self.cfg.seq_len if length is None else length
@@ -55,9 +59,16 @@ class DiffusionTS(nn.Module):
             raise ValueError(f"{name}: expected a tensor of shape (B, {expected[0]}, {expected[1]}), "
                              f"got {got}")
 
-    def loss(self, x0: torch.Tensor, generator: Generators | None = None) -> torch.Tensor:
-        """Training loss on clean windows x0 (B, L, F) in [0, 1]; t and noise from ``generator``."""
+    def loss(self, x0: torch.Tensor, generator: Generators | None = None,
+             horizon: int | None = None) -> torch.Tensor:
+        """Training loss on clean windows x0 (B, L, F) in [0, 1]; t and noise from ``generator``.
+
+        horizon H (predict-mode training): the first L - H steps stay clean (observed), only
+        the last H are noised, and the loss covers those H steps only.
+        """
         self._check_windows(x0, "loss: x0")
+        if horizon is not None and not 1 <= horizon < self.cfg.seq_len:
+            raise ValueError(f"loss: horizon must be in [1, {self.cfg.seq_len - 1}], got {horizon!r}")
         x0 = to_model_space(x0)
         batch = x0.shape[0]
         if generator is None:
@@ -67,9 +78,17 @@ class DiffusionTS(nn.Module):
             t = randint_rows(batch, self.cfg.timesteps, generator, x0.device)
             noise = randn_like_rows(x0.shape, generator, x0.device, x0.dtype)
         x_t = self.process.q_sample(x0, t, noise)                                 # (B, L, F)
+        start = 0
+        if horizon is not None:
+            start = self.cfg.seq_len - horizon
+            x_t = torch.cat([x0[:, :start], x_t[:, start:]], dim=1)              # clean context
         x0_hat = self.denoise(x_t, t)
         fourier_weight = self.cfg.fourier_weight_value if self.cfg.fourier_loss else 0.0
-        return self.process.loss(x0_hat, x0, t, fourier_weight)
+        weight = None
+        if self.cfg.loss_weighting == "edm":
+            weight = self.precondition.loss_weight(t, power=1 if self.cfg.loss == "l1" else 2)
+        return self.process.loss(x0_hat[:, start:], x0[:, start:], t, fourier_weight,
+                                 self.cfg.loss, weight)
 
     @torch.no_grad()
     def sample(self, n: int, sampler: Sampler, generator: Generators) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from flowdiff.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from flowdiff.model.config import TrainConfig, resolve_device
+from flowdiff.model.config import ConfigError, ModelConfig, TrainConfig, resolve_device
 from flowdiff.model.diffusion_ts import DiffusionTS
 from flowdiff.model.ema import EMA
 from flowdiff.model.schedules import WarmupLR
@@ -206,7 +206,7 @@ class _Run:
         total = 0.0
         for _ in range(cfg.grad_accum):
             x0 = next(data_iter).to(self.device, torch.float32)                   # (B, L, F)
-            loss = self.model.loss(x0, self.noise_generator) / cfg.grad_accum
+            loss = self.model.loss(x0, self.noise_generator, self.draw_horizon()) / cfg.grad_accum
             if not torch.isfinite(loss):
                 return None
             loss.backward()
@@ -216,6 +216,15 @@ class _Run:
             return None
         self.optimizer.step()
         return total
+
+    def draw_horizon(self) -> int | None:
+        """predict_horizon for a predict-mode micro-batch (probability predict_fraction), else
+        None. Draws from the noise generator only when predict_fraction > 0, so runs without
+        predict-mode training keep their random stream."""
+        if self.cfg.predict_fraction == 0.0:
+            return None
+        draw = float(torch.rand((), generator=self.noise_generator))
+        return self.cfg.predict_horizon if draw < self.cfg.predict_fraction else None
 
     def restore_good_state(self, bad_in_a_row: int) -> None:
         skipped, restores = self.nan_skipped, self.nan_restores + 1
@@ -244,9 +253,12 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    seq_len, n_feat = model.cfg.seq_len, model.cfg.feature_size
+    problems = cfg.predict_problems(seq_len)
+    if problems:
+        raise ConfigError("; ".join(problems))
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # dropout masks
-    seq_len, n_feat = model.cfg.seq_len, model.cfg.feature_size
     train_data = as_windows(train_windows, "train_windows", seq_len, n_feat)
     val_data = None if val_windows is None else as_windows(val_windows, "val_windows", seq_len, n_feat)
     model.to(device).train()
@@ -254,7 +266,8 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
     checkpoint_path = out_dir / CHECKPOINT_NAME
     if resume:
         raw = read_checkpoint(checkpoint_path)
-        if raw["model_config"] != model.cfg.to_dict():
+        stored = ModelConfig.from_dict(raw["model_config"], where=f"{checkpoint_path}:model_config")
+        if stored != model.cfg:  # compared as configs: keys added later take their defaults
             raise CheckpointError(f"{checkpoint_path}: --resume with a different model config "
                                   f"(checkpoint {raw['model_config']}, given {model.cfg.to_dict()})")
         run.load_state(raw["extra"]["train_state"])
