@@ -5,6 +5,10 @@ Rules (each repair is counted under its name):
 - ``pkt_below_1``: ``pkt >= 1``.
 - ``byt_below_20_per_pkt`` / ``byt_above_65535_per_pkt``: an IPv4 packet has 20..65535
   bytes, so ``20 * pkt <= byt <= 65535 * pkt``.
+- ``bytes_per_packet_outside_training``: ``byt / pkt`` within the range seen in training
+  (UGR'16: no flow averages more than an Ethernet MTU per packet). A model that generates
+  ``pkt`` and ``byt`` a little apart otherwise gives flows of impossible packet sizes for
+  the network it learned; ``byt`` is clamped into ``[low * pkt, high * pkt]``.
 - ``ports_on_portless_proto``: protocols without ports (anything but TCP, UDP, SCTP) may
   only carry the port values seen with that protocol in training, by default only 0.
   Real collectors put other things there: nfdump/UGR'16 stores ICMP ``type << 8 | code``
@@ -38,9 +42,11 @@ def _by_frequency(values: np.ndarray) -> list[int]:
 class ProtocolProfile:
     """Allowed port values and flag masks per protocol, learned from training records."""
 
-    def __init__(self, ports: dict[str, dict[int, list[int]]], flags: dict[int, list[int]]):
+    def __init__(self, ports: dict[str, dict[int, list[int]]], flags: dict[int, list[int]],
+                 bytes_per_packet: tuple[float, float] = (MIN_IPV4_PACKET, MAX_IPV4_PACKET)):
         self.ports = ports    # port field -> protocol -> allowed values, most frequent first
         self.flags = flags    # non-TCP protocol -> allowed flag masks, most frequent first
+        self.bytes_per_packet = (float(bytes_per_packet[0]), float(bytes_per_packet[1]))
 
     @classmethod
     def fit(cls, table: pd.DataFrame) -> "ProtocolProfile":
@@ -56,17 +62,26 @@ class ProtocolProfile:
             values = table["flags"].to_numpy()
             flags = {int(p): _by_frequency(values[proto == p])
                      for p in np.unique(proto) if int(p) != TCP}
-        return cls(ports, flags)
+        bounds = (MIN_IPV4_PACKET, MAX_IPV4_PACKET)
+        if "pkt" in table and "byt" in table:
+            pkt = table["pkt"].to_numpy(np.float64)
+            bpp = table["byt"].to_numpy(np.float64)[pkt >= 1] / pkt[pkt >= 1]
+            if bpp.size:
+                bounds = (max(float(bpp.min()), MIN_IPV4_PACKET),
+                          min(float(bpp.max()), MAX_IPV4_PACKET))
+        return cls(ports, flags, bounds)
 
     def state(self) -> dict:
         return {"ports": {f: {str(p): v for p, v in per.items()} for f, per in self.ports.items()},
-                "flags": {str(p): v for p, v in self.flags.items()}}
+                "flags": {str(p): v for p, v in self.flags.items()},
+                "bytes_per_packet": list(self.bytes_per_packet)}
 
     @classmethod
     def from_state(cls, state: dict) -> "ProtocolProfile":
         ports = {f: {int(p): list(v) for p, v in per.items()}
                  for f, per in state["ports"].items()}
-        return cls(ports, {int(p): list(v) for p, v in state["flags"].items()})
+        bounds = state.get("bytes_per_packet", (MIN_IPV4_PACKET, MAX_IPV4_PACKET))  # 0.1: none
+        return cls(ports, {int(p): list(v) for p, v in state["flags"].items()}, tuple(bounds))
 
     def repair(self, columns: dict[str, np.ndarray]) -> dict[str, int]:
         """Enforce the rules in place on decoded ``columns``; return counts per rule."""
@@ -82,6 +97,7 @@ class ProtocolProfile:
                 repairs["byt_below_20_per_pkt"] = int(too_few.sum())
                 repairs["byt_above_65535_per_pkt"] = int(too_many.sum())
                 byt[:] = np.clip(byt, MIN_IPV4_PACKET * pkt, MAX_IPV4_PACKET * pkt)
+                repairs["bytes_per_packet_outside_training"] = self._clamp_bpp(byt, pkt)
         proto = columns["proto"]
         fixed_ports = sum(self._restrict(columns[field], proto, self.ports.get(field, {}),
                                          PORTED_PROTOS)
@@ -92,6 +108,16 @@ class ProtocolProfile:
             repairs["tcp_flags_on_non_tcp"] = self._restrict(columns["flags"], proto, self.flags,
                                                             frozenset({TCP}))
         return repairs
+
+    def _clamp_bpp(self, byt: np.ndarray, pkt: np.ndarray) -> int:
+        """Clamp ``byt`` in place into the training range of bytes per packet; the bounds
+        are widened by float noise so that training records stay exactly as they are."""
+        low, high = self.bytes_per_packet
+        lowest = np.ceil(low * pkt * (1 - 1e-12))                           # (n,)
+        highest = np.floor(high * pkt * (1 + 1e-12))                        # (n,)
+        outside = (byt < lowest) | (byt > highest)
+        byt[:] = np.clip(byt, lowest, highest).astype(byt.dtype)
+        return int(outside.sum())
 
     @staticmethod
     def _restrict(values: np.ndarray, proto: np.ndarray, allowed: dict[int, list[int]],
