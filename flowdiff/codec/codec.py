@@ -200,18 +200,19 @@ class FlowCodec:
             log.info("codec: fields absent from the training table, not encoded: %s", skipped)
         columns = {f: cls._column(table, f, None) for f in fields}
         embeddings = _Embeddings.fit(columns, config, seed)
-        transforms = {}
-        for f in fields:
-            try:
-                transforms[f] = _new_transform(f, config.fields[f], config, embeddings,
-                                               seed).fit(columns[f])
-            except ValueError as err:
-                raise ValueError(f"field {f}: {err}") from err
         # the time field rounds to the resolution of the timestamps themselves: differences
         # of epoch seconds carry noise of their magnitude (2.4e-7 s near 1.5e9)
         time_decimals = resolution(table["ts"].to_numpy())
-        if isinstance(transforms["ts"], QuantileTransform):  # refit at that resolution
-            transforms["ts"].fit(columns["ts"], decimals=time_decimals)
+        transforms = {}
+        for f in fields:
+            try:
+                transform = _new_transform(f, config.fields[f], config, embeddings, seed)
+                if f == "ts" and isinstance(transform, QuantileTransform):
+                    transforms[f] = transform.fit(columns[f], decimals=time_decimals)
+                else:
+                    transforms[f] = transform.fit(columns[f])
+            except ValueError as err:
+                raise ValueError(f"field {f}: {err}") from err
         transforms["ts"].decimals = time_decimals
         codec = cls(config, transforms, ProtocolProfile.fit(table), embeddings, seed)
         log.info("codec fitted on %d records: %d features over fields %s",

@@ -29,7 +29,7 @@ import logging
 
 import numpy as np
 
-from flowdiff.codec.transforms import resolution
+from flowdiff.codec.transforms import nearest_rows, resolution
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +84,10 @@ class QuantileTransform:
         width = (self.hi - self.lo).astype(np.float32)
         return int((width < 2 * np.spacing(np.float32(1.0))).sum())
 
-    def _rows(self, values: np.ndarray) -> np.ndarray:
-        """Row of the nearest training value (ties: the lower one)."""
-        right = np.clip(np.searchsorted(self.values, values), 0, len(self.values) - 1)
-        left = np.clip(right - 1, 0, len(self.values) - 1)
-        take_left = (values - self.values[left]) <= (self.values[right] - values)
-        return np.where(take_left, left, right)
-
     def encode(self, column: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         """(n,) values -> (n, 1) float32 positions. Jitter from ``rng``, or a generator
         seeded with the transform's seed (same column -> same positions)."""
-        rows = self._rows(self._rounded(column))                              # (n,)
+        rows = nearest_rows(self.values, self._rounded(column))               # (n,)
         rng = np.random.default_rng(self.seed) if rng is None else rng
         jitter = rng.uniform(JITTER_LOW, JITTER_HIGH, size=rows.size)         # (n,)
         lo, hi = self.lo[rows], self.hi[rows]

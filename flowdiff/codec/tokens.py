@@ -37,7 +37,7 @@ import numpy as np
 
 from flowdiff.codec.config import Word2VecConfig
 from flowdiff.codec.kernel import KernelDecoder
-from flowdiff.codec.transforms import BitsTransform
+from flowdiff.codec.transforms import BitsTransform, nearest_rows
 from flowdiff.codec.word2vec import (_scale, distinct_vectors, load_vectors, save_vectors,
                                      train_word2vec, write_atomic)
 
@@ -184,7 +184,6 @@ class PortTokenTransform:
         """(65536,) port -> token row, and (65536,) whether that row gives the port back:
         a service port is its own token; another port is its range's token when training
         saw rare ports in that range, else the numerically nearest service port."""
-        everything = np.arange(65536)
         lookup = np.full(65536, -1, dtype=np.int64)
         for row in np.flatnonzero(self.range_of >= 0):
             low, high = PORT_RANGES[self.range_of[row]]
@@ -196,10 +195,7 @@ class PortTokenTransform:
         service_ports = self.port_of[service_rows]
         if len(service_ports):
             unmapped = lookup < 0
-            right = np.clip(np.searchsorted(service_ports, everything), 0, len(order) - 1)
-            left = np.clip(right - 1, 0, len(order) - 1)
-            take_left = (everything - service_ports[left]) <= (service_ports[right] - everything)
-            nearest = service_rows[np.where(take_left, left, right)]
+            nearest = service_rows[nearest_rows(service_ports, np.arange(65536))]
             lookup[unmapped] = nearest[unmapped]
             lookup[service_ports] = service_rows
             exact[service_ports] = True

@@ -153,6 +153,15 @@ class MinMaxTransform:
                    None if decimals is None else int(decimals))
 
 
+def nearest_rows(ordered: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index into the sorted array ``ordered`` of the element nearest each of ``values``
+    (ties: the lower one). Used to map a value not seen in training to a seen one."""
+    right = np.clip(np.searchsorted(ordered, values), 0, len(ordered) - 1)
+    left = np.clip(right - 1, 0, len(ordered) - 1)
+    take_left = (values - ordered[left]) <= (ordered[right] - values)
+    return np.where(take_left, left, right)
+
+
 def resolution(values: np.ndarray) -> int | None:
     """Fewest decimals (0..MAX_DECIMALS) that represent every value up to float64 noise
     (a few ulps of the largest magnitude), or None. UGR'16 durations give 3; timestamps in

@@ -35,6 +35,7 @@ from scipy.spatial import cKDTree
 
 from flowdiff.codec.config import Word2VecConfig
 from flowdiff.codec.nearest import NearestIndex
+from flowdiff.codec.transforms import nearest_rows
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,7 @@ class EmbeddingTable:
         if self.kind == PROTO:  # unseen protocol -> most frequent protocol
             lookup = np.full(size, int(np.argmax(self.counts)), dtype=np.int64)
         else:  # unseen port -> numerically nearest seen port (ties: the lower one)
-            everything = np.arange(size)
-            right = np.clip(np.searchsorted(self.values, everything), 0, len(self.values) - 1)
-            left = np.clip(right - 1, 0, len(self.values) - 1)
-            take_left = (everything - self.values[left]) <= (self.values[right] - everything)
-            lookup = np.where(take_left, left, right)
+            lookup = nearest_rows(self.values, np.arange(size))
         lookup[self.values] = np.arange(len(self.values))
         return lookup, seen
 

@@ -83,7 +83,7 @@ class StreamGenerator:
         self.turns = state.turns
         for name in self.history:  # a state saved without history keeps the empty one
             if name in state.history:
-                self.history[name] = state.history[name].numpy().astype(np.int64).copy()
+                self.history[name] = state.history[name].numpy().astype(np.int64)
 
     def rebase(self, now: float) -> None:
         """Move clocks that are behind ``now`` forward to it (never back)."""
