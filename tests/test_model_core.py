@@ -13,22 +13,14 @@ from flowdiff.model import (CheckpointError, ConfigError, DiffusionTS, ModelConf
 from flowdiff.model.diffusion import DiffusionProcess, cosine_beta_schedule
 from flowdiff.model.network import fourier_season
 from flowdiff.model.samplers import ddim_grid
-
-TINY = ModelConfig(seq_len=12, feature_size=3, n_layer_enc=1, n_layer_dec=2, d_model=16,
-                   n_heads=2, timesteps=50)
-
+from tinymodel import TINY, gens, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def model(one_torch_thread) -> DiffusionTS:
-    torch.manual_seed(0)
-    return DiffusionTS(TINY).eval()
-
-
-def gens(seeds):
-    return [torch.Generator().manual_seed(s) for s in seeds]
+def model(one_torch_thread):
+    return tiny_model()
 
 
 # ---- schedule and loss -------------------------------------------------------------------

@@ -8,24 +8,17 @@ import math
 import pytest
 import torch
 
-from flowdiff.model import DiffusionTS, ModelConfig, SamplerError, make_sampler
+from flowdiff.model import SamplerError, make_sampler
 from flowdiff.model.diffusion import DiffusionProcess
 from flowdiff.model.samplers import ddim_grid, process_sigmas, run_sampler
-
-TINY = ModelConfig(seq_len=12, feature_size=3, n_layer_enc=1, n_layer_dec=2, d_model=16,
-                   n_heads=2, timesteps=50)
+from tinymodel import gens, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def model(one_torch_thread) -> DiffusionTS:
-    torch.manual_seed(0)
-    return DiffusionTS(TINY).eval()
-
-
-def gens(seeds):
-    return [torch.Generator().manual_seed(s) for s in seeds]
+def model(one_torch_thread):
+    return tiny_model()
 
 
 # ---- ancestral DDPM on S < T steps -----------------------------------------------------------
