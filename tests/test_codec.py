@@ -243,15 +243,22 @@ def test_decode_rejects_wrong_shape(codec):
 
 
 # ---------------------------------------------------------------------------- unseen values
+def _with_unseen_values(table: pd.DataFrame, port: int) -> pd.DataFrame:
+    """The first 3 records; the first gets ``port``, a protocol, a label and a byte count
+    that training never saw."""
+    rows = table.iloc[:3].copy()
+    rows["srcport"] = np.array([port, 80, 80], dtype=np.int32)
+    rows["proto"] = np.array([132, 6, 6], dtype=np.uint8)              # SCTP never seen
+    rows["label"] = np.array(["scan", "background", "background"], dtype=object)
+    rows["byt"] = np.array([10**12, 100, 100], dtype=np.int64)           # beyond the range
+    return rows
+
+
 def test_unseen_values_map_to_known_ones_and_are_counted(table, netshare_codec):
     codec = netshare_codec
     vocabulary = set(codec.transforms["srcport"].table.values.tolist())
     unseen_port = next(p for p in range(40000, 65536) if p not in vocabulary)
-    rows = table.iloc[:3].copy()
-    rows["srcport"] = np.array([unseen_port, 80, 80], dtype=np.int32)
-    rows["proto"] = np.array([132, 6, 6], dtype=np.uint8)              # SCTP never seen
-    rows["label"] = np.array(["scan", "background", "background"], dtype=object)
-    rows["byt"] = np.array([10**12, 100, 100], dtype=np.int64)           # beyond the range
+    rows = _with_unseen_values(table, unseen_port)
     result = codec.encode_report(rows)
     assert result.unknown["srcport"] == 1 and result.unknown["proto"] == 1
     assert result.unknown["label"] == 1 and result.unknown["byt"] == 1
@@ -276,11 +283,7 @@ def test_unseen_values_in_the_default_codec(table, codec):
     protocol, label or out-of-range number maps to a known one and is counted."""
     seen = set(table["srcport"]) | set(table["dstport"])
     unseen_port = next(p for p in range(50000, 65536) if p not in seen)
-    rows = table.iloc[:3].copy()
-    rows["srcport"] = np.array([unseen_port, 80, 80], dtype=np.int32)
-    rows["proto"] = np.array([132, 6, 6], dtype=np.uint8)              # SCTP never seen
-    rows["label"] = np.array(["scan", "background", "background"], dtype=object)
-    rows["byt"] = np.array([10**12, 100, 100], dtype=np.int64)           # beyond the range
+    rows = _with_unseen_values(table, unseen_port)
     result = codec.encode_report(rows)
     assert result.unknown["srcport"] == 0 and result.unknown["proto"] == 1
     assert result.unknown["label"] == 1 and result.unknown["byt"] == 1

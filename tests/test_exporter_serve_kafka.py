@@ -66,6 +66,14 @@ def wait_for(condition, timeout: float, what: str):
 
 
 @pytest.mark.slow
+def _tear_down(serve: subprocess.Popen, broker: Tansu) -> None:
+    """Kill the daemon if a failed assertion left it running, then stop the broker."""
+    if serve.poll() is None:
+        serve.kill()
+        serve.wait()
+    broker.stop()
+
+
 def test_serve_survives_broker_restart_block_policy(tmp_path, tiny_model):
     broker = Tansu().start()
     metrics_port = free_port()
@@ -124,10 +132,7 @@ exporters:
         assert generated and time.monotonic() > restarted
         messages = consume_all(broker.bootstrap, "serve")
     finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait()
-        broker.stop()
+        _tear_down(serve, broker)
 
     by_stream = defaultdict(list)
     for m in messages:
@@ -192,10 +197,7 @@ exporters:
         assert "generated again with their original timestamps" in serve.stderr.read()
         messages = consume_all(broker.bootstrap, "crash")
     finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait()
-        broker.stop()
+        _tear_down(serve, broker)
 
     by_key = defaultdict(set)
     for m in messages:
