@@ -49,6 +49,9 @@ class DataConfig:
     skip_bad: bool = False  # drop and count bad rows instead of stopping at the first
     max_rows: int | None = field(default=None, metadata=_range(1))  # first N records (file order)
     val_fraction: float = field(default=0.1, metadata=_range(0.0, 1.0))  # last part, by time
+    # the last N records by time are held out: neither trained on nor used for validation,
+    # so `flowdiff eval` against them judges the artifact on traffic it never saw
+    holdout_records: int = field(default=0, metadata=_range(0))
 
 
 @dataclass

@@ -1,9 +1,11 @@
 """Trace -> artifact: ingest, fit the codec on the training part, encode, window, train
 Diffusion-TS, write one self-contained artifact directory (see ``flowdiff.artifact``).
 
-The split is by time and happens before anything is fitted: the first ``1 - val_fraction``
-of the records train the codec and the model; the rest only measure validation loss (no
-leakage of the validation period into the codec's ranges or vocabularies).
+The split is by time and happens before anything is fitted: the last
+``data.holdout_records`` records are dropped (kept for evaluation, never seen); of the rest,
+the first ``1 - val_fraction`` train the codec and the model and the last part only measures
+validation loss (no leakage of the validation period into the codec's ranges or
+vocabularies).
 """
 
 from __future__ import annotations
@@ -70,6 +72,13 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
     train_cfg = cfg.train or TrainConfig()
     window = cfg.window
     table = read_trace(cfg, data_path)
+    holdout = cfg.data.holdout_records
+    if holdout:
+        if holdout >= len(table):
+            raise ValueError(f"{data_path}: data.holdout_records {holdout} leaves no records "
+                             f"to train on (the trace has {len(table)})")
+        log.info("holding out the last %d of %d records (never trained on)", holdout, len(table))
+        table = table.iloc[:len(table) - holdout]
     cut = int(round(len(table) * (1.0 - cfg.data.val_fraction)))
     train_part, val_part = table.iloc[:cut], table.iloc[cut:]
     if len(train_part) < window.length + 1:
@@ -93,7 +102,7 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
     losses = _loss_history(work_dir / "train_log.jsonl")
     meta = {
         "data_file": data_path.name, "data_sha256": file_sha256(data_path),
-        "records": len(table), "train_records": len(train_part), "val_records": len(val_part),
+        "records": len(table), "holdout_records": holdout, "train_records": len(train_part), "val_records": len(val_part),
         "train_windows": len(train_windows), "steps": result.steps,
         "final_loss": result.final_loss, "val_loss": result.val_loss,
         "nan_skipped": result.nan_skipped, "train_seconds": round(result.total_seconds, 1),
