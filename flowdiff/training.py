@@ -64,13 +64,16 @@ def read_trace(cfg: Config, path: str | Path) -> pd.DataFrame:
 def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
                 work_dir: str | Path | None = None, resume: bool = False) -> TrainingReport:
     from flowdiff.codec import CodecConfig, FlowCodec
-    from flowdiff.model import DiffusionTS, ModelConfig, TrainConfig, train
+    from flowdiff.model import DiffusionTS, ModelConfig, TrainConfig, distributed, train
+    from flowdiff.model.config import resolve_device
+    import torch
     from flowdiff.windows import WindowDataset
 
     data_path, out_dir = Path(data_path), Path(out_dir)
     work_dir = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
     train_cfg = cfg.train or TrainConfig()
     window = cfg.window
+    ranks, _device = distributed.setup(resolve_device(train_cfg.device))  # torchrun: join
     table = read_trace(cfg, data_path)
     holdout = cfg.data.holdout_records
     if holdout:
@@ -85,7 +88,8 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
         raise ValueError(f"{data_path}: {len(train_part)} training records, fewer than one "
                          f"window of {window.length} (context + horizon); use more data "
                          "(data.max_rows) or a smaller window")
-    codec = FlowCodec.fit(train_part, cfg.codec or CodecConfig(), seed=train_cfg.seed)
+    codec = distributed.from_main(  # rank 0 fits, every rank encodes with the same codec
+        ranks, lambda: FlowCodec.fit(train_part, cfg.codec or CodecConfig(), seed=train_cfg.seed))
     encoded_train = codec.encode(train_part)  # (n_train, F)
     train_windows = WindowDataset(encoded_train, window.length, window.stride)
     val_windows = None
@@ -94,11 +98,17 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
         val_windows = WindowDataset(encoded_val, window.length, window.stride)
     model_cfg = dataclasses.replace(cfg.model or ModelConfig(), seq_len=window.length,
                                     feature_size=codec.width)
+    torch.manual_seed(train_cfg.seed)  # the initial weights: same seed, same model (every rank)
     model = DiffusionTS(model_cfg)
     log.info("training on %d records (%d windows of %d, %d features), %d parameters, "
              "%d steps", len(train_part), len(train_windows), window.length, codec.width,
              model.num_parameters(), train_cfg.steps)
     result = train(model, train_windows, val_windows, train_cfg, work_dir, resume=resume)
+    if not ranks.is_main:  # rank 0 writes the artifact
+        return TrainingReport(artifact=out_dir, records=len(table), train_records=len(train_part),
+                              windows=len(train_windows), steps=result.steps,
+                              final_loss=result.final_loss, val_loss=result.val_loss,
+                              seconds=result.total_seconds)
     losses = _loss_history(work_dir / "train_log.jsonl")
     meta = {
         "data_file": data_path.name, "data_sha256": file_sha256(data_path),

@@ -2,6 +2,7 @@
 
     flowdiff train --data TRACE --config configs/train-ugr16-cpu.yaml --out MODEL_DIR
     flowdiff train --kind timeseries --data stock_data.csv --config CFG --out DIR
+    torchrun --nproc_per_node 2 -m flowdiff train --data TRACE --config CFG --out MODEL_DIR
 """
 
 from __future__ import annotations
@@ -30,12 +31,22 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flowdiff.model import distributed
+
+    try:
+        if args.kind == "timeseries":
+            return _train_timeseries(args)
+        return _train_flows(args)
+    finally:
+        distributed.finish()  # leave torchrun's process group, if joined
+
+
+def _train_flows(args: argparse.Namespace) -> int:
     import sys
 
     from flowdiff.config import ConfigError, load_config
+    from flowdiff.model import distributed
 
-    if args.kind == "timeseries":
-        return _train_timeseries(args)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -49,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from flowdiff.training import train_flows
 
     report = train_flows(cfg, data, args.out, work_dir=args.work, resume=args.resume)
+    if not distributed.current().is_main:
+        return 0
     val = "n/a" if report.val_loss is None else f"{report.val_loss:.4f}"
     print(f"artifact {report.artifact}: {report.train_records} training records "
           f"({report.windows} windows), {report.steps} steps, loss {report.final_loss:.4f}, "

@@ -139,7 +139,7 @@ class TrainConfig:
     over 500 steps, then reduce-on-plateau x0.5 down to 1e-5, clip 1.0, EMA 0.995 every 10)."""
 
     steps: int = 10000                # optimiser steps
-    batch_size: int = 64              # windows per micro-batch
+    batch_size: int = 64              # windows per micro-batch: the GLOBAL batch, split over ranks
     grad_accum: int = 2               # micro-batches per optimiser step (reference: 2)
     lr: float = 8e-4                  # peak learning rate, reached after warm-up
     warmup_start_lr: float = 1e-5
@@ -159,7 +159,9 @@ class TrainConfig:
     log_every: int = 50
     nan_patience: int = 3             # consecutive bad steps before restoring the last good state
     seed: int = 12345
-    device: str = "auto"              # auto | cpu | cuda
+    device: str = "auto"              # auto (CUDA when present) | cpu | cuda
+    precision: str = "fp32"           # fp32 | bf16: bf16 autocast of the forward pass, CUDA only
+    compile: bool = False             # torch.compile the training step, CUDA only
     num_threads: int = 0              # torch CPU threads; 0 = leave torch's default
     predict_fraction: float = 0.0     # share of micro-batches trained in predict mode
     predict_horizon: int = 0          # H: those keep the first L - H steps clean, noise the last H
@@ -195,6 +197,8 @@ class TrainConfig:
             ("log_every", self.log_every >= 1, f"an integer >= 1, got {self.log_every}"),
             ("nan_patience", self.nan_patience >= 1, f"an integer >= 1, got {self.nan_patience}"),
             ("device", self.device in ("auto", "cpu", "cuda"), f"one of auto, cpu, cuda, got {self.device!r}"),
+            ("precision", self.precision in ("fp32", "bf16"),
+             f"one of fp32, bf16, got {self.precision!r}"),
             ("num_threads", self.num_threads >= 0, f"an integer >= 0, got {self.num_threads}"),
             ("predict_fraction", 0.0 <= self.predict_fraction <= 1.0,
              f"a number in [0, 1], got {self.predict_fraction}"),

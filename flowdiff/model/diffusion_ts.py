@@ -60,8 +60,11 @@ class DiffusionTS(nn.Module):
                              f"got {got}")
 
     def loss(self, x0: torch.Tensor, generator: Generators | None = None,
-             horizon: int | None = None) -> torch.Tensor:
-        """Training loss on clean windows x0 (B, L, F) in [0, 1]; t and noise from ``generator``.
+             horizon: int | None = None, *, t: torch.Tensor | None = None,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Training loss on clean windows x0 (B, L, F) in [0, 1]; t and noise from ``generator``,
+        or given as ``t`` (B,) and ``noise`` (B, L, F) (data-parallel ranks draw them for the
+        global batch and pass their rows).
 
         horizon H (predict-mode training): the first L - H steps stay clean (observed), only
         the last H are noised, and the loss covers those H steps only.
@@ -71,7 +74,9 @@ class DiffusionTS(nn.Module):
             raise ValueError(f"loss: horizon must be in [1, {self.cfg.seq_len - 1}], got {horizon!r}")
         x0 = to_model_space(x0)
         batch = x0.shape[0]
-        if generator is None:
+        if t is not None and noise is not None:
+            t, noise = t.to(x0.device), noise.to(x0.device, x0.dtype)
+        elif generator is None:
             t = torch.randint(0, self.cfg.timesteps, (batch,), device=x0.device)
             noise = torch.randn_like(x0)
         else:

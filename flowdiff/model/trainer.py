@@ -1,5 +1,6 @@
 """Training loop: Adam, warm-up + plateau/cosine lr, grad clipping, EMA, NaN guard,
 atomic periodic checkpoints, --resume, progress bar, JSONL log and a loss-curve PNG.
+Under torchrun the same loop runs data-parallel (DDP); see ``flowdiff.model.distributed``.
 
 Writes into ``out_dir``: ``checkpoint.pt`` (EMA weights + model config + training state),
 ``train_log.jsonl`` (one JSON object per logged step or event), ``loss_curve.png``.
@@ -7,6 +8,7 @@ Writes into ``out_dir``: ``checkpoint.pt`` (EMA weights + model config + trainin
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -18,12 +20,14 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from flowdiff.model import distributed
 from flowdiff.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from flowdiff.model.config import ConfigError, ModelConfig, TrainConfig, resolve_device
 from flowdiff.model.diffusion_ts import DiffusionTS
 from flowdiff.model.ema import EMA
+from flowdiff.model.rng import randint_rows, randn_like_rows
 from flowdiff.model.schedules import WarmupLR
 
 log = logging.getLogger(__name__)
@@ -68,22 +72,6 @@ def as_windows(data: Dataset | np.ndarray | torch.Tensor, name: str, seq_len: in
         raise ValueError(f"{name}: window {i}, step {step}, feature {feat} is {float(x[i, step, feat])}; "
                          "expected a finite value in [0, 1] (scale data before training)")
     return x
-
-
-def batches(data: Dataset | torch.Tensor, batch_size: int, generator: torch.Generator
-            ) -> Iterator[torch.Tensor]:
-    """Endless shuffled batches (B, L, F); a new permutation each epoch from ``generator``."""
-    if isinstance(data, torch.Tensor):
-        n = data.shape[0]
-        while True:
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, max(n - batch_size, 0) + 1, batch_size):
-                yield data[order[start:start + batch_size]]
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator,
-                        drop_last=len(data) >= batch_size)
-    while True:
-        for batch in loader:
-            yield batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
 @torch.no_grad()
@@ -134,15 +122,21 @@ class _Run:
     """State of one training run; ``train`` below is the entry point."""
 
     def __init__(self, model: DiffusionTS, cfg: TrainConfig, out_dir: Path, device: str,
-                 user_extra: dict):
+                 user_extra: dict, ranks: distributed.Ranks = distributed.SINGLE,
+                 plan: distributed.DevicePlan | None = None):
         self.model, self.cfg, self.out_dir, self.device = model, cfg, out_dir, device
         self.user_extra = user_extra
+        self.ranks = ranks
+        self.plan = plan or distributed.plan(device, "fp32", False)
+        # the module a step calls when it is not the plain model.loss (DDP and/or compiled)
+        self.module = (distributed.wrap(model, ranks, device, self.plan.compile)
+                       if ranks.parallel or self.plan.compile else None)
+        self.batches: distributed.ShardedBatches | None = None  # set by train()
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr,
                                           betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.schedule = WarmupLR(cfg)
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_every)
-        self.noise_generator = torch.Generator().manual_seed(cfg.seed)
-        self.data_generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.noise_generator = torch.Generator().manual_seed(cfg.seed)  # global: alike on all ranks
         self.step = 0
         self.records: list[dict] = []
         self.nan_skipped = 0
@@ -164,7 +158,7 @@ class _Run:
             "schedule": self.schedule.state_dict(),
             "ema": copy.deepcopy(self.ema.state_dict()),
             "noise_generator": self.noise_generator.get_state(),
-            "data_generator": self.data_generator.get_state(),
+            "data_position": self.batches.position() if self.batches else None,
             "nan_skipped": self.nan_skipped,
             "nan_restores": self.nan_restores,
             "seconds": self.total_seconds(),
@@ -181,13 +175,17 @@ class _Run:
         self.schedule.load_state_dict(state["schedule"])
         self.ema.load_state_dict(state["ema"])
         self.noise_generator.set_state(state["noise_generator"])
-        self.data_generator.set_state(state["data_generator"])
+        if self.batches is not None and state.get("data_position"):  # absent before DDP
+            self.batches.seek(state["data_position"])
         self.nan_skipped = int(state["nan_skipped"])
         self.nan_restores = int(state["nan_restores"])
         self.set_lr(self.schedule.lr)
 
     def save(self, val_loss: float | None) -> Path:
         path = self.out_dir / CHECKPOINT_NAME
+        if not self.ranks.is_main:  # rank 0 writes; the others keep the state for NaN restores
+            self.good_state = self.state()
+            return path
         extra = {**self.user_extra, "train_config": self.cfg.to_dict(), "train_state": self.state(),
                  "val_loss": val_loss, "records": self.records[-2000:]}
         save_checkpoint(path, self.ema.model, extra)
@@ -196,26 +194,48 @@ class _Run:
 
     def log_event(self, record: dict) -> None:
         self.records.append(record)
+        if not self.ranks.is_main:
+            return
         with open(self.out_dir / LOG_NAME, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def one_step(self, data_iter: Iterator[torch.Tensor]) -> float | None:
-        """One optimiser step over ``grad_accum`` micro-batches; None if it was skipped."""
+    def one_step(self, data_iter: Iterator[tuple[torch.Tensor, slice]]) -> float | None:
+        """One optimiser step over ``grad_accum`` micro-batches; None if it was skipped
+        (on every rank alike: the loss and a bad-step flag are all-reduced once per step)."""
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for _ in range(cfg.grad_accum):
-            x0 = next(data_iter).to(self.device, torch.float32)                   # (B, L, F)
-            loss = self.model.loss(x0, self.noise_generator, self.draw_horizon()) / cfg.grad_accum
-            if not torch.isfinite(loss):
-                return None
-            loss.backward()
+        total, bad = 0.0, False
+        for i in range(cfg.grad_accum):
+            x0, rows = next(data_iter)
+            x0 = x0.to(self.device, torch.float32)                              # (b, L, F)
+            with distributed.no_sync(self.module, last=i == cfg.grad_accum - 1) \
+                    if self.module is not None else contextlib.nullcontext():
+                with self.plan.autocast():
+                    loss = self.micro_batch_loss(x0, rows, self.draw_horizon()) / cfg.grad_accum
+                if not torch.isfinite(loss):
+                    if not self.ranks.parallel:
+                        return None
+                    bad = True  # backward still runs: DDP's all-reduce waits for every rank
+                loss.backward()
             total += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        if not torch.isfinite(grad_norm):
+        total, bad = distributed.reduce_step(total, bad or not torch.isfinite(grad_norm),
+                                             self.ranks)
+        if bad:
             return None
         self.optimizer.step()
         return total
+
+    def micro_batch_loss(self, x0: torch.Tensor, rows: slice, horizon: int | None) -> torch.Tensor:
+        """Loss of this rank's windows x0 (b, L, F). Alone: model.loss draws (t, noise) for
+        the batch. Data-parallel: (t, noise) are drawn for the global batch (b * N rows, from
+        the generator every rank holds alike) and this rank keeps its ``rows``."""
+        if self.module is None:
+            return self.model.loss(x0, self.noise_generator, horizon)
+        n_global = x0.shape[0] * self.ranks.world_size
+        t = randint_rows(n_global, self.model.cfg.timesteps, self.noise_generator)[rows]  # (b,)
+        noise = randn_like_rows((n_global, *x0.shape[1:]), self.noise_generator)[rows]    # (b, L, F)
+        return self.module(x0, t.to(self.device), noise.to(self.device), horizon)
 
     def draw_horizon(self) -> int | None:
         """predict_horizon for a predict-mode micro-batch (probability predict_fraction), else
@@ -228,8 +248,11 @@ class _Run:
 
     def restore_good_state(self, bad_in_a_row: int) -> None:
         skipped, restores = self.nan_skipped, self.nan_restores + 1
+        position = self.batches.position() if self.batches else None
         self.load_state(self.good_state)
         self.nan_skipped, self.nan_restores = skipped, restores
+        if position:  # the data goes on forward (the restored weights meet new batches)
+            self.batches.seek(position)
         lr = self.schedule.reduce()
         self.set_lr(lr)
         log.warning("NaN guard: %d non-finite steps in a row; restored the last good state "
@@ -243,7 +266,9 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
           out_dir: str | Path, resume: bool = False, extra: dict | None = None) -> TrainResult:
     """Train ``model`` in place on windows (N, L, F) in [0, 1]; the checkpoint holds EMA weights.
 
-    resume=True continues from ``out_dir/checkpoint.pt`` (model config must match).
+    resume=True continues from ``out_dir/checkpoint.pt`` (model config must match), with
+    any number of ranks. Under torchrun the ranks train one model data-parallel and only
+    rank 0 writes into ``out_dir`` (see ``flowdiff.model.distributed``).
     extra: plain data stored in every checkpoint's ``extra`` (e.g. the fitted scaler).
     """
     from tqdm import tqdm
@@ -257,15 +282,19 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
     problems = cfg.predict_problems(seq_len)
     if problems:
         raise ConfigError("; ".join(problems))
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)  # dropout masks
+    ranks, device = distributed.setup(resolve_device(cfg.device))
+    plan = distributed.plan(device, cfg.precision, cfg.compile)
+    for note in plan.notes if ranks.is_main else ():
+        log.warning("%s", note)
+    torch.manual_seed(cfg.seed + ranks.rank)  # dropout masks
     train_data = as_windows(train_windows, "train_windows", seq_len, n_feat)
     val_data = None if val_windows is None else as_windows(val_windows, "val_windows", seq_len, n_feat)
     model.to(device).train()
-    run = _Run(model, cfg, out_dir, device, dict(extra or {}))
+    run = _Run(model, cfg, out_dir, device, dict(extra or {}), ranks, plan)
+    run.batches = distributed.ShardedBatches(train_data, cfg.batch_size, cfg.seed + 1, ranks)
     checkpoint_path = out_dir / CHECKPOINT_NAME
-    if resume:
-        raw = read_checkpoint(checkpoint_path)
+    if resume:  # rank 0 reads the checkpoint and sends it to the others
+        raw = distributed.from_main(ranks, lambda: read_checkpoint(checkpoint_path))
         stored = ModelConfig.from_dict(raw["model_config"], where=f"{checkpoint_path}:model_config")
         if stored != model.cfg:  # compared as configs: keys added later take their defaults
             raise CheckpointError(f"{checkpoint_path}: --resume with a different model config "
@@ -273,11 +302,12 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
         run.load_state(raw["extra"]["train_state"])
         run.earlier_seconds = float(raw["extra"]["train_state"].get("seconds", 0.0))
         run.records = list(raw["extra"].get("records", []))
-        log.info("resumed from %s at step %d", checkpoint_path, run.step)
-    else:
+        log.info("resumed from %s at step %d (%d rank(s))", checkpoint_path, run.step,
+                 ranks.world_size)
+    elif ranks.is_main:
         (out_dir / LOG_NAME).unlink(missing_ok=True)
     run.good_state = run.state()
-    data_iter = batches(train_data, cfg.batch_size, run.data_generator)
+    data_iter = run.batches
     run.started = time.perf_counter()  # training proper starts here (after loading)
     start_step = run.step
     interval_losses: list[float] = []
@@ -286,7 +316,7 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
     val_loss = None
     last_mean = math.nan
     bar = tqdm(total=cfg.steps, initial=run.step, desc="train", unit="step", dynamic_ncols=True,
-               mininterval=1.0)
+               mininterval=1.0, disable=not ranks.is_main)
     while run.step < cfg.steps:
         loss = run.one_step(data_iter)
         if loss is None:
@@ -312,8 +342,8 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
             speed = len(interval_losses) / max(now - interval_start, 1e-9)
             record = {"step": run.step, "loss": last_mean, "lr": run.schedule.lr,
                       "steps_per_s": speed}
-            if val_data is not None and cfg.val_every and (run.step % cfg.val_every == 0
-                                                           or run.step == cfg.steps):
+            if val_data is not None and cfg.val_every and ranks.is_main and (
+                    run.step % cfg.val_every == 0 or run.step == cfg.steps):
                 val_loss = validation_loss(run.ema.model, val_data, cfg.seed, device)
                 record["val_loss"] = val_loss
             run.log_event(record)
@@ -322,9 +352,10 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
             interval_losses, interval_start = [], now
         if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
             run.save(val_loss)
-            plot_loss_curve(run.records, out_dir / CURVE_NAME)
+            if ranks.is_main:
+                plot_loss_curve(run.records, out_dir / CURVE_NAME)
     bar.close()
-    if not checkpoint_path.exists():  # steps already reached on resume
+    if ranks.is_main and not checkpoint_path.exists():  # steps already reached on resume
         run.save(val_loss)
         plot_loss_curve(run.records, out_dir / CURVE_NAME)
     model.load_state_dict(run.ema.model.state_dict())  # the caller samples with EMA weights
