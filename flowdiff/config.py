@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import yaml
 
+from flowdiff.daemon.shard import ShardConfig
+
 DEFAULT_MODEL = "default"  # serve.model value meaning "the model packaged in flowdiff/default_model"
 
 
@@ -89,10 +91,12 @@ class ServeConfig:
     shutdown_timeout: float = field(default=30.0, metadata=_range(0.0, low_open=True))
     health_stale_seconds: float = field(default=60.0, metadata=_range(0.0, low_open=True))
     max_records: int | None = field(default=None, metadata=_range(1))  # stop after N (None: run forever)
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda[:N] | auto (CUDA when present)
     # torch.set_num_threads: 1 leaves the other core(s) to decoding and exporters; on a
     # shared 2-core machine 1 thread measured 3x faster than 2 (docs/daemon.md)
     threads: int | None = field(default=1, metadata=_range(1))
+    # this daemon's shard of a multi-daemon setup (flowdiff.daemon.shard; docs/scaling.md)
+    shard: ShardConfig = field(default_factory=ShardConfig)
 
 
 @dataclass

@@ -108,3 +108,51 @@ def test_a_two_rank_run_resumes_with_one_rank(runs):
     assert_close(a, b)  # 2 ranks for steps 1-6 then 1 rank for 7-12 == 1 rank throughout
     assert any(not torch.allclose(six[k], a[k]) for k in a)  # steps 7-12 did change them
     assert (tmp / "resumed12" / "model.pt").is_file()  # the resuming process wrote the artifact
+
+
+def _nan_worker(rank: int, port: int, out: str, windows: torch.Tensor) -> None:
+    """One of 2 gloo ranks: the network's output on rank 1 only is NaN at its 7th call."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from flowdiff.model import DiffusionTS, TrainConfig, distributed
+    from flowdiff.model.trainer import train as train_windows
+    from tinymodel import TINY
+
+    torch.manual_seed(0)
+    model = DiffusionTS(TINY)
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):
+        calls["n"] += 1
+        # times NaN keeps the graph (as a real overflow would): gradients turn NaN too
+        return output * float("nan") if rank == 1 and calls["n"] == 7 else output
+
+    model.network.register_forward_hook(poison)
+    cfg = TrainConfig(steps=8, batch_size=8, grad_accum=1, warmup=2, checkpoint_every=4,
+                      val_every=0, log_every=4, seed=5, device="cpu")
+    try:
+        result = train_windows(model, windows, None, cfg, Path(out) / "work")
+        torch.save({"nan_skipped": result.nan_skipped, "steps": result.steps,
+                    "weights": model.state_dict()}, Path(out) / f"rank{rank}.pt")
+    finally:
+        distributed.finish()
+
+
+def test_a_nan_on_one_rank_is_skipped_on_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    from tinymodel import TINY
+
+    windows = torch.rand((64, TINY.seq_len, TINY.feature_size),
+                         generator=torch.Generator().manual_seed(1))
+    mp.spawn(_nan_worker, args=(free_port(), str(tmp_path), windows), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0["nan_skipped"] == r1["nan_skipped"] == 1  # rank 0's own loss was finite
+    assert r0["steps"] == r1["steps"] == 8               # the skipped step was made up
+    for key, value in r0["weights"].items():
+        assert torch.equal(value, r1["weights"][key]), key  # the ranks never diverged
+        assert torch.isfinite(value).all(), key
+    logged = (tmp_path / "work" / "train_log.jsonl").read_text()
+    assert logged.count('"nan_skip"') == 1                # logged once, by rank 0

@@ -25,6 +25,9 @@ def register(subparsers) -> None:
                         help="override metrics.listen (/metrics, /healthz, /readyz)")
     parser.add_argument("--max-records", type=int, metavar="N",
                         help="stop after N records (default: run until stopped)")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="override serve.shard: this daemon is shard I of N (I/N or I-of-N, "
+                             "the systemd instance name); it owns streams I*S..I*S+S-1")
     parser.set_defaults(func=run)
 
 
@@ -50,6 +53,14 @@ def apply_overrides(cfg, args: argparse.Namespace) -> None:
             errors.append(f"--listen: expected HOST:PORT with port 0..65535, got {listen!r}")
         else:
             cfg.metrics.listen = listen
+    shard = getattr(args, "shard", None)
+    if shard:
+        from flowdiff.daemon.shard import parse_shard
+
+        try:
+            s.shard = parse_shard(shard)
+        except ValueError as exc:
+            errors.append(f"--shard: {exc}")
     if errors:
         raise ConfigError("command line", errors)
 

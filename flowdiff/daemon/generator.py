@@ -7,7 +7,9 @@ reuse fields), stamps ``stream_id`` and a per-stream ``seq``, appends the new st
 contexts and slides them. Stream i draws all its noise from its own ``torch.Generator``
 seeded with ``seed + i`` — the model's noise and, through a seed drawn from it each turn,
 the codec's sampled decoding — so a stream's records do not depend on how many other
-streams run, and a saved generator state resumes them exactly.
+streams run, and a saved generator state resumes them exactly. A shard's generator runs
+the global streams ``first_stream .. first_stream + S - 1`` (``seed`` is then the base seed
+plus ``first_stream``; see ``flowdiff.daemon.shard``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class Turn:
 
 class StreamGenerator:
     def __init__(self, model, codec, sampler, *, context: int, horizon: int, streams: int,
-                 seed: int, device: str = "cpu"):
+                 seed: int, device: str = "cpu", first_stream: int = 0):
         self.model = model
         self.codec = codec
         self.sampler = sampler
@@ -46,6 +48,7 @@ class StreamGenerator:
         self.streams = streams
         self.seed = seed
         self.device = device
+        self.first_stream = first_stream  # global id of local stream 0 (sharded serving)
         self.rngs = [torch.Generator(device=device).manual_seed(seed + i) for i in range(streams)]
         self.contexts: torch.Tensor | None = None  # (S, C, F)
         self.next_seq = torch.zeros(streams, dtype=torch.int64)  # (S,)
@@ -125,7 +128,8 @@ class StreamGenerator:
                                f"{n_streams * horizon} steps")
         ts = table["ts"].to_numpy().reshape(n_streams, horizon)  # (S, H)
         seq = self.next_seq.numpy()[:, None] + np.arange(horizon)  # (S, H)
-        table = table.assign(stream_id=np.repeat(np.arange(n_streams, dtype=np.int32), horizon),
+        ids = np.arange(self.first_stream, self.first_stream + n_streams, dtype=np.int32)
+        table = table.assign(stream_id=np.repeat(ids, horizon),
                              seq=seq.reshape(-1).astype(np.int64))
         self.clocks = torch.from_numpy(np.maximum(ts[:, -1], self.clocks.numpy()))  # (S,)
         self.history = decoded.history

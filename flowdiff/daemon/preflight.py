@@ -78,9 +78,20 @@ def check_directory(path: str) -> str | None:
     return None
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; other names unchanged."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def check_device(device: str) -> str | None:
     import torch
 
+    if device == "auto":
+        return None
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError) as exc:
@@ -114,8 +125,9 @@ def preflight(cfg: Config, *, load_model: bool) -> list[str]:
     device_problem = check_device(s.device)
     if device_problem:
         problems.add("serve.device", device_problem)
-    if s.state_dir:
-        problem = check_directory(s.state_dir) or check_unlocked(s.state_dir)
+    state_dir = s.shard.state_dir(s.state_dir)  # <state_dir>/<i>-of-<N> when sharded
+    if state_dir:
+        problem = check_directory(state_dir) or check_unlocked(state_dir)
         if problem:
             problems.add("serve.state_dir", problem.removeprefix("serve.state_dir: "))
     if s.start == "real" and s.seed_data and not Path(s.seed_data).is_file():
@@ -147,13 +159,14 @@ def _check_model_and_state(cfg: Config, problems: Problems) -> None:
 
     s = cfg.serve
     try:
-        artifact = load_artifact(resolve_model_dir(s.model), device=s.device)
+        artifact = load_artifact(resolve_model_dir(s.model), device=resolve_device(s.device))
     except ArtifactError as exc:
         problems.add("serve.model", str(exc))
         return
-    if s.state_dir and Path(s.state_dir).is_dir():
+    state_dir = s.shard.state_dir(s.state_dir)
+    if state_dir and Path(state_dir).is_dir():
         try:
-            load_state(s.state_dir, state_fingerprint(artifact, s))
+            load_state(state_dir, state_fingerprint(artifact, s))
         except StateError as exc:
             problems.add("serve.state_dir", str(exc))
 

@@ -34,6 +34,7 @@ from flowdiff.daemon.http import OpsServer
 from flowdiff.daemon.lock import StateDirLock
 from flowdiff.daemon.metrics import DaemonMetrics
 from flowdiff.daemon.pacing import LagWatch, Pacer
+from flowdiff.daemon.preflight import resolve_device
 from flowdiff.daemon.sdnotify import SdNotifier
 from flowdiff.daemon.state import StreamState, load_state, save_state
 from flowdiff.exporters.base import Exporter
@@ -76,10 +77,14 @@ class ServeResult:
 
 
 def state_fingerprint(artifact, serve) -> dict:
-    """What a saved state must match to be resumed: the model and the stream layout."""
-    return {"artifact": artifact.artifact_id, "streams": serve.streams, "seed": serve.seed,
-            "context": artifact.context, "horizon": artifact.horizon,
-            "width": int(artifact.codec.width)}
+    """What a saved state must match to be resumed: the model and the stream layout (and
+    the shard, when sharded: a shard resumes only its own streams)."""
+    fingerprint = {"artifact": artifact.artifact_id, "streams": serve.streams, "seed": serve.seed,
+                   "context": artifact.context, "horizon": artifact.horizon,
+                   "width": int(artifact.codec.width)}
+    if serve.shard.sharded:
+        fingerprint["shard"] = serve.shard.name
+    return fingerprint
 
 
 def build_exporters(configs: list[ExporterConfig]) -> list[tuple[ExporterConfig, Exporter]]:
@@ -89,7 +94,8 @@ def build_exporters(configs: list[ExporterConfig]) -> list[tuple[ExporterConfig,
 
 
 def _seed_windows(cfg: Config, codec, context: int, streams: int) -> np.ndarray:
-    """(S, C, F) real encoded windows from ``serve.seed_data``, one random offset per stream."""
+    """(S, C, F) real encoded windows from ``serve.seed_data``, one random offset per stream
+    (offsets drawn for all shards' streams, this shard keeping its own)."""
     from flowdiff.ingest import read_flows
 
     table, _summary = read_flows(cfg.serve.seed_data)
@@ -97,8 +103,10 @@ def _seed_windows(cfg: Config, codec, context: int, streams: int) -> np.ndarray:
     if len(encoded) < context:
         raise ValueError(f"serve.seed_data {cfg.serve.seed_data}: {len(encoded)} records, "
                          f"need at least context = {context}")
+    shard = cfg.serve.shard
     offsets = np.random.default_rng(cfg.serve.seed).integers(0, len(encoded) - context + 1,
-                                                             streams)
+                                                             streams * shard.count)
+    offsets = offsets[shard.first_stream(streams):shard.first_stream(streams) + streams]
     return np.stack([encoded[o:o + context] for o in offsets]).astype(np.float32)
 
 
@@ -113,6 +121,8 @@ class Service:
         self.exporters = exporters
         self.notifier = SdNotifier(environ)
         self.clock = clock
+        self.shard = cfg.serve.shard
+        self.state_dir = self.shard.state_dir(cfg.serve.state_dir)  # <state_dir>/<i>-of-<N> when sharded
         self.loaded = False
         self.heartbeat: float | None = None  # monotonic time the loop last made progress
         self.fanout: Fanout | None = None
@@ -138,6 +148,8 @@ class Service:
         bad = self.fanout.healthy()
         if bad:
             return False, f"not ready: unhealthy exporter(s) {', '.join(bad)}"
+        if self.shard.sharded:
+            return True, f"ready ({self.shard.describe(self.cfg.serve.streams)})"
         return True, "ready"
 
     # ------------------------------------------------------------ run
@@ -152,15 +164,18 @@ class Service:
             torch.set_num_threads(s.threads)
         gen = fingerprint = None
         try:
-            if s.state_dir:
-                self.lock = StateDirLock(s.state_dir).acquire()
+            if self.state_dir:
+                self.lock = StateDirLock(self.state_dir).acquire()
             if self.cfg.metrics.enabled:
                 self.server = self._start_server()
-            artifact = load_artifact(resolve_model_dir(s.model), device=s.device)
+            device = resolve_device(s.device)  # auto: CUDA when present
+            artifact = load_artifact(resolve_model_dir(s.model), device=device)
             gen = StreamGenerator(artifact.model, artifact.codec,
                                   make_sampler(s.sampler.kind, steps=s.sampler.steps),
                                   context=artifact.context, horizon=artifact.horizon,
-                                  streams=s.streams, seed=s.seed, device=s.device)
+                                  streams=s.streams, device=device,
+                                  seed=s.seed + self.shard.first_stream(s.streams),
+                                  first_stream=self.shard.first_stream(s.streams))
             fingerprint = state_fingerprint(artifact, s)
             self._start_streams(gen, artifact, fingerprint)
             self._publish_info(artifact)
@@ -168,14 +183,15 @@ class Service:
                 build_exporters(self.cfg.exporters)
             pacer = Pacer(s.pace, s.speed, anchor_ts=float(gen.clocks.min()),
                           anchor_wall=self.clock(), clock=self.clock)
-            if s.state_dir:  # the position a save may go back to
+            if self.state_dir:  # the position a save may go back to
                 self._snapshots[gen.turns] = gen.snapshot(fingerprint)
             self.fanout = Fanout([Sink(e, c.policy, c.queue) for c, e in exporters],
                                  self.metrics, pacer, give_up=self._past_drain_deadline,
                                  on_output_closed=self._output_closed,
                                  start_turn=gen.turns).start()
             self.loaded = True
-            self.notifier.ready(f"{s.streams} streams, model {artifact.path}")
+            self.notifier.ready(f"{s.streams} streams ({self.shard.describe(s.streams)}), "
+                                f"model {artifact.path}")
             log.info("serving %d streams (C=%d, H=%d, sampler %s/%d steps, pace %s)",
                      s.streams, artifact.context, artifact.horizon, s.sampler.kind,
                      s.sampler.steps, s.pace)
@@ -201,7 +217,7 @@ class Service:
 
         s = self.cfg.serve
         now = self.clock()
-        saved = load_state(s.state_dir, fingerprint) if s.state_dir else None
+        saved = load_state(self.state_dir, fingerprint) if self.state_dir else None
         if saved is not None:
             generated = saved.generated_turns or saved.turns
             if generated > saved.turns:  # a crash: emit the unacknowledged turns as before
@@ -209,10 +225,10 @@ class Service:
                 self._rebase_at = generated
                 log.info("resumed %d streams from %s at acknowledged turn %d: turns %d..%d "
                          "are generated again with their original timestamps", s.streams,
-                         s.state_dir, saved.turns, saved.turns + 1, generated)
+                         self.state_dir, saved.turns, saved.turns + 1, generated)
             else:
                 gen.restore(saved, rebase_to=now)
-                log.info("resumed %d streams from %s (turn %d)", s.streams, s.state_dir,
+                log.info("resumed %d streams from %s (turn %d)", s.streams, self.state_dir,
                          saved.turns)
             self.result.resumed = True
         elif s.start == "real":
@@ -229,7 +245,12 @@ class Service:
             "data_sha256": str(artifact.meta.get("data_sha256", ""))[:16],
             "context": str(artifact.context), "horizon": str(artifact.horizon),
             "features": str(artifact.codec.width), "sampler": s.sampler.kind,
-            "sampler_steps": str(s.sampler.steps), "streams": str(s.streams)})
+            "sampler_steps": str(s.sampler.steps), "streams": str(s.streams),
+            "shard": self.shard.name})
+        self.metrics.shard_info.info({
+            "shard": self.shard.name, "index": str(self.shard.index),
+            "count": str(self.shard.count),
+            "first_stream": str(self.shard.first_stream(s.streams)), "streams": str(s.streams)})
 
     def _loop(self, gen: StreamGenerator, pacer: Pacer, fingerprint: dict) -> None:
         s = self.cfg.serve
@@ -245,13 +266,13 @@ class Service:
                 continue
             turn = gen.step()
             records = turn.records
-            if s.max_records is not None and s.state_dir is None:
+            if s.max_records is not None and self.state_dir is None:
                 records = records.iloc[:max(0, s.max_records - self.result.records)]
             m = self.metrics
             m.predict_seconds.observe(turn.predict_seconds)
-            m.count_generated(turn.stream_counts)
+            m.count_generated(turn.stream_counts, first=gen.first_stream)
             m.count_repairs(turn.repairs)
-            if s.state_dir:
+            if self.state_dir:
                 self._snapshots[gen.turns] = gen.snapshot(fingerprint)
             self.fanout.submit(records, turn=gen.turns)
             if self._rebase_at is not None and gen.turns >= self._rebase_at:
@@ -263,7 +284,7 @@ class Service:
             if pacer.realtime:
                 lag.update(-pacer.seconds_until(float(gen.clocks.min())))
             self._tick()
-            if s.state_dir:
+            if self.state_dir:
                 self._forget_acknowledged()
                 if gen.turns % s.state_every == 0:
                     self._save(gen)
@@ -303,7 +324,7 @@ class Service:
         self._forget_acknowledged()
         state = self._snapshots[min(self._snapshots)]
         state.generated_turns = max(gen.turns, self._rebase_at or 0)  # replaying: its end
-        save_state(self.cfg.serve.state_dir, state)
+        save_state(self.state_dir, state)
         self.metrics.state_saves.inc()
         return state
 
@@ -316,11 +337,11 @@ class Service:
             self.result.clean_shutdown = self.fanout.close(remaining)
         if gen is not None and gen.contexts is not None:
             self.result.next_seq = [int(x) for x in gen.next_seq]
-            if self.cfg.serve.state_dir and self.fanout is not None:
+            if self.state_dir and self.fanout is not None:
                 saved = self._save(gen)
                 self.result.next_seq = [int(x) for x in saved.next_seq]
                 log.info("state saved to %s (acknowledged turn %d of %d, next seq %s)",
-                         self.cfg.serve.state_dir, saved.turns, gen.turns,
+                         self.state_dir, saved.turns, gen.turns,
                          self.result.next_seq[:8])
         if self.server is not None:
             self.server.stop()

@@ -203,8 +203,13 @@ def wrap(model: nn.Module, ranks: Ranks, device: str, compile_model: bool) -> nn
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [torch.device(device).index] if device.startswith("cuda") else None
-        # buffers (diffusion schedules) are constants: no per-step broadcast
-        module = DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        # buffers (diffusion schedules) are constants: no per-step broadcast (the option's
+        # name changed in torch 2.13)
+        import inspect
+
+        newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        sync = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
+        module = DistributedDataParallel(module, device_ids=ids, **sync)
     if compile_model:
         module = torch.compile(module)
     return module
