@@ -1,0 +1,48 @@
+"""systemd/flowdiff@.service, the sharded template: an instance (flowdiff@0-of-2) verifies
+clean with systemd-analyze, keeps the hardening of flowdiff.service, passes the instance
+name to --shard and gives each shard its own state directory."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from flowdiff.daemon.shard import parse_shard
+from test_systemd import HARDENING, UNIT, directives
+
+TEMPLATE = UNIT.with_name("flowdiff@.service")
+
+
+def test_template_runs_the_instance_as_its_shard_with_its_own_state():
+    found = {key: value for _, key, value in directives(TEMPLATE.read_text())}
+    assert found["ExecStart"].split()[1:] == [
+        "serve", "--config", "/etc/flowdiff/serve.yaml", "--shard", "%i", "$FLOWDIFF_ARGS"]
+    assert found["StateDirectory"] == "flowdiff/%i"  # = serve.state_dir/<i>-of-<N>
+    assert found["EnvironmentFile"] == "-/etc/flowdiff/%i.env"
+    assert parse_shard("0-of-2").state_dir("/var/lib/flowdiff") == "/var/lib/flowdiff/0-of-2"
+    base = {key: value for _, key, value in directives(UNIT.read_text())}
+    for name in HARDENING + ("Type", "Restart", "TimeoutStopSec", "WatchdogSec", "DynamicUser"):
+        assert found[name] == base[name], name
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze not installed (apt-get install systemd)")
+def test_systemd_analyze_verify_is_clean_on_an_instance(tmp_path):
+    flowdiff = shutil.which("flowdiff")
+    if flowdiff is None:
+        pytest.skip("the flowdiff entry point is not installed (pip install -e .)")
+    (tmp_path / TEMPLATE.name).write_text(
+        TEMPLATE.read_text().replace("/usr/local/bin/flowdiff", flowdiff))
+    instance = tmp_path / "flowdiff@0-of-2.service"  # loaded from the template beside it
+    proc = subprocess.run(["systemd-analyze", "verify", str(instance)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    security = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(instance)],
+                              capture_output=True, text=True, timeout=60)
+    exposure = [line for line in security.stdout.splitlines() if "Overall exposure" in line]
+    assert exposure, security.stdout + security.stderr
+    assert float(exposure[0].split(":")[1].split()[0]) <= 2.0, exposure[0]
