@@ -9,17 +9,16 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-
-from flowdiff.config import parse_config
-from flowdiff.daemon.shard import ShardConfig, parse_shard
 from realtools import Tansu, free_port, http_get
 from test_exporter_kafka import consume_all
 from test_exporter_serve_kafka import scrape, tiny_model, wait_for  # noqa: F401 (fixture)
+
+from flowdiff.config import parse_config
+from flowdiff.daemon.shard import ShardConfig, parse_shard
 
 REPO = Path(__file__).resolve().parents[1]
 STREAMS = 2  # per shard
@@ -43,8 +42,8 @@ def test_shard_names_and_ranges():
 
 
 @pytest.mark.slow
-def test_two_shards_write_one_topic_and_a_restarted_shard_resumes_its_streams(tmp_path,
-                                                                              tiny_model):
+def test_two_shards_write_one_topic_and_a_restarted_shard_resumes_its_streams(
+        tmp_path, tiny_model):  # noqa: F811 (the fixture imported above)
     broker = Tansu().start()
     ports = [free_port(), free_port()]
     config = tmp_path / "serve.yaml"
@@ -76,7 +75,7 @@ exporters:
     daemons = [start(0), start(1)]
     try:
         for i in (0, 1):
-            wait_for(lambda: turns(i) >= 3, 120, f"shard {i}'s first turns")
+            wait_for(lambda i=i: turns(i) >= 3, 120, f"shard {i}'s first turns")
         assert http_get(f"http://127.0.0.1:{ports[1]}/readyz") == \
             (200, "ready (shard 1 of 2: streams 2..3)\n")
         info = [k for k in scrape(ports[1]) if k.startswith("flowdiff_shard_info")]

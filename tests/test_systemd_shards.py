@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
+from test_systemd import HARDENING, UNIT, directives
 
 from flowdiff.daemon.shard import parse_shard
-from test_systemd import HARDENING, UNIT, directives
 
 TEMPLATE = UNIT.with_name("flowdiff@.service")
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from realtools import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,8 +69,8 @@ def online_weights(work: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def assert_close(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    for key, value in a.items():
+        torch.testing.assert_close(value, b[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +114,10 @@ def _nan_worker(rank: int, port: int, out: str, windows: torch.Tensor) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    from tinymodel import TINY
+
     from flowdiff.model import DiffusionTS, TrainConfig, distributed
     from flowdiff.model.trainer import train as train_windows
-    from tinymodel import TINY
 
     torch.manual_seed(0)
     model = DiffusionTS(TINY)
@@ -141,7 +141,6 @@ def _nan_worker(rank: int, port: int, out: str, windows: torch.Tensor) -> None:
 
 def test_a_nan_on_one_rank_is_skipped_on_every_rank(tmp_path):
     import torch.multiprocessing as mp
-
     from tinymodel import TINY
 
     windows = torch.rand((64, TINY.seq_len, TINY.feature_size),

@@ -9,13 +9,13 @@ import warnings
 
 import pytest
 import torch
+from tinymodel import TINY
 
 from flowdiff.daemon.preflight import check_device
 from flowdiff.daemon.preflight import resolve_device as serve_device
 from flowdiff.model import ConfigError, DiffusionTS, TrainConfig, distributed
 from flowdiff.model.config import resolve_device
 from flowdiff.model.trainer import train
-from tinymodel import TINY
 
 
 def test_device_auto_picks_cuda_only_when_present(monkeypatch):
@@ -61,8 +61,8 @@ def test_precision_is_validated():
 def test_cuda_switches_leave_a_cpu_run_unchanged(tmp_path, caplog):
     windows = torch.rand((40, TINY.seq_len, TINY.feature_size),
                          generator=torch.Generator().manual_seed(2))
-    base = dict(steps=6, batch_size=8, grad_accum=1, warmup=2, checkpoint_every=6, val_every=0,
-                log_every=3, seed=4, device="cpu")
+    base = {"steps": 6, "batch_size": 8, "grad_accum": 1, "warmup": 2, "checkpoint_every": 6,
+            "val_every": 0, "log_every": 3, "seed": 4, "device": "cpu"}
     models = []
     for name, extra in (("fp32", {}), ("switches", {"precision": "bf16", "compile": True})):
         torch.manual_seed(0)
@@ -90,7 +90,7 @@ def test_global_batches_are_the_same_windows_for_any_number_of_ranks():
         merged[0::2], merged[1::2] = parts[0][0], parts[1][0]
         assert torch.equal(merged, x)
         seen.append(x.flatten().tolist())
-    assert len(set(sum(seen[:6], []))) == 48  # an epoch: no window twice
+    assert len({w for batch in seen[:6] for w in batch}) == 48  # an epoch: no window twice
     assert one.position() == two[0].position() == {"epoch": 2, "batch": 2}
     again = distributed.ShardedBatches(data, 8, seed=3, ranks=distributed.SINGLE)
     again.seek({"epoch": 2, "batch": 1})

@@ -1,9 +1,11 @@
 """Sharded serving: N daemons (on N hosts, or N units on one) write one Kafka topic.
 
 Shard i of N with ``serve.streams`` = S owns the global stream ids ``i*S .. i*S + S - 1``;
-global stream g draws from a generator seeded ``serve.seed + g``. Streams never depend on
-which other streams share a process, so N shards of S streams produce exactly the records
-of one daemon with N*S streams, and no two records share ``(stream_id, seq)``.
+global stream g draws from a generator seeded ``serve.seed + g`` (and, with ``start: real``,
+its seed window is the one stream g of a single N*S-stream daemon would get). A stream does
+not depend on which other streams share its process, the shards' id ranges are disjoint and
+each stream's ``seq`` counts on its own, so no two records of N shards share
+``(stream_id, seq)``.
 
     serve: {shard: {index: 0, count: 2}}     # or: flowdiff serve --shard 0/2 (or 0-of-2)
 

@@ -32,8 +32,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -162,7 +163,7 @@ class ShardedBatches:
             self.epoch, self.batch = self.epoch + 1, 0
         self._indices = None
 
-    def __iter__(self) -> "ShardedBatches":
+    def __iter__(self) -> ShardedBatches:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, slice]:
