@@ -149,7 +149,8 @@ def train_on_csv(csv: str | os.PathLike, model_cfg: ModelConfig, train_cfg: Trai
                               f"model.feature_size is {model_cfg.feature_size}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(prepared.scaler.to_dict(), out_dir / SCALER_NAME)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes
+        write_json_atomic(prepared.scaler.to_dict(), out_dir / SCALER_NAME)
     model = DiffusionTS(model_cfg)
     extra = {"scaler": prepared.scaler.to_dict(), "source": str(csv), "train_fraction": train_fraction}
     return train(model, prepared.train_windows, prepared.val_windows, train_cfg, out_dir,
