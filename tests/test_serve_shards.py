@@ -116,3 +116,18 @@ exporters:
         assert len(partitions[stream]) == 1, f"stream {stream} spread over partitions"
     # shard 1 ran before and after its restart: more than its first three turns
     assert min(len(seqs[2]), len(seqs[3])) >= 6 * HORIZON
+
+
+def test_shard_on_the_command_line_is_checked():
+    import argparse
+
+    from flowdiff.commands.serve import apply_overrides
+    from flowdiff.config import ConfigError, default_config
+
+    cfg = default_config()
+    apply_overrides(cfg, argparse.Namespace(shard="1-of-2"))
+    assert cfg.serve.shard == ShardConfig(1, 2)
+    with pytest.raises(ConfigError, match=r"--shard: shard index 2 is not in 0..1"):
+        apply_overrides(default_config(), argparse.Namespace(shard="2/2"))
+    with pytest.raises(ConfigError, match=r"--shard: expected INDEX/COUNT or INDEX-of-COUNT"):
+        apply_overrides(default_config(), argparse.Namespace(shard="two"))

@@ -21,7 +21,8 @@ data: {{max_rows: 1000, val_fraction: 0.2}}
 window: {{context: 12, horizon: 4, stride: 4}}
 codec:
   word2vec: {{vector_size: 4, epochs: 2}}
-model: {{n_layer_enc: 1, n_layer_dec: 1, d_model: 16, n_heads: 2, timesteps: 50}}
+model: {{n_layer_enc: 1, n_layer_dec: 1, d_model: 16, n_heads: 2, timesteps: 50,
+        parameterization: edm, loss_weighting: edm}}   # as configs/train-default.yaml
 train:
   steps: {steps}
   batch_size: 16         # global batch: 8 windows per rank with 2 ranks
@@ -33,6 +34,8 @@ train:
   device: cpu
   num_threads: 1
   seed: 11
+  predict_fraction: 0.5  # the horizon draw comes from the global noise stream too
+  predict_horizon: 4
 """
 
 
@@ -68,8 +71,14 @@ def online_weights(work: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def assert_close(a: dict, b: dict) -> None:
+    """Every weight within float tolerance, except the attention key biases: softmax ignores
+    them, their gradient is 0 up to rounding, and Adam (which divides by the gradient's
+    running RMS) turns that rounding noise into steps of size lr, different in every
+    summation order."""
     assert a.keys() == b.keys()
     for key, value in a.items():
+        if key.endswith("key.bias"):
+            continue
         torch.testing.assert_close(value, b[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
