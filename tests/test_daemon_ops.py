@@ -219,6 +219,8 @@ def test_metric_catalogue_is_promtool_clean():
     m.exporter_healthy.labels(exporter="out").set(1)
     m.state_saves.inc()
     m.model_info.info({"artifact": "abc", "sampler": "replacement"})
+    m.shard_info.info({"shard": "1-of-2", "index": "1", "count": "2", "first_stream": "16",
+                       "streams": "16"})
     text = generate_latest(registry)
     proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
                           timeout=30)
@@ -231,4 +233,4 @@ def test_metric_catalogue_is_promtool_clean():
                      "flowdiff_turns", "flowdiff_last_turn_timestamp_seconds",
                      "flowdiff_pacing_lag_seconds", "flowdiff_codec_repairs",
                      "flowdiff_exporter_errors", "flowdiff_exporter_healthy",
-                     "flowdiff_state_saves", "flowdiff_model_info"}
+                     "flowdiff_state_saves", "flowdiff_model_info", "flowdiff_shard_info"}
