@@ -90,6 +90,8 @@ def setup(device: str) -> tuple[Ranks, str]:
     if device.startswith("cuda"):
         device = f"cuda:{ranks.local_rank}"
         torch.cuda.set_device(ranks.local_rank)
+    if ranks.rank:  # rank 0 tells the story; the others only warn
+        logging.getLogger("flowdiff").setLevel(logging.WARNING)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend_for(device))
         _joined_here = True
