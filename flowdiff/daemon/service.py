@@ -190,8 +190,8 @@ class Service:
                                  on_output_closed=self._output_closed,
                                  start_turn=gen.turns).start()
             self.loaded = True
-            self.notifier.ready(f"{s.streams} streams ({self.shard.describe(s.streams)}), "
-                                f"model {artifact.path}")
+            shard = f" ({self.shard.describe(s.streams)})" if self.shard.sharded else ""
+            self.notifier.ready(f"{s.streams} streams{shard}, model {artifact.path}")
             log.info("serving %d streams (C=%d, H=%d, sampler %s/%d steps, pace %s)",
                      s.streams, artifact.context, artifact.horizon, s.sampler.kind,
                      s.sampler.steps, s.pace)
