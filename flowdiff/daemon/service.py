@@ -158,9 +158,10 @@ class Service:
                 self.server = self._start_server()
             artifact = load_artifact(resolve_model_dir(s.model), device=s.device)
             gen = StreamGenerator(artifact.model, artifact.codec,
-                                  make_sampler(s.sampler.kind, steps=s.sampler.steps),
+                                  s.sampler.make(),
                                   context=artifact.context, horizon=artifact.horizon,
-                                  streams=s.streams, seed=s.seed, device=s.device)
+                                  streams=s.streams, seed=s.seed, device=s.device,
+                                  timeline=s.timeline)
             fingerprint = state_fingerprint(artifact, s)
             self._start_streams(gen, artifact, fingerprint)
             self._publish_info(artifact)
