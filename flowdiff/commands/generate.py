@@ -22,8 +22,11 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--streams", type=int, default=1, metavar="S",
                         help="parallel streams (records interleave by stream)")
-    parser.add_argument("--sampler", choices=("guided", "replacement"), default="replacement")
-    parser.add_argument("--steps", type=int, default=10, help="sampler steps")
+    parser.add_argument("--sampler", choices=("conditional", "replacement", "guided", "ddim", "ddpm"),
+                        help="predict-mode sampler (default: serve's, see docs/daemon.md)")
+    parser.add_argument("--steps", type=int, help="sampler steps (default: serve's)")
+    parser.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (default 0)")
+    parser.add_argument("--churn", type=float, help="EDM churn per step, >= 0 (default 0: off)")
     parser.add_argument("--start-ts", type=float, metavar="EPOCH",
                         help="timestamp the streams start at (default: now); fixing it makes "
                              "the output byte-identical for the same seed")
@@ -35,7 +38,7 @@ def register(subparsers) -> None:
 def _check(args: argparse.Namespace) -> list[str]:
     errors = [f"--{n}: expected an integer >= 1, got {v}"
               for n, v in (("records", args.records), ("streams", args.streams),
-                           ("steps", args.steps)) if v < 1]
+                           ("steps", args.steps)) if v is not None and v < 1]
     if args.seed < 0:
         errors.append(f"--seed: expected an integer >= 0, got {args.seed}")
     out = args.out.lower()
@@ -71,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     raw = {"serve": {"model": args.model, "streams": args.streams, "seed": args.seed,
                      "pace": "fast", "max_records": args.records,
-                     "sampler": {"kind": args.sampler, "steps": args.steps}},
+                     "sampler": {k: v for k, v in (("kind", args.sampler), ("steps", args.steps),
+                                                   ("eta", args.eta), ("churn", args.churn))
+                                 if v is not None}},
            "metrics": {"enabled": False}}
     try:
         cfg = parse_config(raw, "command line")

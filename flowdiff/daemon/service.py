@@ -171,9 +171,9 @@ class Service:
             device = resolve_device(s.device)  # auto: CUDA when present
             artifact = load_artifact(resolve_model_dir(s.model), device=device)
             gen = StreamGenerator(artifact.model, artifact.codec,
-                                  make_sampler(s.sampler.kind, steps=s.sampler.steps),
+                                  s.sampler.make(),
                                   context=artifact.context, horizon=artifact.horizon,
-                                  streams=s.streams, device=device,
+                                  streams=s.streams, device=device, timeline=s.timeline,
                                   seed=s.seed + self.shard.first_stream(s.streams),
                                   first_stream=self.shard.first_stream(s.streams))
             fingerprint = state_fingerprint(artifact, s)
