@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"calibrated {report.artifact}: {report.outputs} model output steps against "
           f"{report.reference} training records, {report.seconds:.0f} s")
     for field, freq in report.argmax_frequencies.items():
-        print(f"  {field}: class frequencies training {freq['training']} model "
-              f"{freq['model']} calibrated {freq['calibrated']}")
+        if "training" in freq:
+            print(f"  {field}: frequencies training {freq['training']} model "
+                  f"{freq['model']} calibrated {freq['calibrated']}")
+        else:  # the address vocabulary's report
+            print(f"  {field}: {freq}")
     return 0
