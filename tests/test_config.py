@@ -87,7 +87,7 @@ def test_invalid_config_lists_every_error_with_line_and_field(tmp_path):
              "policy, queue, stream)"),
         (19, "exporters[2].kind: unknown exporter kind 'nosuch'"),
         (20, "exporters[3].kind: is empty: write kind: \"null\" in quotes"),
-        (21, "exporters[4]: delay_seconds must be >= 0"),
+        (22, "exporters[4].delay_seconds: must be >= 0"),  # the key's own line
         (23, "exporters[5].name: duplicate exporter name 'stdout'"),
         (24, "bogus: unknown section"),
     ]

@@ -37,7 +37,7 @@ def test_config_errors_name_the_field():
         CONFIG(rotate_records=0)
     with pytest.raises(ValueError, match="gzip_level: expected 1..9"):
         CONFIG(gzip_level=11)
-    assert CONFIG().validate() == []
+    assert CONFIG().check() == []
 
 
 @pytest.mark.parametrize("fmt,gz", [("csv", False), ("csv", True), ("parquet", False),

@@ -87,7 +87,7 @@ def test_config_validation_names_fields():
         CONFIG(security_protocol="SASL_SSL", sasl_username="u", sasl_password="p")
     with pytest.raises(ValueError, match="ssl_cafile: file '/nonexistent/ca.pem' does not exist"):
         CONFIG(security_protocol="SSL", ssl_cafile="/nonexistent/ca.pem")
-    assert CONFIG().validate() == []
+    assert CONFIG().check() == []
     settings = CONFIG(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
                       sasl_username="u", sasl_password="p", compression_type="zstd", acks=1,
                       client_id="gen-1").producer_settings()

@@ -99,7 +99,7 @@ def test_model_config_validation_lists_problems():
     with pytest.raises(ConfigError) as err:
         ModelConfig.from_dict({"seq_len": 2, "d_modle": 64, "kernel_size": 2, "dropout": "x"})
     msg = str(err.value)
-    assert "model.d_modle: unknown key" in msg and "model.dropout: expected float" in msg
+    assert "model.d_modle: unknown key" in msg and "model.dropout: expected a number" in msg
     with pytest.raises(ConfigError) as err:
         ModelConfig.from_dict({"seq_len": 2, "kernel_size": 2, "n_heads": 3})
     msg = str(err.value)

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from flowdiff.config import Config, ConfigError, ExporterConfig
+from flowdiff.config import Config, ConfigError, ExporterConfig, Problems
 from flowdiff.daemon.fanout import Fanout, Sink
 from flowdiff.daemon.generator import StreamGenerator
 from flowdiff.daemon.http import OpsServer
@@ -145,6 +145,7 @@ class Service:
         import torch
 
         from flowdiff.artifact import load_artifact, resolve_model_dir
+        from flowdiff.daemon.preflight import check_sampler
         from flowdiff.model import make_sampler
 
         s = self.cfg.serve
@@ -157,6 +158,9 @@ class Service:
             if self.cfg.metrics.enabled:
                 self.server = self._start_server()
             artifact = load_artifact(resolve_model_dir(s.model), device=s.device)
+            problems = Problems(self.cfg.source, self.cfg.lines)
+            check_sampler(self.cfg, artifact.model.process.timesteps, problems)
+            problems.raise_if_any()  # before READY, as `flowdiff config check` reports it
             gen = StreamGenerator(artifact.model, artifact.codec,
                                   make_sampler(s.sampler.kind, steps=s.sampler.steps),
                                   context=artifact.context, horizon=artifact.horizon,

@@ -12,6 +12,8 @@ from typing import Callable
 
 import pandas as pd
 
+from flowdiff.config import Checked
+
 
 class ExporterError(RuntimeError):
     """An exporter could not deliver and cannot recover by itself (message names the target)."""
@@ -22,9 +24,11 @@ class OutputClosed(ExporterError):
     Nothing more can be delivered there; the daemon stops quietly, as Unix tools do."""
 
 
-class ExporterConfig:
-    """Base of every exporter's settings dataclass: ``validate`` lists the problems (all of
-    them), and a config with any problem cannot be built.
+class ExporterSettings(Checked):
+    """Base of every exporter's settings dataclass (the ``CONFIG`` of its module), validated
+    by the one config engine (``flowdiff.config``): ``check()`` returns ``(key, message)``
+    for each problem; the loader reports each at its key and line, and constructing a
+    settings object with any problem raises ``ConfigError`` listing them all.
 
     ``ADDRESS_KEYS`` (``host:port[,host:port...]`` values) and ``DIRECTORY_KEYS`` name the
     keys ``flowdiff config check`` and ``serve`` check against the world before starting
@@ -32,14 +36,6 @@ class ExporterConfig:
 
     ADDRESS_KEYS: tuple[str, ...] = ()  # unannotated in subclasses, so not dataclass fields
     DIRECTORY_KEYS: tuple[str, ...] = ()
-
-    def validate(self) -> list[str]:
-        return []
-
-    def __post_init__(self):
-        errors = self.validate()
-        if errors:
-            raise ValueError("; ".join(errors))
 
 
 class Exporter(ABC):

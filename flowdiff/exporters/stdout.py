@@ -11,7 +11,7 @@ from typing import Literal, TextIO
 
 import pandas as pd
 
-from flowdiff.exporters.base import Exporter, ExporterConfig, ExporterError, OutputClosed
+from flowdiff.exporters.base import Exporter, ExporterSettings, ExporterError, OutputClosed
 from flowdiff.schema import to_json_records
 
 
@@ -71,7 +71,7 @@ class JsonLinesExporter(Exporter):
 
 
 @dataclass
-class StdoutConfig(ExporterConfig):
+class StdoutConfig(ExporterSettings):
     stream: Literal["stdout", "stderr"] = "stdout"
 
 

@@ -74,7 +74,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     """Rebuild the model from the checkpoint alone -> (model in eval mode on device, extra)."""
     raw = read_checkpoint(path)
     try:
-        cfg = ModelConfig.from_dict(raw["model_config"], where=f"{path}:model_config")
+        cfg = ModelConfig.from_dict(raw["model_config"], "model_config", source=str(path))
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
     model = DiffusionTS(cfg)

@@ -256,7 +256,7 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
     seq_len, n_feat = model.cfg.seq_len, model.cfg.feature_size
     problems = cfg.predict_problems(seq_len)
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError("train", [f"train.{key}: {message}" for key, message in problems])
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # dropout masks
     train_data = as_windows(train_windows, "train_windows", seq_len, n_feat)
@@ -266,7 +266,8 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
     checkpoint_path = out_dir / CHECKPOINT_NAME
     if resume:
         raw = read_checkpoint(checkpoint_path)
-        stored = ModelConfig.from_dict(raw["model_config"], where=f"{checkpoint_path}:model_config")
+        stored = ModelConfig.from_dict(raw["model_config"], "model_config",
+                                       source=str(checkpoint_path))
         if stored != model.cfg:  # compared as configs: keys added later take their defaults
             raise CheckpointError(f"{checkpoint_path}: --resume with a different model config "
                                   f"(checkpoint {raw['model_config']}, given {model.cfg.to_dict()})")
