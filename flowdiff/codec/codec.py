@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from flowdiff import __version__
+from flowdiff.atomic import write_text_atomic
 from flowdiff.codec.config import CodecConfig
 from flowdiff.codec.quantile import QuantileTransform
 from flowdiff.codec.repair import ProtocolProfile
@@ -345,7 +345,7 @@ class FlowCodec:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.embeddings.save(directory)
-        _write_atomic(directory / STATE_FILE, json.dumps(self.state(), indent=1))
+        write_text_atomic(directory / STATE_FILE, json.dumps(self.state(), indent=1))
         return directory
 
     @classmethod
@@ -395,8 +395,3 @@ class StreamsDecoded:
     result: DecodeResult
     history: dict[str, np.ndarray]        # reuse field -> (S, K) last K addresses
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from flowdiff.atomic import write_atomic_via
 from flowdiff.model.diffusion_ts import DiffusionTS, to_model_space
 
 ALL = "all"   # the group of every feature, always reported
@@ -160,7 +161,5 @@ def plot_denoise_curve(curve: DenoiseCurve, path: str | Path, title: str = "") -
         fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    write_atomic_via(path, lambda name: fig.savefig(name, dpi=100))
     plt.close(fig)
-    tmp.replace(path)

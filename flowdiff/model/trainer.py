@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from flowdiff.atomic import write_atomic_via
 from flowdiff.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from flowdiff.model.config import ConfigError, ModelConfig, TrainConfig, resolve_device
 from flowdiff.model.diffusion_ts import DiffusionTS
@@ -124,10 +125,8 @@ def plot_loss_curve(records: list[dict], path: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    write_atomic_via(path, lambda name: fig.savefig(name, dpi=100))
     plt.close(fig)
-    tmp.replace(path)
 
 
 class _Run:
