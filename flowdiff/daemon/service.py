@@ -82,10 +82,13 @@ def state_fingerprint(artifact, serve) -> dict:
             "width": int(artifact.codec.width)}
 
 
-def build_exporters(configs: list[ExporterConfig]) -> list[tuple[ExporterConfig, Exporter]]:
+def build_exporters(configs: list[ExporterConfig], metrics: DaemonMetrics
+                    ) -> list[tuple[ExporterConfig, Exporter]]:
     from flowdiff.exporters.registry import build_exporter
 
-    return [(c, build_exporter(c.kind, c.name, c.options)) for c in configs]
+    return [(c, build_exporter(c.kind, c.name, c.options,
+                               on_errors=metrics.exporter_errors.labels(exporter=c.name).inc))
+            for c in configs]
 
 
 def _seed_windows(cfg: Config, codec, context: int, streams: int) -> np.ndarray:
@@ -169,7 +172,7 @@ class Service:
             self._start_streams(gen, artifact, fingerprint)
             self._publish_info(artifact)
             exporters = self.exporters if self.exporters is not None else \
-                build_exporters(self.cfg.exporters)
+                build_exporters(self.cfg.exporters, self.metrics)
             pacer = Pacer(s.pace, s.speed, anchor_ts=float(gen.clocks.min()),
                           anchor_wall=self.clock(), clock=self.clock)
             if s.state_dir:  # the position a save may go back to

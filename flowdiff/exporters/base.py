@@ -7,6 +7,7 @@ A batch is a canonical flow table (see ``flowdiff.schema``) with ``stream_id`` a
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from typing import Callable
 
@@ -42,14 +43,16 @@ class Exporter(ABC):
     #: short kind name used in configs and metric labels, e.g. "stdout", "kafka"
     kind: str = "exporter"
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, *, on_errors: Callable[[int], None] | None = None):
         self.name = name  # instance name from the config (metric label ``exporter``)
         # Delivery failures the exporter detected itself (e.g. asynchronous Kafka send
         # errors), counted with ``count_errors``; count, log, never swallow.
         self.errors = 0
-        # Called with each new count as it happens (the fan-out passes it to the metric), so
-        # failures show while a ``submit`` is still retrying, not only after it returns.
-        self.on_errors: Callable[[int], None] | None = None
+        # Called with each new count as it happens (the daemon passes the metric's ``inc``),
+        # so failures show while a ``submit`` is still retrying, not only after it returns.
+        self.on_errors = on_errors
+        # Set by ``terminate``: every wait and retry of the exporter ends at once.
+        self.stopping = threading.Event()
 
     def count_errors(self, n: int) -> None:
         """Record ``n`` failed deliveries (records or attempts) now."""
@@ -64,6 +67,13 @@ class Exporter(ABC):
 
     def flush(self) -> None:
         """Push out anything buffered."""
+
+    def terminate(self) -> None:
+        """Cut the exporter short (the shutdown bound is reached; called from another
+        thread): a ``submit`` that is waiting or retrying gives up now, raising
+        ExporterError for what it did not deliver, and ``close`` does not wait for a
+        destination that is away. Exporters wait on ``self.stopping``, never a bare sleep."""
+        self.stopping.set()
 
     def close(self) -> None:
         """Flush and release resources; the exporter is not used afterwards."""

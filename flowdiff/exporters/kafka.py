@@ -26,13 +26,13 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import pandas as pd
 
 from flowdiff import __version__
 from flowdiff.config import parse_address_list
-from flowdiff.exporters.base import Exporter, ExporterSettings, ExporterError
+from flowdiff.exporters.base import Exporter, ExporterError, ExporterSettings
 from flowdiff.schema import to_text
 
 log = logging.getLogger(__name__)
@@ -168,8 +168,9 @@ def encode_messages(batch: pd.DataFrame, key: str) -> list[Message]:
 class KafkaExporter(Exporter):
     kind = "kafka"
 
-    def __init__(self, name: str, config: KafkaConfig):
-        super().__init__(name)
+    def __init__(self, name: str, config: KafkaConfig, *,
+                 on_errors: Callable[[int], None] | None = None):
+        super().__init__(name, on_errors=on_errors)
         self.config = config
         self.delivered = 0       # records acknowledged by the broker
         self.retried = 0         # records sent again after a failed attempt
@@ -349,7 +350,10 @@ class KafkaExporter(Exporter):
                         "(%s); retrying in %.1f s", self.name, len(pending), total,
                         self.config.topic, self.config.bootstrap_servers, error,
                         self.config.retry_backoff_s)
-            time.sleep(self.config.retry_backoff_s)
+            if self.stopping.wait(self.config.retry_backoff_s):  # terminate(): give up now
+                raise ExporterError(
+                    f"kafka exporter {self.name}: {len(pending)} of {total} record(s) not "
+                    f"delivered to topic {self.config.topic!r}: stopped while retrying ({error})")
             if not self._reachable:
                 self._probe_once()  # a round begun while the broker counts as away is resent
 
@@ -357,11 +361,18 @@ class KafkaExporter(Exporter):
         if self._producer is not None:
             self._producer.flush()
 
+    def terminate(self) -> None:
+        super().terminate()
+        self._probe_stop.set()
+
     def close(self) -> None:
         self._probe_stop.set()
         if self._producer is not None:
-            self._producer.flush()
-            self._producer.close(timeout=5)
+            if self.stopping.is_set():  # cut short: do not wait for a broker that is away
+                self._producer.close(timeout=0)
+            else:
+                self._producer.flush()
+                self._producer.close(timeout=5)
             self._producer = None
 
 

@@ -74,14 +74,17 @@ class NetflowExporter(Exporter):
     def __init__(self, name: str, config: NetflowConfig, *,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep):
-        super().__init__(name)
+                 sleep: Callable[[float], None] | None = None,
+                 on_errors: Callable[[int], None] | None = None):
+        super().__init__(name, on_errors=on_errors)
         self.config = config
         self.layout = codec.layout(config.version)
         self.template = codec.template_set(self.layout, config.template_id)
         self.per_packet = codec.records_per_packet(self.layout, config.max_packet_bytes,
                                                    config.template_id)
-        self.clock, self.wall_clock, self.sleep = clock, wall_clock, sleep
+        # pacing waits end at once on terminate()
+        self.clock, self.wall_clock = clock, wall_clock
+        self.sleep = sleep if sleep is not None else self.stopping.wait
         self.packets_sent = 0
         self.records_sent = 0
         self.templates_sent = 0

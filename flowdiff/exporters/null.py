@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import pandas as pd
 
@@ -23,8 +24,9 @@ class NullConfig(ExporterSettings):
 class NullExporter(Exporter):
     kind = "null"
 
-    def __init__(self, name: str, config: NullConfig):
-        super().__init__(name)
+    def __init__(self, name: str, config: NullConfig, *,
+                 on_errors: Callable[[int], None] | None = None):
+        super().__init__(name, on_errors=on_errors)
         self.config = config
         self.records = 0
         self.batches = 0

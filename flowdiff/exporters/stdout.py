@@ -7,11 +7,11 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Literal, TextIO
+from typing import Callable, Literal, TextIO
 
 import pandas as pd
 
-from flowdiff.exporters.base import Exporter, ExporterSettings, ExporterError, OutputClosed
+from flowdiff.exporters.base import Exporter, ExporterError, ExporterSettings, OutputClosed
 from flowdiff.schema import to_json_records
 
 
@@ -41,8 +41,9 @@ def silence(handle: TextIO) -> None:
 class JsonLinesExporter(Exporter):
     kind = "jsonl"
 
-    def __init__(self, name: str, handle: TextIO):
-        super().__init__(name)
+    def __init__(self, name: str, handle: TextIO, *,
+                 on_errors: Callable[[int], None] | None = None):
+        super().__init__(name, on_errors=on_errors)
         self.handle = handle
         self.reader_gone = False  # set on EPIPE: the reader of the output exited
 
@@ -78,8 +79,10 @@ class StdoutConfig(ExporterSettings):
 class StdoutExporter(JsonLinesExporter):
     kind = "stdout"
 
-    def __init__(self, name: str, config: StdoutConfig):
-        super().__init__(name, sys.stdout if config.stream == "stdout" else sys.stderr)
+    def __init__(self, name: str, config: StdoutConfig, *,
+                 on_errors: Callable[[int], None] | None = None):
+        super().__init__(name, sys.stdout if config.stream == "stdout" else sys.stderr,
+                         on_errors=on_errors)
         self.config = config
 
 
