@@ -194,6 +194,23 @@ def test_predict_keeps_observed_entries_exactly(model, kind):
     assert torch.isfinite(full).all()
 
 
+def test_replacement_is_ddim_with_a_mask(model):
+    """The kinds are listed once (flowdiff.config.SAMPLER_KINDS), each registered; the
+    replacement sampler is DDIM under its infill name: the same predict output for the same
+    steps and seeds, only its default grid differs (200 vs 50 steps)."""
+    from flowdiff.config import SAMPLER_KINDS
+    from flowdiff.model.samplers import _SAMPLERS
+
+    assert set(_SAMPLERS) == set(SAMPLER_KINDS)
+    context = torch.rand(2, 8, 3, generator=torch.Generator().manual_seed(5))
+    ddim = model.predict(context, 4, make_sampler("ddim", steps=10), gens([3, 4]))
+    replaced = model.predict(context, 4, make_sampler("replacement", steps=10), gens([3, 4]))
+    assert torch.equal(ddim, replaced)
+    assert make_sampler("replacement").default_steps(500) == 200
+    assert make_sampler("ddim").default_steps(500) == 50
+    assert make_sampler("ddpm").default_steps(500) == 500
+
+
 def test_infill_with_scattered_mask_keeps_observed(model):
     g = torch.Generator().manual_seed(2)
     observed = torch.rand(2, 12, 3, generator=g)
