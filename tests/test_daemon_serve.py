@@ -301,6 +301,7 @@ def _serve_until_sigterm(config: Path, out: Path, notify: Path, min_lines: int):
     return rc, took, proc.stderr.read().decode()
 
 
+@pytest.mark.slow
 def test_sigterm_and_restart_continue_every_stream(tiny_model, tmp_path):
     import socket
 

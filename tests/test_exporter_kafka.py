@@ -150,6 +150,7 @@ def test_unreachable_broker_unhealthy_counted_then_gives_up():
     exporter.close()
 
 
+@pytest.mark.slow
 def test_broker_restart_on_same_port_resumes_without_loss(broker):
     """Broker killed while the exporter is blocked inside submit; restarted on the same port:
     the batch that was in flight is delivered afterwards, health goes False then True."""
@@ -219,6 +220,7 @@ def wait_for(condition, timeout: float) -> bool:
     return condition()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["block", "drop"])
 def test_fanout_broker_outage_and_restart(broker, policy):
     exporter = EXPORTER("kafka", quick_config(broker.bootstrap))

@@ -25,6 +25,7 @@ def stock_sets():
     return real, same, noise
 
 
+@pytest.mark.slow
 def test_discriminative_separates_noise_from_real(stock_sets):
     real, same, noise = stock_sets
     similar = discriminative_score(real, same, seed=0, iterations=300)
@@ -34,6 +35,7 @@ def test_discriminative_separates_noise_from_real(stock_sets):
     assert discriminative_score(real, noise, seed=0, iterations=300) == different  # seeded
 
 
+@pytest.mark.slow
 def test_predictive_tstr_is_worse_on_noise(stock_sets):
     real, same, noise = stock_sets
     on_real = predictive_score(real, same, seed=0, iterations=400)
@@ -56,6 +58,7 @@ def test_frechet_distance_closed_form():
     assert frechet_distance(a, shifted) == pytest.approx(5.0, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_context_fid_small_for_same_distribution(stock_sets):
     real, same, noise = stock_sets
     close = context_fid(real, same, seed=0, iterations=30)

@@ -34,6 +34,7 @@ def small_train_cfg(**changes) -> TrainConfig:
     return TrainConfig.from_dict({**base, **changes})
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_sine_and_writes_artifacts(sine_windows, tmp_path):
     model = DiffusionTS(CFG)
     result = train(model, sine_windows[:1000], sine_windows[1000:], small_train_cfg(), tmp_path)

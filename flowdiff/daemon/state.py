@@ -1,8 +1,9 @@
 """Daemon state on disk: per-stream contexts, RNG states, next ``seq`` and synthetic clocks.
 
 Saved atomically (``flowdiff.atomic``: temp file in the same directory, fsync, rename, fsync
-of the directory) so a crash leaves either the old or the new file. Loaded with ``torch.load(weights_only=True)``: the file holds only
-tensors, numbers, strings, lists and dicts. A ``fingerprint`` (artifact hash, stream count,
+of the directory) so a crash leaves either the old or the new file. Loaded with
+``torch.load(weights_only=True)``: the file holds only tensors, numbers, strings, lists and
+dicts. A ``fingerprint`` (artifact hash, stream count,
 base seed, window) guards against resuming a state that belongs to another setup, and every
 field is checked on load (shapes against the fingerprint, finite values, seq and clocks in
 range), so a damaged or edited file is refused with a message naming it, never resumed into

@@ -37,9 +37,20 @@ KINDS: dict[str, str] = {
 }
 
 
+# kind -> (import name, extra) of a third-party package the exporter imports lazily
+EXTRAS: dict[str, tuple[str, str]] = {"kafka": ("kafka", "kafka")}
+
+
 def _module(kind: str):
     if kind not in KINDS:
         raise KeyError(f"unknown exporter kind {kind!r} (known: {', '.join(sorted(KINDS))})")
+    if kind in EXTRAS:
+        package, extra = EXTRAS[kind]
+        try:
+            importlib.import_module(package)
+        except ModuleNotFoundError as exc:
+            raise ImportError(f"exporter kind {kind!r} needs the {extra!r} extra: "
+                              f"pip install 'flowdiff[{extra}]'") from exc
     try:
         return importlib.import_module(KINDS[kind])
     except ModuleNotFoundError as exc:
