@@ -13,7 +13,7 @@ the file, the YAML line and the dotted field path, e.g.::
 imported lazily, with this module's engine (``build_dataclass``: types, ``field_range``
 bounds, and each class's ``Checked.check()`` rules), so this module stays the one place that
 turns YAML into typed objects and the one ``ConfigError``. The exporters' settings, the
-time-series run configs (``flowdiff.model.run_config``) and codec-only files go through the
+time-series run configs (``flowdiff.timeseries.run_config``) and codec-only files go through the
 same engine; ``parse_host_port`` is the one reader of ``host:port`` values.
 """
 

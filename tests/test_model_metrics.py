@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flowdiff.model.metrics import (MetricError, context_fid, correlational_score,
-                                    discriminative_score, frechet_distance, predictive_score)
-from flowdiff.model.timeseries import prepare_series
+from flowdiff.timeseries.metrics import (MetricError, context_fid, correlational_score,
+                                         discriminative_score, frechet_distance, predictive_score)
+from flowdiff.timeseries.series import prepare_series
 
 from conftest import shared_file
 
@@ -71,3 +71,20 @@ def test_metrics_reject_mismatched_inputs():
         correlational_score(np.zeros((4, 24, 6)), np.zeros((4, 24, 5)), seed=0)
     with pytest.raises(MetricError, match="NaN"):
         discriminative_score(np.full((4, 24, 6), np.nan), np.zeros((4, 24, 6)), seed=0)
+
+
+def test_scores_are_seeded_without_touching_the_global_rng():
+    """Model init and dropout inside the scores draw from a scoped seed, not the caller's
+    global torch RNG: same seed, same score; the caller's random state is left as it was."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    real, fake = (rng.random((40, 8, 3)).astype(np.float32) for _ in range(2))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = predictive_score(real, fake, seed=4, iterations=3)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert discriminative_score(real, fake, seed=4, iterations=3) == \
+        discriminative_score(real, fake, seed=4, iterations=3)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert predictive_score(real, fake, seed=4, iterations=3) == first

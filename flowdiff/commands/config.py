@@ -3,7 +3,7 @@
 The kind of file is recognised by its top-level keys and checked by its owner's loader:
 daemon/training configs (``serve``, ``exporters``, ``data``/``window``/``codec``/``model``/
 ``train``) by ``flowdiff.config.load_config``; time-series run configs (``data.csv``) by
-``flowdiff.model.run_config``; codec-only files (``fields``, ``word2vec``) by
+``flowdiff.timeseries.run_config``; codec-only files (``fields``, ``word2vec``) by
 ``flowdiff.codec.CodecConfig``; ingest column mappings (``columns``) by
 ``flowdiff.ingest.load_mapping``.
 
@@ -54,7 +54,7 @@ def check_file(path: str) -> tuple[str, list[str]]:
         raw, lines = read_yaml(path)
         kind = detect_kind(raw)
         if kind == "timeseries":
-            from flowdiff.model.run_config import load_run_config
+            from flowdiff.timeseries.run_config import load_run_config
 
             run = load_run_config(path)
             return f"time-series run config (csv {run.csv}, window {run.model.seq_len})", []

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     from flowdiff.config import ConfigError, ExporterConfig, parse_config
     from flowdiff.daemon.service import Service, StopFlag
-    from flowdiff.daemon.table_sink import TableSink
+    from flowdiff.exporters.table import TableSink
     from flowdiff.exporters.stdout import JsonLinesExporter
 
     errors = _check(args)
