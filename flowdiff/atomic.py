@@ -48,26 +48,34 @@ def fsync_directory(directory: str | os.PathLike) -> None:
 
 
 @contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None,
-                fsync: bool = True) -> Iterator[IO]:
-    """Yield a temporary file (opened with ``mode``, ``"wb"`` or ``"w"``) that replaces
-    ``path`` when the block ends without an exception."""
-    path = Path(path)
+def _temporary_beside(path: Path, suffix: str, fsync: bool) -> Iterator[tuple[int, str]]:
+    """(open descriptor, name) of a temporary file beside ``path``; renamed over ``path``
+    when the block ends without an exception, removed when it raises."""
     remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp" + suffix,
+                               dir=path.parent)
     try:
         os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, mode, encoding=encoding) as handle:
-            yield handle
-            handle.flush()
-            if fsync:
-                os.fsync(handle.fileno())
+        yield fd, tmp
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     if fsync:
         fsync_directory(path.parent)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None,
+                fsync: bool = True) -> Iterator[IO]:
+    """Yield a temporary file (opened with ``mode``, ``"wb"`` or ``"w"``) that replaces
+    ``path`` when the block ends without an exception."""
+    with _temporary_beside(Path(path), "", fsync) as (fd, _name):
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -82,19 +90,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_atomic_via(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """``write(temporary_name)`` then the same fsync-and-rename; for writers that take a file
-    name. The temporary name ends with the target's suffix (formats chosen by extension)."""
+    name (they write the inode the open descriptor refers to, so its fsync covers them).
+    The temporary name ends with the target's suffix (formats chosen by extension)."""
     path = Path(path)
-    remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp" + path.suffix,
-                               dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, FILE_MODE)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
+    with _temporary_beside(path, path.suffix, True) as (fd, name):
+        try:
+            write(name)
+            os.fsync(fd)
+        finally:
+            os.close(fd)

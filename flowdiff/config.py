@@ -61,8 +61,17 @@ class Checked:
     (``build_dataclass``) reports each at its own key and YAML line together with every
     other problem; constructing the class directly raises ``ConfigError`` listing them."""
 
+    SECTION = ""  # where the class sits in a config file (subclasses: unannotated, not a field)
+
     def check(self) -> list[tuple[str, str]]:
         return []
+
+    @classmethod
+    def from_dict(cls, data, where: str | None = None, source: str = "<config>",
+                  lines: dict[str, int] | None = None):
+        """Build from a plain mapping with ``build_dataclass``; ConfigError lists every
+        problem, each named ``where.key`` (``where`` defaults to ``SECTION``)."""
+        return validate(cls, data, cls.SECTION if where is None else where, source, lines)
 
     def __post_init__(self):
         if _DEFERRED.get():

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 
-from flowdiff.config import Checked, ConfigError, field_range, validate
+from flowdiff.config import Checked, ConfigError, field_range
 
 __all__ = ["ALLOWED_TRANSFORMS", "CodecConfig", "ConfigError", "Word2VecConfig",
            "default_transforms"]
@@ -70,7 +70,10 @@ class CodecConfig(Checked):
 
     ``fields`` maps canonical fields to transform names (see ``ALLOWED_TRANSFORMS``); fields
     not listed keep their default. Fields absent from the fitting table are skipped at fit
-    time whatever they say here.
+    time whatever they say here. ``from_dict`` (the config engine's) reads the ``codec``
+    section or a codec-only file: ``fields``, ``word2vec`` (``vector_size``, ``window``,
+    ``epochs``, ``negative``, ``service_min_count``, ``temperature``, ``prior_power``) and
+    ``reuse_depth``.
     """
 
     fields: dict[str, str] = field(default_factory=default_transforms)
@@ -94,16 +97,6 @@ class CodecConfig(Checked):
                 problems.append((f"fields.{name}", f"transform {transform!r} not allowed; "
                                                    f"expected one of {list(choices)}"))
         return problems
-
-    @classmethod
-    def from_dict(cls, data: dict | None, source: str = "codec config", where: str = "",
-                  lines: dict[str, int] | None = None) -> "CodecConfig":
-        """Build from a plain mapping (the ``codec`` section of a YAML file, or a codec-only
-        file) with the config engine: ConfigError lists every problem. Keys: ``fields``
-        (field -> transform; unlisted fields keep their default), ``word2vec``
-        (``vector_size``, ``window``, ``epochs``, ``negative``, ``service_min_count``,
-        ``temperature``, ``prior_power``) and ``reuse_depth``."""
-        return validate(cls, data, where, source, lines)
 
     def to_dict(self) -> dict:
         return {"fields": dict(self.fields), "word2vec": asdict(self.word2vec),

@@ -16,6 +16,9 @@ import pandas as pd
 from flowdiff.config import Checked
 
 
+ErrorCallback = Callable[[int], None]  # called with each count of failed deliveries
+
+
 class ExporterError(RuntimeError):
     """An exporter could not deliver and cannot recover by itself (message names the target)."""
 
@@ -43,8 +46,10 @@ class Exporter(ABC):
     #: short kind name used in configs and metric labels, e.g. "stdout", "kafka"
     kind: str = "exporter"
 
-    def __init__(self, name: str, *, on_errors: Callable[[int], None] | None = None):
+    def __init__(self, name: str, config: ExporterSettings | None = None, *,
+                 on_errors: ErrorCallback | None = None):
         self.name = name  # instance name from the config (metric label ``exporter``)
+        self.config = config  # the validated settings (the module's ``CONFIG``), if any
         # Delivery failures the exporter detected itself (e.g. asynchronous Kafka send
         # errors), counted with ``count_errors``; count, log, never swallow.
         self.errors = 0

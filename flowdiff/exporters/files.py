@@ -20,12 +20,12 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import pandas as pd
 
-from flowdiff.exporters.base import Exporter, ExporterError, ExporterSettings
+from flowdiff.exporters.base import ErrorCallback, Exporter, ExporterError, ExporterSettings
 from flowdiff.exporters.rotation import RotatingFiles, RotationPolicy
 from flowdiff.schema import conform, proto_name, to_text
 
@@ -189,10 +189,8 @@ class ParquetSegment:
 class FileExporter(Exporter):
     kind = "file"
 
-    def __init__(self, name: str, config: FileConfig, *,
-                 on_errors: Callable[[int], None] | None = None):
-        super().__init__(name, on_errors=on_errors)
-        self.config = config
+    def __init__(self, name: str, config: FileConfig, *, on_errors: ErrorCallback | None = None):
+        super().__init__(name, config, on_errors=on_errors)
         self.files = RotatingFiles(
             Path(config.directory), config.prefix, SUFFIXES[config.format], config.policy(),
             self._segment, gzip_level=config.gzip_level if config.gzip and

@@ -26,13 +26,13 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import pandas as pd
 
 from flowdiff import __version__
 from flowdiff.config import parse_address_list
-from flowdiff.exporters.base import Exporter, ExporterError, ExporterSettings
+from flowdiff.exporters.base import ErrorCallback, Exporter, ExporterError, ExporterSettings
 from flowdiff.schema import to_text
 
 log = logging.getLogger(__name__)
@@ -168,10 +168,8 @@ def encode_messages(batch: pd.DataFrame, key: str) -> list[Message]:
 class KafkaExporter(Exporter):
     kind = "kafka"
 
-    def __init__(self, name: str, config: KafkaConfig, *,
-                 on_errors: Callable[[int], None] | None = None):
-        super().__init__(name, on_errors=on_errors)
-        self.config = config
+    def __init__(self, name: str, config: KafkaConfig, *, on_errors: ErrorCallback | None = None):
+        super().__init__(name, config, on_errors=on_errors)
         self.delivered = 0       # records acknowledged by the broker
         self.retried = 0         # records sent again after a failed attempt
         self._producer = None    # created on first use: the constructor touches no network

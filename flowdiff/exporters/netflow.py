@@ -24,7 +24,7 @@ import pandas as pd
 
 from flowdiff.config import parse_host_port
 from flowdiff.exporters import ipfix_codec as codec
-from flowdiff.exporters.base import Exporter, ExporterSettings
+from flowdiff.exporters.base import ErrorCallback, Exporter, ExporterSettings
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,8 @@ class NetflowExporter(Exporter):
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] | None = None,
-                 on_errors: Callable[[int], None] | None = None):
-        super().__init__(name, on_errors=on_errors)
-        self.config = config
+                 on_errors: ErrorCallback | None = None):
+        super().__init__(name, config, on_errors=on_errors)
         self.layout = codec.layout(config.version)
         self.template = codec.template_set(self.layout, config.template_id)
         self.per_packet = codec.records_per_packet(self.layout, config.max_packet_bytes,

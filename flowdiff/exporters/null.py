@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import pandas as pd
 
-from flowdiff.exporters.base import Exporter, ExporterSettings
+from flowdiff.exporters.base import ErrorCallback, Exporter, ExporterSettings
 
 
 @dataclass
@@ -24,10 +23,8 @@ class NullConfig(ExporterSettings):
 class NullExporter(Exporter):
     kind = "null"
 
-    def __init__(self, name: str, config: NullConfig, *,
-                 on_errors: Callable[[int], None] | None = None):
-        super().__init__(name, on_errors=on_errors)
-        self.config = config
+    def __init__(self, name: str, config: NullConfig, *, on_errors: ErrorCallback | None = None):
+        super().__init__(name, config, on_errors=on_errors)
         self.records = 0
         self.batches = 0
 

@@ -15,11 +15,11 @@ import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import pandas as pd
 
-from flowdiff.exporters.base import Exporter, ExporterError, ExporterSettings
+from flowdiff.exporters.base import ErrorCallback, Exporter, ExporterError, ExporterSettings
 from flowdiff.exporters.packet_builder import BuildStats, PacketBuilder, mac_bytes
 from flowdiff.exporters.rotation import RotatingFiles, RotationPolicy
 
@@ -99,10 +99,8 @@ def encode_records(packets: list[tuple[float, bytes]]) -> bytes:
 class PcapExporter(Exporter):
     kind = "pcap"
 
-    def __init__(self, name: str, config: PcapConfig, *,
-                 on_errors: Callable[[int], None] | None = None):
-        super().__init__(name, on_errors=on_errors)
-        self.config = config
+    def __init__(self, name: str, config: PcapConfig, *, on_errors: ErrorCallback | None = None):
+        super().__init__(name, config, on_errors=on_errors)
         self.builder = PacketBuilder(mac_bytes(config.src_mac), mac_bytes(config.dst_mac),
                                      mtu=config.mtu, seed=config.seed)
         self.files = None if config.directory is None else RotatingFiles(

@@ -23,9 +23,8 @@ Construction protocol (every exporter module follows it):
 from __future__ import annotations
 
 import importlib
-from typing import Callable
 
-from flowdiff.exporters.base import Exporter
+from flowdiff.exporters.base import ErrorCallback, Exporter
 
 KINDS: dict[str, str] = {
     "stdout": "flowdiff.exporters.stdout",
@@ -64,7 +63,7 @@ def exporter_config_type(kind: str) -> type:
 
 
 def build_exporter(kind: str, name: str, options,
-                   on_errors: Callable[[int], None] | None = None) -> Exporter:
+                   on_errors: ErrorCallback | None = None) -> Exporter:
     """Construct exporter ``kind`` named ``name`` from its validated settings; ``on_errors``
     is called with each count of failed deliveries the exporter detects itself."""
     return _module(kind).EXPORTER(name, options, on_errors=on_errors)

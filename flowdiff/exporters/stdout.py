@@ -7,11 +7,12 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable, Literal, TextIO
+from typing import Literal, TextIO
 
 import pandas as pd
 
-from flowdiff.exporters.base import Exporter, ExporterError, ExporterSettings, OutputClosed
+from flowdiff.exporters.base import (ErrorCallback, Exporter, ExporterError, ExporterSettings,
+                                     OutputClosed)
 from flowdiff.schema import to_json_records
 
 
@@ -42,7 +43,7 @@ class JsonLinesExporter(Exporter):
     kind = "jsonl"
 
     def __init__(self, name: str, handle: TextIO, *,
-                 on_errors: Callable[[int], None] | None = None):
+                 on_errors: ErrorCallback | None = None):
         super().__init__(name, on_errors=on_errors)
         self.handle = handle
         self.reader_gone = False  # set on EPIPE: the reader of the output exited
@@ -80,7 +81,7 @@ class StdoutExporter(JsonLinesExporter):
     kind = "stdout"
 
     def __init__(self, name: str, config: StdoutConfig, *,
-                 on_errors: Callable[[int], None] | None = None):
+                 on_errors: ErrorCallback | None = None):
         super().__init__(name, sys.stdout if config.stream == "stdout" else sys.stderr,
                          on_errors=on_errors)
         self.config = config

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from flowdiff.config import Checked, ConfigError, validate
+from flowdiff.config import Checked, ConfigError
 
 __all__ = ["ConfigError", "ModelConfig", "TrainConfig", "resolve_device"]
 
@@ -30,6 +30,8 @@ LOSS_WEIGHTINGS = ("dts", "edm")
 @dataclass(frozen=True)
 class ModelConfig(Checked):
     """Network size and diffusion process. Defaults are the reference Stocks config."""
+
+    SECTION = "model"
 
     seq_len: int = 24                 # L: time steps per window
     feature_size: int = 6             # F: features per time step
@@ -82,11 +84,6 @@ class ModelConfig(Checked):
         """w_ff actually used by the loss."""
         return self.seq_len ** 0.5 / 5.0 if self.fourier_weight == -1.0 else self.fourier_weight
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "model",
-                  source: str = "<model config>") -> "ModelConfig":
-        return validate(cls, data, where, source)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -96,6 +93,7 @@ class TrainConfig(Checked):
     """Training recipe. Defaults follow the reference (Adam (0.9, 0.96), warm-up 1e-5 -> 8e-4
     over 500 steps, then reduce-on-plateau x0.5 down to 1e-5, clip 1.0, EMA 0.995 every 10)."""
 
+    SECTION = "train"
     steps: int = 10000                # optimiser steps
     batch_size: int = 64              # windows per micro-batch
     grad_accum: int = 2               # micro-batches per optimiser step (reference: 2)
@@ -160,11 +158,6 @@ class TrainConfig(Checked):
             ("predict_horizon", self.predict_horizon >= 0,
              f"an integer >= 0, got {self.predict_horizon}"),
         ])
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "train",
-                  source: str = "<train config>") -> "TrainConfig":
-        return validate(cls, data, where, source)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
