@@ -38,6 +38,7 @@ from flowdiff.schema import to_text
 log = logging.getLogger(__name__)
 
 Message = tuple[bytes, bytes]  # (key, value)
+FLUSH_SLICE_S = 0.2  # a delivery round waits for acknowledgements in slices this long
 
 
 @dataclass
@@ -295,14 +296,29 @@ class KafkaExporter(Exporter):
                 first_error = exc
                 futures.extend([None] * (len(pending) - i))
                 break
-        self._producer.flush()  # returns when every future is done (bounded by delivery_timeout_ms)
+        self._await_acknowledgements()
         failed = []
         for message, future in zip(pending, futures):
-            if future is None or future.failed():
+            if future is None or not future.is_done or future.failed():
                 failed.append(message)
-                if first_error is None and future is not None:
+                if first_error is None and future is not None and future.is_done:
                     first_error = future.exception
+        if failed and first_error is None:
+            first_error = KafkaError("stopped before the broker acknowledged")
         return failed, first_error
+
+    def _await_acknowledgements(self) -> None:
+        """``flush()`` in short slices until every future is done (bounded by
+        delivery_timeout_ms), so that ``terminate()`` ends the wait at once."""
+        from kafka.errors import KafkaTimeoutError
+
+        while True:
+            try:
+                self._producer.flush(timeout=FLUSH_SLICE_S)
+                return
+            except KafkaTimeoutError:
+                if self.stopping.is_set():
+                    return
 
     def submit(self, batch: pd.DataFrame) -> int:
         if len(batch) == 0:
@@ -362,12 +378,25 @@ class KafkaExporter(Exporter):
     def terminate(self) -> None:
         super().terminate()
         self._probe_stop.set()
+        if self._producer is not None:
+            self._close_now(self._producer)
+
+    def _close_now(self, producer) -> None:
+        """Close without waiting for the broker: records it has not acknowledged are
+        abandoned (the daemon counts them as lost at its shutdown bound), and the
+        producer's exit hook goes, so the interpreter's exit does not wait for it either."""
+        from kafka.errors import KafkaError
+
+        try:
+            producer.close(timeout=0)
+        except KafkaError as exc:  # flush(0) times out on batches still queued
+            log.info("kafka exporter %s: closed with records unacknowledged (%s)", self.name, exc)
 
     def close(self) -> None:
         self._probe_stop.set()
         if self._producer is not None:
             if self.stopping.is_set():  # cut short: do not wait for a broker that is away
-                self._producer.close(timeout=0)
+                self._close_now(self._producer)
             else:
                 self._producer.flush()
                 self._producer.close(timeout=5)
