@@ -355,6 +355,7 @@ exporters:
         assert len(second) > 0
 
 
+@pytest.mark.slow
 def test_out_of_the_box_serve_streams_the_packaged_model_to_stdout():
     """`flowdiff serve` with no config: the shipped model, JSON lines on stdout."""
     import subprocess

@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 EXTRAS_ONLY = ("kafka", "sklearn", "scapy", "lz4", "zstandard")  # kafka, eval and test extras
 
@@ -36,6 +38,7 @@ def run_base(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=300, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_base_install_serves_the_packaged_model(tmp_path):
     proc = run_base("serve", "--pace", "fast", "--max-records", "32", "--streams", "2",
                     "--listen", "127.0.0.1:0", cwd=tmp_path)
@@ -44,6 +47,7 @@ def test_base_install_serves_the_packaged_model(tmp_path):
     assert "extras loaded: []" in proc.stderr
 
 
+@pytest.mark.slow
 def test_an_exporter_needing_an_extra_names_it(tmp_path):
     config = tmp_path / "serve.yaml"
     config.write_text("exporters:\n  - {kind: kafka, bootstrap_servers: '127.0.0.1:9092'}\n")
