@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DEFAULT_FRACTIONS = (0.0, 0.002, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.9)
 
 
 def csv_windows(csv: Path, seq_len: int, train_fraction: float, split: str
@@ -44,13 +43,6 @@ def csv_windows(csv: Path, seq_len: int, train_fraction: float, split: str
     return windows.astype(np.float32), groups
 
 
-def spread_subset(windows: np.ndarray, count: int) -> np.ndarray:
-    """At most ``count`` windows evenly spaced over the set (every period represented)."""
-    if len(windows) <= count:
-        return windows
-    return windows[np.linspace(0, len(windows) - 1, count).round().astype(int)]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, help="model checkpoint (default ARTIFACT/model.pt)")
@@ -63,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                              "training range (Stocks: prices above the training max clip to 1)")
     parser.add_argument("--windows", type=Path, help=".npy windows (N, L, F) in [0, 1]")
     parser.add_argument("--t", type=int, nargs="+",
-                        help=f"timesteps (default fractions {DEFAULT_FRACTIONS} of T)")
+                        help="timesteps (default: fractions 0, 0.002, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.9 of T)")
     parser.add_argument("--max-windows", type=int, default=1024, help="evenly spaced subset")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -72,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from flowdiff.model import load_checkpoint
-    from flowdiff.model.denoise_curve import denoising_curve, plot_denoise_curve
+    from flowdiff.model.denoise_curve import (default_timesteps, denoising_curve,
+                                              plot_denoise_curve, spread_subset)
 
     checkpoint = args.checkpoint or (args.artifact / "model.pt" if args.artifact else None)
     if checkpoint is None or (args.csv is None) == (args.windows is None):
@@ -89,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         groups = dict(FlowCodec.load(args.artifact / "codec").feature_slices)
     windows = spread_subset(windows, args.max_windows)
     total = model.cfg.timesteps
-    timesteps = args.t or sorted({min(int(f * total), total - 1) for f in DEFAULT_FRACTIONS})
+    timesteps = args.t or default_timesteps(total)
     curve = denoising_curve(model, windows, timesteps, groups, seed=args.seed)
     print(f"{checkpoint}: parameterization {model.cfg.parameterization}, "
           f"trained steps {extra.get('train_state', {}).get('step')}")

@@ -12,7 +12,7 @@ import sys
 from flowdiff import __version__
 
 # Order here is the order in --help. Each entry is a module under flowdiff.commands.
-COMMANDS = ("ingest", "codec", "train", "generate", "serve", "config", "eval", "baseline")
+COMMANDS = ("ingest", "codec", "train", "calibrate", "generate", "serve", "config", "eval", "baseline")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -133,8 +133,18 @@ SAMPLER_KINDS = ("ddpm", "ddim", "guided", "replacement", "conditional")
 
 @dataclass
 class SamplerConfig:
+    # predict-mode samplers: conditional (the context enters clean, as predict-mode training
+    # shows it), replacement (the context re-noised each step), guided (gradient refinement,
+    # ~3x slower); ddim and ddpm as well
     kind: Literal[SAMPLER_KINDS] = "replacement"
     steps: int = field(default=10, metadata=_range(1))
+    eta: float = field(default=0.0, metadata=_range(0.0, 1.0))  # DDIM stochasticity (0: deterministic)
+    churn: float = field(default=0.0, metadata=_range(0.0))     # EDM S_churn noise added per step (0: off)
+
+    def make(self):
+        """The model sampler these settings describe."""
+        from flowdiff.model import make_sampler
+        return make_sampler(self.kind, steps=self.steps, eta=self.eta, churn=self.churn)
 
 
 @dataclass
@@ -146,6 +156,9 @@ class ServeConfig:
     start: Literal["unconditional", "real"] = "unconditional"  # how contexts are first filled
     seed_data: str | None = None  # trace for start: real (a window per stream)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    # shared: the streams are slices of one network on one clock (merged output at one
+    # network's rate); per_stream: each stream its own clock (S networks, S times the rate)
+    timeline: Literal["shared", "per_stream"] = "shared"
     pace: Literal["realtime", "fast"] = "realtime"
     speed: float = field(default=1.0, metadata=_range(0.0, low_open=True))  # realtime x speed
     lag_warning_seconds: float = field(default=1.0, metadata=_range(0.0))

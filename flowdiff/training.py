@@ -20,11 +20,12 @@ from pathlib import Path
 import pandas as pd
 
 from flowdiff.artifact import Artifact, file_sha256, save_artifact
-from flowdiff.config import Config
+from flowdiff.config import Config, DataConfig
 
 log = logging.getLogger(__name__)
 
 CURVE_FILES = ("train_log.jsonl", "loss_curve.png")  # copied from the work dir into the artifact
+DENOISE_WINDOWS = 64   # validation windows of the artifact's denoising curve
 
 
 @dataclass
@@ -39,12 +40,11 @@ class TrainingReport:
     seconds: float
 
 
-def read_trace(cfg: Config, path: str | Path) -> pd.DataFrame:
+def read_trace(d: DataConfig, path: str | Path) -> pd.DataFrame:
     """The trace as a canonical table sorted by ts; with ``data.max_rows``, the first rows of
     the file only (read chunk by chunk, so a large file is not loaded whole)."""
     from flowdiff.ingest import iter_flow_chunks, read_flows
 
-    d = cfg.data
     if d.max_rows is None:
         table, _summary = read_flows(path, format=d.format, skip_bad=d.skip_bad)
         return table
@@ -61,6 +61,21 @@ def read_trace(cfg: Config, path: str | Path) -> pd.DataFrame:
     return table.sort_values("ts", kind="stable", ignore_index=True)
 
 
+def split_trace(data: DataConfig, table: pd.DataFrame, data_path: str | Path = "trace"
+                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(used, train part, validation part): ``used`` is the trace without its last
+    ``data.holdout_records`` records; its first ``1 - val_fraction`` train, the rest validate."""
+    holdout = data.holdout_records
+    if holdout:
+        if holdout >= len(table):
+            raise ValueError(f"{data_path}: data.holdout_records {holdout} leaves no records "
+                             f"to train on (the trace has {len(table)})")
+        log.info("holding out the last %d of %d records (never trained on)", holdout, len(table))
+        table = table.iloc[:len(table) - holdout]
+    cut = int(round(len(table) * (1.0 - data.val_fraction)))
+    return table, table.iloc[:cut], table.iloc[cut:]
+
+
 def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
                 work_dir: str | Path | None = None, resume: bool = False) -> TrainingReport:
     from flowdiff.codec import CodecConfig, FlowCodec
@@ -71,16 +86,8 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
     work_dir = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
     train_cfg = cfg.train or TrainConfig()
     window = cfg.window
-    table = read_trace(cfg, data_path)
+    table, train_part, val_part = split_trace(cfg.data, read_trace(cfg.data, data_path), data_path)
     holdout = cfg.data.holdout_records
-    if holdout:
-        if holdout >= len(table):
-            raise ValueError(f"{data_path}: data.holdout_records {holdout} leaves no records "
-                             f"to train on (the trace has {len(table)})")
-        log.info("holding out the last %d of %d records (never trained on)", holdout, len(table))
-        table = table.iloc[:len(table) - holdout]
-    cut = int(round(len(table) * (1.0 - cfg.data.val_fraction)))
-    train_part, val_part = table.iloc[:cut], table.iloc[cut:]
     if len(train_part) < window.length + 1:
         raise ValueError(f"{data_path}: {len(train_part)} training records, fewer than one "
                          f"window of {window.length} (context + horizon); use more data "
@@ -120,10 +127,26 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
     for name in CURVE_FILES:
         if (work_dir / name).exists():
             shutil.copy2(work_dir / name, path / name)
+    _denoise_curve(model, val_windows or train_windows, codec, path)
     return TrainingReport(artifact=path, records=len(table), train_records=len(train_part),
                           windows=len(train_windows), steps=result.steps,
                           final_loss=result.final_loss, val_loss=result.val_loss,
                           seconds=result.total_seconds)
+
+
+def _denoise_curve(model, windows, codec, path: Path) -> None:
+    """The artifact's denoising curve (docs/model.md): per field, the x0 error against the
+    noisy input's at small to large t, on up to DENOISE_WINDOWS validation windows."""
+    import numpy as np
+
+    from flowdiff.model.denoise_curve import write_denoise_curve
+
+    picks = np.linspace(0, len(windows) - 1, min(DENOISE_WINDOWS, len(windows))).round()
+    batch = np.stack([np.asarray(windows[int(i)]) for i in picks]).astype(np.float32)
+    curve = write_denoise_curve(model, batch, codec.feature_slices, path,
+                                title=f"{path.name} ({model.cfg.parameterization})")
+    log.info("denoising curve (%d windows) written to %s:\n%s", curve.windows, path,
+             curve.table())
 
 
 def _loss_history(log_path: Path) -> list[dict]:

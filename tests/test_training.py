@@ -34,7 +34,12 @@ def test_artifact_is_self_contained_with_metadata(artifact_dir):
     from flowdiff.artifact import file_sha256
 
     names = {p.name for p in artifact_dir.iterdir()}
-    assert {"artifact.json", "model.pt", "codec", "train_log.jsonl", "loss_curve.png"} <= names
+    assert {"artifact.json", "model.pt", "codec", "train_log.jsonl", "loss_curve.png",
+            "denoise_curve.json", "denoise_curve.txt", "denoise_curve.png"} <= names
+    curve = json.loads((artifact_dir / "denoise_curve.json").read_text())
+    assert set(curve["ratio"]) >= {"srcip", "dstip", "ts", "td", "all"}   # one group per field
+    assert curve["timesteps"][0] == 0 and curve["timesteps_total"] == 50
+    assert all(len(v) == len(curve["timesteps"]) for v in curve["ratio"].values())
     manifest = read_manifest(artifact_dir)
     meta = manifest["meta"]
     assert manifest["version"] == 1 and manifest["window"] == {"context": 24, "horizon": 8}

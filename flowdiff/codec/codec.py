@@ -20,6 +20,7 @@ import pandas as pd
 
 from flowdiff import __version__
 from flowdiff.atomic import write_text_atomic
+from flowdiff.codec.calibration import OutputCalibration
 from flowdiff.codec.config import CodecConfig
 from flowdiff.codec.quantile import QuantileTransform
 from flowdiff.codec.repair import ProtocolProfile
@@ -216,9 +217,22 @@ class FlowCodec:
             if getattr(transform, "draws", 0):
                 self.draw_slices[name] = slice(draws, draws + transform.draws)
                 draws += transform.draws
+        self.transform_draws = draws
+        self.calibration = None                      # OutputCalibration, set by calibrate()
         self.draws = draws
         self.reuse_fields = tuple(n for n, t in transforms.items()
                                   if isinstance(t, ReuseBitsTransform))
+
+    def set_calibration(self, calibration) -> None:
+        """Decode through ``calibration`` (an ``OutputCalibration`` fitted on this codec's
+        model's outputs; None removes it). It draws uniforms after the transforms' own."""
+        self.calibration = calibration
+        self.draws = self.transform_draws + (calibration.draws if calibration else 0)
+        for name, transform in self.transforms.items():
+            if hasattr(transform, "prior_offset"):
+                offset, temperature = (calibration.tokens.get(name, (None, None))
+                                       if calibration else (None, None))
+                transform.prior_offset, transform.temperature = offset, temperature
 
     # ------------------------------------------------------------------ fit
     @classmethod
@@ -306,12 +320,16 @@ class FlowCodec:
 
     def decode_streams(self, steps: np.ndarray, start_ts: np.ndarray,
                        rngs: list[np.random.Generator],
-                       history: dict[str, np.ndarray] | None = None) -> "StreamsDecoded":
+                       history: dict[str, np.ndarray] | None = None,
+                       chain: bool = False) -> "StreamsDecoded":
         """S streams at once: (S, H, F) floats, (S,) start times (the ts of each stream's
         record before its first one), one generator per stream for the sampled fields, and
         each reuse field's (S, K) history of earlier addresses (None: none known). Records
         come stream-major (stream 0's H records, then stream 1's, ...); stream s's records
-        are what ``decode(steps[s], start_ts[s], rngs[s])`` gives when it has no history."""
+        are what ``decode(steps[s], start_ts[s], rngs[s])`` gives when it has no history.
+        ``chain``: the streams' blocks are consecutive stretches of one timeline: stream 0
+        starts at ``start_ts[0]``, stream s right after stream s - 1's last record (the
+        other start times are ignored), so the records come in time order."""
         steps = np.asarray(steps)
         if steps.ndim != 3 or steps.shape[2] != self.width:
             raise ValueError(f"decode_streams expects an array of shape (S, H, {self.width}),"
@@ -328,6 +346,8 @@ class FlowCodec:
             array = np.where(finite, array, 0.0)
         uniforms = (np.concatenate([rng.random((horizon, self.draws)) for rng in rngs])
                     if self.draws else None)                                # (S*H, draws)
+        if self.calibration is not None:
+            array = self.calibration.apply(array, uniforms[:, self.transform_draws:])
         history = dict(history or {})
         columns: dict[str, np.ndarray] = {}
         for name, transform in self.transforms.items():
@@ -345,8 +365,11 @@ class FlowCodec:
                 columns[name], outside = transform.decode(block)
             if outside:
                 repairs[f"{name}_out_of_range"] = outside
-        columns["ts"] = self._rebuild_time(columns["ts"].reshape(n_streams, horizon),
-                                           np.asarray(start_ts, dtype=np.float64)).reshape(-1)
+        iat = columns["ts"].reshape(n_streams, horizon)                     # (S, H)
+        starts = np.asarray(start_ts, dtype=np.float64)                    # (S,)
+        if chain:  # one timeline: (1, S*H) from the first start
+            iat, starts = iat.reshape(1, -1), starts[:1]
+        columns["ts"] = self._rebuild_time(iat, starts).reshape(-1)
         for name in INTEGER_FIELDS:
             if name in columns and columns[name].dtype.kind == "f":
                 columns[name] = np.rint(columns[name]).astype(np.int64)
@@ -372,6 +395,7 @@ class FlowCodec:
             "fields": [{"name": name, "transform": t.name, "width": t.width, "state": t.state()}
                        for name, t in self.transforms.items()],
             "profile": self.profile.state(),
+            **({"calibration": self.calibration.state()} if self.calibration else {}),
         }
 
     def save(self, directory: str | Path) -> Path:
@@ -419,8 +443,11 @@ class FlowCodec:
                 raise CodecFileError(f"field {entry['name']}: width {transform.width} "
                                      f"differs from the saved {entry['width']}")
             transforms[entry["name"]] = transform
-        return cls(config, transforms, ProtocolProfile.from_state(state["profile"]),
-                   embeddings, int(state["seed"]))
+        codec = cls(config, transforms, ProtocolProfile.from_state(state["profile"]),
+                    embeddings, int(state["seed"]))
+        if state.get("calibration"):
+            codec.set_calibration(OutputCalibration.from_state(state["calibration"]))
+        return codec
 
 
 @dataclass

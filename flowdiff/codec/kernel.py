@@ -46,16 +46,22 @@ class KernelDecoder:
         self._norms = (self.vectors.astype(np.float64) ** 2).sum(axis=1)      # (V,)
         self.exact = ExactLookup(self.vectors)
 
-    def log_weights(self, queries: np.ndarray) -> np.ndarray:
-        """(n, d) -> (n, V) unnormalised log posterior, -inf beyond the cutoff."""
+    def log_weights(self, queries: np.ndarray, prior_offset: np.ndarray | None = None,
+                    temperature: float | None = None) -> np.ndarray:
+        """(n, d) -> (n, V) unnormalised log posterior, -inf beyond the cutoff;
+        ``prior_offset`` (V,) is added to the log prior and ``temperature`` replaces the
+        decoder's (both from an output calibration)."""
         q = np.asarray(queries, dtype=np.float64)
         d2 = (q ** 2).sum(axis=1)[:, None] + self._norms[None, :] - 2.0 * (q @ self.vectors.T)
         d2 = np.maximum(d2, 0.0)                                              # (n, V)
-        scale = 2.0 * self.temperature ** 2
+        scale = 2.0 * (temperature or self.temperature) ** 2
         near = d2 <= d2.min(axis=1, keepdims=True) + scale * CUTOFF           # (n, V)
-        return np.where(near, self.log_prior[None, :] - d2 / scale, -np.inf)
+        log_prior = self.log_prior if prior_offset is None else self.log_prior + prior_offset
+        return np.where(near, log_prior[None, :] - d2 / scale, -np.inf)
 
-    def decode(self, queries: np.ndarray, uniforms: np.ndarray | None = None) -> np.ndarray:
+    def decode(self, queries: np.ndarray, uniforms: np.ndarray | None = None,
+               prior_offset: np.ndarray | None = None,
+               temperature: float | None = None) -> np.ndarray:
         """(n, d) queries, (n,) uniforms in [0, 1) or None -> (n,) token rows."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         rows = self.exact.rows(queries)                                       # (n,) -1: no hit
@@ -63,7 +69,7 @@ class KernelDecoder:
         with threadpool_limits(limits=1, user_api="blas"):
             for start in range(0, missing.size, CHUNK):
                 part = missing[start:start + CHUNK]
-                logw = self.log_weights(queries[part])                        # (b, V)
+                logw = self.log_weights(queries[part], prior_offset, temperature)  # (b, V)
                 if uniforms is None:
                     rows[part] = logw.argmax(axis=1)
                     continue

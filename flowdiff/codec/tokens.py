@@ -171,6 +171,8 @@ class PortTokenTransform:
 
     def __init__(self, embedding: TokenEmbedding):
         self.table = embedding.tables[PORT]
+        self.prior_offset = None            # (V,) log-prior offsets of an output calibration
+        self.temperature = None             # and its kernel temperature (None: the table's)
         self.bits = BitsTransform(16)
         self.dim = self.table.dim
         self.width = self.dim + self.bits.width
@@ -225,7 +227,8 @@ class PortTokenTransform:
                ) -> tuple[np.ndarray, int]:
         block = np.asarray(block, dtype=np.float32)
         query = np.clip(block[:, :self.dim], 0.0, 1.0)                      # (n, d)
-        rows = self.table.decoder.decode(query, None if uniforms is None else uniforms[:, 0])
+        rows = self.table.decoder.decode(query, None if uniforms is None else uniforms[:, 0],
+                                         self.prior_offset, self.temperature)
         values = self.port_of[rows]                                         # (n,) -1: range
         ranged = values < 0
         if ranged.any():
@@ -247,6 +250,8 @@ class ProtoTokenTransform:
 
     def __init__(self, embedding: TokenEmbedding):
         self.table = embedding.tables[PROTO]
+        self.prior_offset = None            # (V,) log-prior offsets of an output calibration
+        self.temperature = None             # and its kernel temperature (None: the table's)
         self.width = self.table.dim
         self.proto_of = np.array([int(n[6:]) for n in self.table.names], dtype=np.int64)
         most_frequent = int(np.argmax(self.table.counts))
@@ -270,7 +275,8 @@ class ProtoTokenTransform:
     def decode(self, block: np.ndarray, uniforms: np.ndarray | None = None
                ) -> tuple[np.ndarray, int]:
         query = np.clip(np.asarray(block, dtype=np.float32), 0.0, 1.0)     # (n, d)
-        rows = self.table.decoder.decode(query, None if uniforms is None else uniforms[:, 0])
+        rows = self.table.decoder.decode(query, None if uniforms is None else uniforms[:, 0],
+                                         self.prior_offset, self.temperature)
         return self.proto_of[rows], 0
 
     def state(self) -> dict:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from flowdiff.config import SAMPLER_KINDS
+
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
 
@@ -22,8 +24,11 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--streams", type=int, default=1, metavar="S",
                         help="parallel streams (records interleave by stream)")
-    parser.add_argument("--sampler", choices=("guided", "replacement"), default="replacement")
-    parser.add_argument("--steps", type=int, default=10, help="sampler steps")
+    parser.add_argument("--sampler", choices=SAMPLER_KINDS,
+                        help="predict-mode sampler (default: serve's, see docs/daemon.md)")
+    parser.add_argument("--steps", type=int, help="sampler steps (default: serve's)")
+    parser.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (default 0)")
+    parser.add_argument("--churn", type=float, help="EDM churn per step, >= 0 (default 0: off)")
     parser.add_argument("--start-ts", type=float, metavar="EPOCH",
                         help="timestamp the streams start at (default: now); fixing it makes "
                              "the output byte-identical for the same seed")
@@ -32,12 +37,15 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+# option -> the serve key it sets; the config engine checks the values and names the option
+OPTION_KEYS = {"--model": "serve.model", "--streams": "serve.streams", "--seed": "serve.seed",
+               "--records": "serve.max_records", "--sampler": "serve.sampler.kind",
+               "--steps": "serve.sampler.steps", "--eta": "serve.sampler.eta",
+               "--churn": "serve.sampler.churn"}
+
+
 def _check(args: argparse.Namespace) -> list[str]:
-    errors = [f"--{n}: expected an integer >= 1, got {v}"
-              for n, v in (("records", args.records), ("streams", args.streams),
-                           ("steps", args.steps)) if v < 1]
-    if args.seed < 0:
-        errors.append(f"--seed: expected an integer >= 0, got {args.seed}")
+    errors = []
     out = args.out.lower()
     if out != "-" and not out.endswith((".jsonl", *TABLE_SUFFIXES)):
         errors.append(f"--out {args.out}: expected a name ending in .jsonl, "
@@ -60,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     from prometheus_client import CollectorRegistry
 
-    from flowdiff.config import ConfigError, ExporterConfig, parse_config
+    from flowdiff.config import ConfigError, ExporterConfig, Problems, parse_config
     from flowdiff.daemon.service import Service, StopFlag
     from flowdiff.exporters.table import TableSink
     from flowdiff.exporters.stdout import JsonLinesExporter
@@ -71,10 +79,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     raw = {"serve": {"model": args.model, "streams": args.streams, "seed": args.seed,
                      "pace": "fast", "max_records": args.records,
-                     "sampler": {"kind": args.sampler, "steps": args.steps}},
+                     "sampler": {k: v for k, v in (("kind", args.sampler), ("steps", args.steps),
+                                                   ("eta", args.eta), ("churn", args.churn))
+                                 if v is not None}},
            "metrics": {"enabled": False}}
+    problems = Problems("command line", origins={key: option for option, key in OPTION_KEYS.items()})
     try:
-        cfg = parse_config(raw, "command line")
+        cfg = parse_config(raw, "command line", problems=problems)
+        problems.raise_if_any()
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -93,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
         result = Service(cfg, StopFlag(), registry=registry, clock=clock,
                          exporters=[(ExporterConfig(kind="generate", name="out"), exporter)]
                          ).run()
+    except ConfigError as exc:  # e.g. more sampler steps than the model has (before any record)
+        print(str(exc), file=sys.stderr)
+        return 2
     finally:
         if handle is not None:
             handle.close()

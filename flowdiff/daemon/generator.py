@@ -1,13 +1,15 @@
 """Endless generation: S parallel streams, each with a rolling context of C encoded steps.
 
 Each ``step()`` runs the model's predict mode on all streams at once (the batch dimension),
-decodes the H new steps of every stream to flow records starting at that stream's clock
-(``codec.decode_streams``, with each stream's history of recent addresses for the codec's
-reuse fields), stamps ``stream_id`` and a per-stream ``seq``, appends the new steps to the
-contexts and slides them. Stream i draws all its noise from its own ``torch.Generator``
-seeded with ``seed + i`` — the model's noise and, through a seed drawn from it each turn,
-the codec's sampled decoding — so a stream's records do not depend on how many other
-streams run, and a saved generator state resumes them exactly.
+decodes the H new steps of every stream to flow records (``codec.decode_streams``, with
+each stream's history of recent addresses for the codec's reuse fields), stamps
+``stream_id`` and a per-stream ``seq``, appends the new steps to the contexts and slides
+them. Time (``TIMELINES``): by default the streams are slices of one network, their blocks
+laid one after the other on one clock; ``per_stream`` gives each stream its own clock.
+Stream i draws all its noise from its own ``torch.Generator`` seeded with ``seed + i`` —
+the model's noise and, through a seed drawn from it each turn, the codec's sampled
+decoding — so a stream's records (all but their timestamps on the shared timeline) do not
+depend on how many other streams run, and a saved generator state resumes them exactly.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ from flowdiff.daemon.state import StreamState
 log = logging.getLogger(__name__)
 
 
+# How the streams' records share time. "shared": one timeline, the streams' blocks of H
+# records follow each other in every turn (stream 0's, then stream 1's, ...), so the merged
+# output has one network's flow rate and each block keeps its own host reuse and bursts;
+# "per_stream": every stream has its own clock from the same start, so the merged output
+# interleaves S networks at S times the rate.
+TIMELINES = ("shared", "per_stream")
+
+
 @dataclass
 class Turn:
     """What one ``step()`` produced."""
@@ -37,7 +47,7 @@ class Turn:
 
 class StreamGenerator:
     def __init__(self, model, codec, sampler, *, context: int, horizon: int, streams: int,
-                 seed: int, device: str = "cpu"):
+                 seed: int, device: str = "cpu", timeline: str = "shared"):
         self.model = model
         self.codec = codec
         self.sampler = sampler
@@ -46,6 +56,9 @@ class StreamGenerator:
         self.streams = streams
         self.seed = seed
         self.device = device
+        if timeline not in TIMELINES:
+            raise ValueError(f"timeline: expected one of {TIMELINES}, got {timeline!r}")
+        self.timeline = timeline
         self.rngs = [torch.Generator(device=device).manual_seed(seed + i) for i in range(streams)]
         self.contexts: torch.Tensor | None = None  # (S, C, F)
         self.next_seq = torch.zeros(streams, dtype=torch.int64)  # (S,)
@@ -101,24 +114,31 @@ class StreamGenerator:
         if self.contexts is None:
             raise RuntimeError("StreamGenerator.step() before a start_* or restore() call")
         t0 = time.perf_counter()
-        new = self.model.predict(self.contexts, self.horizon, self.sampler, self.rngs)  # (S, H, F)
-        new = new.detach().clamp(0.0, 1.0)  # (S, H, F)
+        new = self.predict()  # (S, H, F)
         predict_seconds = time.perf_counter() - t0
         decode_seeds = self._decode_seeds()
         records, repairs = self._decode(new.cpu().numpy(), decode_seeds)  # (S, H, F) -> S*H
-        # slide: drop the oldest H steps, append the new ones
-        self.contexts = torch.cat([self.contexts, new], dim=1)[:, -self.context:, :]  # (S, C, F)
         self.turns += 1
         counts = np.full(self.streams, self.horizon, dtype=np.int64)
         return Turn(records=records, stream_counts=counts, repairs=repairs,
                     predict_seconds=predict_seconds, decode_seeds=decode_seeds)
+
+    def predict(self) -> torch.Tensor:
+        """The model half of a turn: the next H encoded steps of every stream (S, H, F) in
+        [0, 1], appended to the contexts (the oldest H steps drop out). Not decoded."""
+        new = self.model.predict(self.contexts, self.horizon, self.sampler, self.rngs)
+        new = new.detach().clamp(0.0, 1.0)  # (S, H, F)
+        self.contexts = torch.cat([self.contexts, new], dim=1)[:, -self.context:, :]  # (S, C, F)
+        return new
 
     def _decode(self, steps: np.ndarray, seeds: list[int]) -> tuple[pd.DataFrame, dict]:
         """Decode all streams in ONE codec call (the per-call overhead dominates small
         blocks); stream s's records start at its own clock and continue its history."""
         n_streams, horizon, _ = steps.shape
         rngs = [np.random.default_rng(seed) for seed in seeds]
-        decoded = self.codec.decode_streams(steps, self.clocks.numpy(), rngs, self.history)
+        shared = self.timeline == "shared"
+        start = np.full(n_streams, self.clocks.numpy().max()) if shared else self.clocks.numpy()
+        decoded = self.codec.decode_streams(steps, start, rngs, self.history, chain=shared)
         table = decoded.result.table
         if len(table) != n_streams * horizon:
             raise RuntimeError(f"codec returned {len(table)} records for "
@@ -127,7 +147,8 @@ class StreamGenerator:
         seq = self.next_seq.numpy()[:, None] + np.arange(horizon)  # (S, H)
         table = table.assign(stream_id=np.repeat(np.arange(n_streams, dtype=np.int32), horizon),
                              seq=seq.reshape(-1).astype(np.int64))
-        self.clocks = torch.from_numpy(np.maximum(ts[:, -1], self.clocks.numpy()))  # (S,)
+        last = np.full(n_streams, ts.max()) if shared else ts[:, -1]       # (S,)
+        self.clocks = torch.from_numpy(np.maximum(last, self.clocks.numpy()))  # (S,)
         self.history = decoded.history
         self.next_seq += horizon
         return table, {k: int(v) for k, v in decoded.result.repairs.items() if v}

@@ -25,8 +25,8 @@ import os
 import socket
 from pathlib import Path
 
-from flowdiff.config import (Config, ConfigError, Problems, load_config, parse_address_list,
-                             parse_host_port)
+from flowdiff.config import (Config, ConfigError, Problems, SamplerConfig, load_config,
+                             parse_address_list, parse_host_port)
 
 SUPPORTED_DEVICES = ("cpu", "cuda", "mps")
 
@@ -157,21 +157,22 @@ def _check_exporter(path: str, options, problems: Problems) -> None:
             problems.add(f"{path}.{key}", problem)
 
 
-def sampler_problem(kind: str, steps: int, timesteps: int) -> str | None:
-    """None when sampler ``kind`` with ``steps`` runs on a model of ``timesteps`` diffusion
-    steps (the daemon's predict turns and its unconditional start), else the problem."""
+def sampler_problem(sampler: SamplerConfig, timesteps: int) -> str | None:
+    """None when the configured sampler runs on a model of ``timesteps`` diffusion steps
+    (the daemon's predict turns, and its unconditional start: ddim with the same steps),
+    else the problem."""
     from flowdiff.model import SamplerError, make_sampler
 
-    for name in (kind, "ddim"):  # ddim: the unconditional start uses the same steps
-        try:
-            make_sampler(name, steps=steps).set_timesteps(timesteps)
-        except SamplerError as exc:
-            return str(exc)
+    try:
+        for made in (sampler.make(), make_sampler("ddim", steps=sampler.steps)):
+            made.set_timesteps(timesteps)
+    except SamplerError as exc:
+        return str(exc)
     return None
 
 
 def check_sampler(cfg: Config, timesteps: int, problems: Problems) -> None:
-    problem = sampler_problem(cfg.serve.sampler.kind, cfg.serve.sampler.steps, timesteps)
+    problem = sampler_problem(cfg.serve.sampler, timesteps)
     if problem:
         problems.add("serve.sampler.steps", problem)
 

@@ -149,7 +149,6 @@ class Service:
 
         from flowdiff.artifact import load_artifact, resolve_model_dir
         from flowdiff.daemon.preflight import check_sampler
-        from flowdiff.model import make_sampler
 
         s = self.cfg.serve
         if s.threads:
@@ -165,9 +164,10 @@ class Service:
             check_sampler(self.cfg, artifact.model.process.timesteps, problems)
             problems.raise_if_any()  # before READY, as `flowdiff config check` reports it
             gen = StreamGenerator(artifact.model, artifact.codec,
-                                  make_sampler(s.sampler.kind, steps=s.sampler.steps),
+                                  s.sampler.make(),
                                   context=artifact.context, horizon=artifact.horizon,
-                                  streams=s.streams, seed=s.seed, device=s.device)
+                                  streams=s.streams, seed=s.seed, device=s.device,
+                                  timeline=s.timeline)
             fingerprint = state_fingerprint(artifact, s)
             self._start_streams(gen, artifact, fingerprint)
             self._publish_info(artifact)

@@ -22,10 +22,12 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from flowdiff.atomic import write_atomic_via
+from flowdiff.atomic import write_atomic_via, write_text_atomic
 from flowdiff.model.diffusion_ts import DiffusionTS, to_model_space
 
 ALL = "all"   # the group of every feature, always reported
+DEFAULT_FRACTIONS = (0.0, 0.002, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.9)   # of T
+FILES = ("denoise_curve.json", "denoise_curve.txt", "denoise_curve.png")
 
 
 @dataclass
@@ -163,3 +165,31 @@ def plot_denoise_curve(curve: DenoiseCurve, path: str | Path, title: str = "") -
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic_via(path, lambda name: fig.savefig(name, dpi=100))
     plt.close(fig)
+
+
+def default_timesteps(total: int) -> list[int]:
+    """The timesteps at ``DEFAULT_FRACTIONS`` of T (distinct, in [0, T-1])."""
+    return sorted({min(int(f * total), total - 1) for f in DEFAULT_FRACTIONS})
+
+
+def spread_subset(windows, count: int):
+    """At most ``count`` windows evenly spaced over the set (every period represented)."""
+    if len(windows) <= count:
+        return windows
+    return windows[np.linspace(0, len(windows) - 1, count).round().astype(int)]
+
+
+def write_denoise_curve(model: DiffusionTS, windows, groups: Mapping[str, slice] | None,
+                        out_dir: str | Path, title: str = "", seed: int = 0) -> DenoiseCurve:
+    """Compute the curve at the default timesteps and write ``FILES`` into ``out_dir``
+    (JSON, the text table, the plot)."""
+    import json
+
+    curve = denoising_curve(model, windows, default_timesteps(model.cfg.timesteps), groups,
+                            seed=seed)
+    out_dir = Path(out_dir)
+    write_text_atomic(out_dir / FILES[0], json.dumps(
+        {"parameterization": model.cfg.parameterization, **curve.to_dict()}, indent=1) + "\n")
+    write_text_atomic(out_dir / FILES[1], curve.table() + "\n")
+    plot_denoise_curve(curve, out_dir / FILES[2], title=title)
+    return curve

@@ -1,0 +1,175 @@
+"""Output calibration (flowdiff.codec.calibration): each part against what it must do on
+crafted model outputs, the round trip through codec.json, the `flowdiff calibrate` command
+on a real tiny artifact; plus the daemon's shared timeline and the training hold-out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flowdiff.cli import main
+from flowdiff.codec import FlowCodec
+from flowdiff.codec.calibration import OutputCalibration, fit_biases, fit_token_offsets
+from flowdiff.codec.kernel import KernelDecoder
+
+
+def test_bias_fit_brings_argmax_frequencies_to_the_target():
+    rng = np.random.default_rng(0)
+    outputs = rng.random((20_000, 4)) * np.array([1.0, 0.6, 0.5, 0.4])  # class 0 wins 60%+
+    target = np.array([0.25, 0.3, 0.25, 0.2])
+    before = np.bincount(outputs.argmax(1), minlength=4) / len(outputs)
+    bias = fit_biases(outputs, target)
+    after = np.bincount((outputs + bias).argmax(1), minlength=4) / len(outputs)
+    assert np.abs(before - target).sum() > 0.3
+    assert np.abs(after - target).sum() < 0.01
+
+
+def test_token_offsets_match_expected_frequencies():
+    vectors = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    decoder = KernelDecoder(vectors, counts=np.array([10, 10, 10]), temperature=0.5)
+    rng = np.random.default_rng(1)
+    queries = np.clip(rng.normal([0.3, 0.3], 0.3, size=(5_000, 2)), 0, 1)
+    target = np.array([0.2, 0.5, 0.3])
+    offset = fit_token_offsets(decoder, queries, target)
+    logw = decoder.log_weights(queries, offset)
+    weights = np.exp(logw - logw.max(1, keepdims=True))
+    expected = (weights / weights.sum(1, keepdims=True)).mean(0)
+    assert np.abs(expected - target).sum() < 0.01
+    drawn = decoder.decode(queries.astype(np.float32), rng.random(len(queries)), offset)
+    assert np.abs(np.bincount(drawn, minlength=3) / len(drawn) - target).sum() < 0.05
+
+
+@pytest.fixture(scope="module")
+def codec_and_records():
+    from conftest import shared_file
+
+    from flowdiff.ingest import read_flows
+
+    table, _ = read_flows(shared_file("ugr16/ugr16_sample_20k.csv"))
+    table = table.iloc[:4000].reset_index(drop=True)
+    return FlowCodec.fit(table), table
+
+
+def _skewed_outputs(codec, reference, seed=0):
+    """Model-like outputs: the reference rows with the number fields squeezed toward the
+    top and every reuse code pushed to 'new' (what an uncalibrated model does)."""
+    rng = np.random.default_rng(seed)
+    outputs = reference.astype(np.float64).copy()
+    for name in ("td", "pkt", "byt", "ts"):
+        col = codec.feature_slices[name].start
+        outputs[:, col] = np.clip(0.5 + 0.5 * outputs[:, col] + rng.normal(0, 0.02, len(outputs)), 0, 1)
+        outputs[rng.random(len(outputs)) < 0.05, col] = 1.0          # a mass on the edge
+    for name in codec.reuse_fields:
+        start = codec.feature_slices[name].start
+        stop = start + codec.transforms[name].depth + 1
+        block = 0.4 * outputs[:, start:stop] + rng.uniform(0, 0.1, (len(outputs), stop - start))
+        block[:, 0] += 0.45                                          # 'new' mostly wins
+        repeated = outputs[:, start:stop].argmax(1) > 0
+        outputs[:, start:stop] = block
+        # a repeat's own address bits carry nothing (the model need not write them)
+        bits = slice(stop, codec.feature_slices[name].stop)
+        outputs[repeated, bits] = rng.random((int(repeated.sum()), 32))
+    return outputs
+
+
+def test_calibration_maps_numbers_and_reuse_codes_onto_the_training_distribution(codec_and_records):
+    codec, table = codec_and_records
+    reference = codec.encode(table)
+    outputs = _skewed_outputs(codec, reference)
+    calibration = OutputCalibration.fit(codec, outputs, reference)
+    mapped = calibration.apply(outputs, np.random.default_rng(2).random((len(outputs), calibration.draws)))
+    for name in ("td", "pkt", "byt", "ts"):
+        col = codec.feature_slices[name].start
+        raw_gap = np.abs(np.sort(outputs[:, col]) - np.sort(reference[:, col])).mean()
+        gap = np.abs(np.sort(mapped[:, col]) - np.sort(reference[:, col])).mean()
+        assert gap < 0.01 < raw_gap, (name, gap, raw_gap)
+        # ranks are kept: off the tied edge the map is monotone in the output
+        untied = outputs[:, col] < 1.0
+        order = np.argsort(outputs[untied, col], kind="stable")
+        assert (np.diff(mapped[untied, col][order]) >= -1e-12).all(), name
+    for name in codec.reuse_fields:
+        start = codec.feature_slices[name].start
+        stop = start + codec.transforms[name].depth + 1
+        real = (reference[:, start:stop].argmax(1) == 0).mean()
+        assert (outputs[:, start:stop].argmax(1) == 0).mean() > real + 0.2
+        assert abs((mapped[:, start:stop].argmax(1) == 0).mean() - real) < 0.01
+
+
+def test_calibrated_codec_round_trips_through_codec_json_and_decodes_reproducibly(codec_and_records, tmp_path):
+    codec, table = codec_and_records
+    reference = codec.encode(table)
+    outputs = _skewed_outputs(codec, reference, seed=3)
+    codec_copy = FlowCodec.load(codec.save(tmp_path / "a"))
+    codec_copy.set_calibration(OutputCalibration.fit(codec_copy, outputs, reference,
+                                                     meta={"sampler": {"kind": "ddim"}}))
+    loaded = FlowCodec.load(codec_copy.save(tmp_path / "b"))
+    assert loaded.calibration is not None and loaded.draws == codec_copy.draws > codec.draws
+    block = outputs[:500].astype(np.float32)
+    a = codec_copy.decode(block, 1.46e9, rng=np.random.default_rng(5)).table
+    b = loaded.decode(block, 1.46e9, rng=np.random.default_rng(5)).table
+    pd.testing.assert_frame_equal(a, b)
+    plain = codec.decode(block, 1.46e9, rng=np.random.default_rng(5)).table
+    # the calibrated decode repeats hosts about as the training records do; the plain one
+    # almost never (the 'new' code wins and a repeat's bits are noise)
+    real = (table["srcip"].to_numpy()[1:500] == table["srcip"].to_numpy()[:499]).mean()
+    repeats = lambda t: (t["srcip"].to_numpy()[1:] == t["srcip"].to_numpy()[:-1]).mean()  # noqa: E731
+    assert real - repeats(plain) > 0.05
+    assert abs(repeats(a) - real) < 0.03
+    loaded.set_calibration(None)
+    pd.testing.assert_frame_equal(loaded.decode(block, 1.46e9, rng=np.random.default_rng(5)).table, plain)
+
+
+def test_flowdiff_calibrate_writes_the_calibration_into_the_artifact(tiny_model, ugr16_sample, tmp_path, capsys):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    assert main(["calibrate", "--model", str(model), "--data", str(ugr16_sample), "--turns", "3",
+                 "--streams", "2", "--sampler", "conditional", "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated" in out and "srcip" in out
+    state = json.loads((model / "codec" / "codec.json").read_text())
+    calibration = state["calibration"]
+    assert calibration["meta"]["sampler"] == {"kind": "conditional", "steps": 3}
+    assert calibration["meta"]["records"] == 2 * 3 * 8          # streams x turns x horizon
+    assert set(calibration["biases"]) >= {"srcip", "dstip"}
+    # generating from the calibrated artifact works and is reproducible
+    runs = []
+    for name in ("x", "y"):
+        path = tmp_path / f"{name}.jsonl"
+        assert main(["generate", "--model", str(model), "--records", "40", "--seed", "3",
+                     "--start-ts", "1460390400", "--sampler", "conditional", "--steps", "3",
+                     "--out", str(path)]) == 0
+        runs.append(path.read_bytes())
+    assert runs[0] == runs[1] and runs[0].count(b"\n") == 40
+    assert main(["calibrate", "--model", str(model), "--data", str(ugr16_sample),
+                 "--turns", "0"]) == 2
+
+
+def test_streams_on_the_shared_timeline_follow_each_other(tiny_model, tmp_path):
+    """Merged output of 3 streams: in time order, each turn's blocks back to back; the
+    per-stream timeline interleaves them from one start."""
+    shared = tmp_path / "shared.jsonl"
+    assert main(["generate", "--model", str(tiny_model), "--records", "48", "--streams", "3",
+                 "--seed", "1", "--start-ts", "1460390400", "--out", str(shared)]) == 0
+    records = pd.read_json(shared, lines=True)
+    assert len(records) == 48
+    assert (np.diff(records["ts"].to_numpy()) >= 0).all()          # generation order = time order
+    blocks = records["stream_id"].to_numpy().reshape(-1, 8)        # horizon 8
+    assert (blocks == blocks[:, :1]).all()
+    assert list(blocks[:, 0]) == [0, 1, 2, 0, 1, 2]
+
+
+def test_holdout_records_are_never_trained_on(ugr16_sample, tmp_path):
+    from flowdiff.config import DataConfig
+    from flowdiff.training import read_trace, split_trace
+
+    data = DataConfig(max_rows=1000, val_fraction=0.1, holdout_records=200)
+    table = read_trace(data, ugr16_sample)
+    used, train, val = split_trace(data, table, ugr16_sample)
+    assert len(used) == 800 and len(train) == 720 and len(val) == 80
+    assert train["ts"].max() <= val["ts"].min() <= table["ts"].iloc[800]
+    with pytest.raises(ValueError, match="holdout_records 1000 leaves no records"):
+        split_trace(DataConfig(holdout_records=1000), table, "trace.csv")
