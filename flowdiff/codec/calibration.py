@@ -18,6 +18,14 @@ records, and undoes them before decoding:
 * **tokens** (``word2vec`` ports and protocol, decoded by sampling the kernel posterior of
   flowdiff.codec.kernel): a log-prior offset per token, fitted (EM-style fixed point) so that
   the expected token frequencies over the model's outputs match the training ones.
+* **addresses** (the 32 bits of ``reuse_bits`` fields): a model writes a frequent host's 32
+  bits with a few of them off, which decodes to an address nobody uses (the heavy hitters
+  dissolve into thousands of invented hosts). The training addresses seen at least
+  ``ADDRESS_MIN_COUNT`` times form a vocabulary; an output whose rounded bits are not in it
+  moves to a vocabulary address (sampled by ``count * exp(-d^2 / 2 tau^2)`` over the soft
+  bit distance d, tau = ``ADDRESS_TAU``) when that is at most ``threshold`` further than its
+  own rounded bits. The threshold is fitted so the share of records on vocabulary addresses
+  matches the training share; the rest keep their own (new) address.
 * **arg-max blocks** (the reuse code of ``reuse_bits`` addresses, ``onehot`` fields): an
   additive bias per class, fitted so that the arg-max class frequencies over the model's
   outputs match the training frequencies (prior correction).
@@ -61,6 +69,103 @@ TOKEN_LIMIT = 12.0          # |log-prior offset| bound
 TOKEN_SAMPLE = 10_000       # model outputs used for the token fit
 TOKEN_TEMPERATURES = (0.1, 0.15, 0.2, 0.3, 0.4)   # kernel widths tried beyond the decoder's own
 TOKEN_TOLERANCE = 0.1       # L1 error of the token frequencies that is good enough
+
+
+ADDRESS_MIN_COUNT = 20      # a training address seen this often is in the vocabulary
+ADDRESS_TAU = 0.5           # kernel width over the soft bit distance (bits in [0, 1])
+ADDRESS_CHUNK = 4096
+
+
+def address_bits(values: np.ndarray) -> np.ndarray:
+    """(n,) IPv4 integers -> (n, 32) float bits, most significant first."""
+    shifts = np.arange(31, -1, -1, dtype=np.int64)
+    return ((np.asarray(values, np.int64)[:, None] >> shifts) & 1).astype(np.float64)
+
+
+def bits_address(bits: np.ndarray) -> np.ndarray:
+    """(n, 32) bits (rounded at 0.5) -> (n,) IPv4 integers."""
+    weights = (1 << np.arange(31, -1, -1, dtype=np.int64))
+    return ((np.asarray(bits) > 0.5).astype(np.int64) * weights).sum(axis=1)
+
+
+class AddressVocabulary:
+    """Frequent training addresses and the snapping rule above."""
+
+    def __init__(self, addresses: np.ndarray, counts: np.ndarray, threshold: float):
+        self.addresses = np.asarray(addresses, np.int64)                     # (V,)
+        self.counts = np.asarray(counts, np.float64)                         # (V,)
+        self.threshold = float(threshold)
+        self.vectors = address_bits(self.addresses)                          # (V, 32)
+        self._norms = (self.vectors ** 2).sum(axis=1)
+        self._log_counts = np.log(self.counts)
+
+    @classmethod
+    def from_reference(cls, addresses: np.ndarray) -> "AddressVocabulary":
+        values, counts = np.unique(np.asarray(addresses, np.int64), return_counts=True)
+        keep = counts >= ADDRESS_MIN_COUNT
+        return cls(values[keep], counts[keep], threshold=-np.inf)
+
+    def margins(self, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 32) soft bits -> (known (n,) bool: rounded bits are a vocabulary address,
+        margin (n,): nearest vocabulary distance^2 minus the rounded bits' distance^2)."""
+        known = np.isin(bits_address(bits), self.addresses)
+        own = ((bits - (bits > 0.5)) ** 2).sum(axis=1)
+        nearest = np.empty(len(bits))
+        for start in range(0, len(bits), ADDRESS_CHUNK):
+            part = bits[start:start + ADDRESS_CHUNK]
+            d2 = (part ** 2).sum(1)[:, None] + self._norms[None, :] - 2.0 * part @ self.vectors.T
+            nearest[start:start + ADDRESS_CHUNK] = d2.min(axis=1)
+        return known, nearest - own
+
+    def snap(self, bits: np.ndarray, uniforms: np.ndarray | None) -> np.ndarray:
+        """(n, 32) soft bits -> copy with the snapped rows set to their address's bits."""
+        bits = np.array(bits, dtype=np.float64)
+        if not len(self.addresses) or not np.isfinite(self.threshold):
+            return bits
+        known, margin = self.margins(bits)
+        rows = np.flatnonzero(~known & (margin <= self.threshold))
+        scale = 2.0 * ADDRESS_TAU ** 2
+        for start in range(0, len(rows), ADDRESS_CHUNK):
+            part = rows[start:start + ADDRESS_CHUNK]
+            q = bits[part]
+            d2 = np.maximum((q ** 2).sum(1)[:, None] + self._norms[None, :]
+                            - 2.0 * q @ self.vectors.T, 0.0)                  # (b, V)
+            logw = self._log_counts[None, :] - d2 / scale
+            near = d2 <= d2.min(axis=1, keepdims=True) + scale * np.log(1e3)
+            weights = np.where(near, np.exp(logw - logw.max(axis=1, keepdims=True)), 0.0)
+            cumulative = np.cumsum(weights, axis=1)
+            draw = 0.5 if uniforms is None else uniforms[part, None]
+            picked = np.minimum((cumulative <= draw * cumulative[:, -1:]).sum(axis=1),
+                                len(self.addresses) - 1)
+            bits[part] = self.vectors[picked]
+        return bits
+
+    def state(self) -> dict:
+        return {"addresses": self.addresses.tolist(), "counts": self.counts.astype(int).tolist(),
+                "threshold": self.threshold if np.isfinite(self.threshold) else None}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "AddressVocabulary":
+        threshold = state.get("threshold")
+        return cls(state["addresses"], state["counts"],
+                   -np.inf if threshold is None else threshold)
+
+
+def fit_address_vocabulary(outputs_bits: np.ndarray, new_rows: np.ndarray,
+                           reference_addresses: np.ndarray, reference_new: np.ndarray
+                           ) -> tuple[AddressVocabulary, dict]:
+    """The vocabulary of the training addresses and the threshold that gives the model's
+    'new'-coded outputs the training share of vocabulary addresses."""
+    vocabulary = AddressVocabulary.from_reference(reference_addresses)
+    target = float(np.isin(reference_addresses[reference_new], vocabulary.addresses).mean())
+    known, margin = vocabulary.margins(outputs_bits[new_rows])
+    natural = float(known.mean()) if len(known) else 0.0
+    extra = (target - natural) / max(1.0 - natural, EPS)
+    if extra > 0 and (~known).any():
+        vocabulary.threshold = float(np.quantile(margin[~known], min(extra, 1.0)))
+    return vocabulary, {"vocabulary": int(len(vocabulary.addresses)),
+                        "training_share": round(target, 4), "model_share": round(natural, 4),
+                        "threshold": vocabulary.threshold if np.isfinite(vocabulary.threshold) else None}
 
 
 def token_fields(codec) -> dict[str, int]:
@@ -125,7 +230,7 @@ def fit_biases(outputs: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 class OutputCalibration:
     def __init__(self, numeric: dict, biases: dict, meta: dict | None = None,
-                 tokens: dict | None = None):
+                 tokens: dict | None = None, addresses: dict | None = None):
         # field -> (column, model quantiles (GRID,), training quantiles (GRID,))
         self.numeric = {k: (int(c), np.asarray(mq, np.float64), np.asarray(rq, np.float64))
                         for k, (c, mq, rq) in numeric.items()}
@@ -135,8 +240,11 @@ class OutputCalibration:
         # field -> (V,) log-prior offsets of its token decoder
         self.tokens = {k: (np.asarray(v, np.float64), float(t))
                        for k, (v, t) in (tokens or {}).items()}
+        # field -> ((start, stop) of its 32 bits, AddressVocabulary)
+        self.addresses = {k: (tuple(span), vocab) for k, (span, vocab) in (addresses or {}).items()}
         self.meta = dict(meta or {})
-        self.draws = len(self.numeric)      # uniform numbers per record used by ``apply``
+        # uniform numbers per record used by ``apply``: one per number field, one per address
+        self.draws = len(self.numeric) + len(self.addresses)
 
     @classmethod
     def fit(cls, codec, outputs: np.ndarray, reference: np.ndarray,
@@ -185,9 +293,21 @@ class OutputCalibration:
                             "training": _top(np.sort(target)[::-1]),
                             "model": _top(before[np.argsort(-target)]),
                             "calibrated": _top(after[np.argsort(-target)])}
+        addresses = {}
+        for name in codec.reuse_fields:
+            field_start = codec.feature_slices[name].start
+            code_stop = field_start + codec.transforms[name].depth + 1
+            span = (code_stop, codec.feature_slices[name].stop)
+            _, _, bias = biases[name]
+            new_rows = (outputs[:, field_start:code_stop] + bias).argmax(axis=1) == 0
+            reference_new = reference[:, field_start:code_stop].argmax(axis=1) == 0
+            vocabulary, report[f"{name}_addresses"] = fit_address_vocabulary(
+                outputs[:, span[0]:span[1]], new_rows,
+                bits_address(reference[:, span[0]:span[1]]), reference_new)
+            addresses[name] = (span, vocabulary)
         meta = dict(meta or {})
         meta.update(records=int(len(outputs)), argmax_frequencies=report)
-        return cls(numeric, biases, meta, tokens)
+        return cls(numeric, biases, meta, tokens, addresses)
 
     def apply(self, array: np.ndarray, uniforms: np.ndarray | None) -> np.ndarray:
         """(n, F) outputs, (n, draws) uniforms in [0, 1) -> (n, F) calibrated copy."""
@@ -204,19 +324,39 @@ class OutputCalibration:
             out[:, column] = np.interp(p, np.linspace(0.0, 1.0, GRID), train_q)
         for start, stop, bias in self.biases.values():
             out[:, start:stop] += bias
+        for i, ((start, stop), vocabulary) in enumerate(self.addresses.values()):
+            draws = None if uniforms is None else uniforms[:, len(self.numeric) + i]
+            out[:, start:stop] = vocabulary.snap(out[:, start:stop], draws)
         return out
+
+    PARTS = ("numbers", "reuse", "tokens", "addresses")
+
+    def subset(self, parts) -> "OutputCalibration":
+        """A copy with only some of ``PARTS`` (for ablations): numbers = the quantile maps,
+        reuse = the arg-max biases, tokens = the token offsets, addresses = the snapping."""
+        unknown = set(parts) - set(self.PARTS)
+        if unknown:
+            raise ValueError(f"calibration parts: expected some of {self.PARTS}, got {sorted(unknown)}")
+        return OutputCalibration(self.numeric if "numbers" in parts else {},
+                                 self.biases if "reuse" in parts else {}, self.meta,
+                                 self.tokens if "tokens" in parts else {},
+                                 self.addresses if "addresses" in parts else {})
 
     def state(self) -> dict:
         return {"numeric": {k: [c, mq.tolist(), rq.tolist()] for k, (c, mq, rq) in self.numeric.items()},
                 "biases": {k: [a, b, v.tolist()] for k, (a, b, v) in self.biases.items()},
                 "tokens": {k: [v.tolist(), t] for k, (v, t) in self.tokens.items()},
+                "addresses": {k: [list(span), vocab.state()]
+                              for k, (span, vocab) in self.addresses.items()},
                 "meta": self.meta}
 
     @classmethod
     def from_state(cls, state: dict) -> "OutputCalibration":
         return cls({k: tuple(v) for k, v in state["numeric"].items()},
                    {k: tuple(v) for k, v in state["biases"].items()}, state.get("meta"),
-                   state.get("tokens"))
+                   state.get("tokens"),
+                   {k: (span, AddressVocabulary.from_state(v))
+                    for k, (span, v) in state.get("addresses", {}).items()})
 
 
 def _expected(decoder, queries: np.ndarray, offset: np.ndarray | None,

@@ -115,9 +115,13 @@ class StreamGenerator:
             raise RuntimeError("StreamGenerator.step() before a start_* or restore() call")
         t0 = time.perf_counter()
         new = self.predict()  # (S, H, F)
-        predict_seconds = time.perf_counter() - t0
+        return self.decode_turn(new.cpu().numpy(), time.perf_counter() - t0)
+
+    def decode_turn(self, steps: np.ndarray, predict_seconds: float = 0.0) -> Turn:
+        """The codec half of a turn: (S, H, F) predicted steps -> the turn's records (draws
+        this turn's decoding seeds from the streams' generators, advances clocks and seq)."""
         decode_seeds = self._decode_seeds()
-        records, repairs = self._decode(new.cpu().numpy(), decode_seeds)  # (S, H, F) -> S*H
+        records, repairs = self._decode(steps, decode_seeds)  # (S, H, F) -> S*H
         self.turns += 1
         counts = np.full(self.streams, self.horizon, dtype=np.int64)
         return Turn(records=records, stream_counts=counts, repairs=repairs,
