@@ -578,10 +578,13 @@ def apply_overrides(raw, overrides: dict[str, tuple[str, Any]] | None,
     for dotted, (option, value) in (overrides or {}).items():
         if value is None or not isinstance(raw, dict):
             continue
-        section, _, key = dotted.partition(".")
-        if not isinstance(raw.get(section), dict):
-            raw[section] = {}
-        raw[section][key] = value
+        *parents, key = dotted.split(".")
+        node = raw
+        for name in parents:  # serve.sampler.steps: create the mappings on the way
+            if not isinstance(node.get(name), dict):
+                node[name] = {}
+            node = node[name]
+        node[key] = value
         origins[dotted] = option
         lines.pop(dotted, None)
     return origins
@@ -594,8 +597,9 @@ def load_config(path: str | Path | None,
     ``path`` None: the built-in defaults. ``overrides`` (see ``apply_overrides``) are checked
     with the file's values; a bad one is named by its option. Relative paths inside the file
     (data, model, state_dir, seed_data) stay as written."""
-    if path is None:
-        raw, lines, source = {}, {}, "<defaults>"
+    if path is None:  # the defaults, with what the command line set
+        given = any(value is not None for _option, value in (overrides or {}).values())
+        raw, lines, source = {}, {}, "command line" if given else "<defaults>"
     else:
         raw, lines = read_yaml(path)
         source = str(path)

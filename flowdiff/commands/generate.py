@@ -37,13 +37,6 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-# option -> the serve key it sets; the config engine checks the values and names the option
-OPTION_KEYS = {"--model": "serve.model", "--streams": "serve.streams", "--seed": "serve.seed",
-               "--records": "serve.max_records", "--sampler": "serve.sampler.kind",
-               "--steps": "serve.sampler.steps", "--eta": "serve.sampler.eta",
-               "--churn": "serve.sampler.churn"}
-
-
 def _check(args: argparse.Namespace) -> list[str]:
     errors = []
     out = args.out.lower()
@@ -68,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     from prometheus_client import CollectorRegistry
 
-    from flowdiff.config import ConfigError, ExporterConfig, Problems, parse_config
+    from flowdiff.config import ConfigError, ExporterConfig, load_config
     from flowdiff.daemon.service import Service, StopFlag
     from flowdiff.exporters.table import TableSink
     from flowdiff.exporters.stdout import JsonLinesExporter
@@ -77,16 +70,15 @@ def run(args: argparse.Namespace) -> int:
     if errors:
         print("\n".join(errors), file=sys.stderr)
         return 2
-    raw = {"serve": {"model": args.model, "streams": args.streams, "seed": args.seed,
-                     "pace": "fast", "max_records": args.records,
-                     "sampler": {k: v for k, v in (("kind", args.sampler), ("steps", args.steps),
-                                                   ("eta", args.eta), ("churn", args.churn))
-                                 if v is not None}},
-           "metrics": {"enabled": False}}
-    problems = Problems("command line", origins={key: option for option, key in OPTION_KEYS.items()})
+    options = {  # checked by the config engine, which names the option in its errors
+        "serve.model": ("--model", args.model), "serve.streams": ("--streams", args.streams),
+        "serve.seed": ("--seed", args.seed), "serve.max_records": ("--records", args.records),
+        "serve.sampler.kind": ("--sampler", args.sampler),
+        "serve.sampler.steps": ("--steps", args.steps), "serve.sampler.eta": ("--eta", args.eta),
+        "serve.sampler.churn": ("--churn", args.churn),
+        "serve.pace": ("generate", "fast"), "metrics.enabled": ("generate", False)}
     try:
-        cfg = parse_config(raw, "command line", problems=problems)
-        problems.raise_if_any()
+        cfg = load_config(None, options)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
