@@ -33,7 +33,7 @@ def csv_windows(csv: Path, seq_len: int, train_fraction: float, split: str
                 ) -> tuple[np.ndarray, dict[str, slice]]:
     """Windows of one side of the chronological split (scaler fitted on the training rows, as
     in training), and one group per column."""
-    from flowdiff.model.timeseries import prepare_series
+    from flowdiff.timeseries.series import prepare_series
 
     prepared = prepare_series(csv, seq_len, train_fraction)
     windows = prepared.val_windows if split == "val" else prepared.train_windows

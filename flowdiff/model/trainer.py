@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from flowdiff.atomic import write_atomic_via
 from flowdiff.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from flowdiff.model.config import ConfigError, ModelConfig, TrainConfig, resolve_device
 from flowdiff.model.diffusion_ts import DiffusionTS
@@ -124,10 +125,8 @@ def plot_loss_curve(records: list[dict], path: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    write_atomic_via(path, lambda name: fig.savefig(name, dpi=100))
     plt.close(fig)
-    tmp.replace(path)
 
 
 class _Run:
@@ -256,7 +255,7 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
     seq_len, n_feat = model.cfg.seq_len, model.cfg.feature_size
     problems = cfg.predict_problems(seq_len)
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError("train", [f"train.{key}: {message}" for key, message in problems])
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # dropout masks
     train_data = as_windows(train_windows, "train_windows", seq_len, n_feat)
@@ -266,7 +265,8 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
     checkpoint_path = out_dir / CHECKPOINT_NAME
     if resume:
         raw = read_checkpoint(checkpoint_path)
-        stored = ModelConfig.from_dict(raw["model_config"], where=f"{checkpoint_path}:model_config")
+        stored = ModelConfig.from_dict(raw["model_config"], "model_config",
+                                       source=str(checkpoint_path))
         if stored != model.cfg:  # compared as configs: keys added later take their defaults
             raise CheckpointError(f"{checkpoint_path}: --resume with a different model config "
                                   f"(checkpoint {raw['model_config']}, given {model.cfg.to_dict()})")
