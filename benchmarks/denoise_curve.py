@@ -33,7 +33,7 @@ def csv_windows(csv: Path, seq_len: int, train_fraction: float, split: str
                 ) -> tuple[np.ndarray, dict[str, slice]]:
     """Windows of one side of the chronological split (scaler fitted on the training rows, as
     in training), and one group per column."""
-    from flowdiff.model.timeseries import prepare_series
+    from flowdiff.timeseries.series import prepare_series
 
     prepared = prepare_series(csv, seq_len, train_fraction)
     windows = prepared.val_windows if split == "val" else prepared.train_windows
@@ -41,6 +41,19 @@ def csv_windows(csv: Path, seq_len: int, train_fraction: float, split: str
         raise SystemExit(f"{csv}: no held-out windows with train fraction {train_fraction}")
     groups = {name: slice(i, i + 1) for i, name in enumerate(prepared.scaler.columns)}
     return windows.astype(np.float32), groups
+
+
+def artifact_validation_windows(artifact_dir: Path, trace: Path) -> np.ndarray:
+    """(N, L, F) windows of the artifact's validation records, stride L / 4."""
+    from flowdiff.artifact import load_artifact
+    from flowdiff.calibrate import artifact_split
+    from flowdiff.windows import WindowDataset
+
+    artifact = load_artifact(artifact_dir)
+    train_part, val_part = artifact_split(artifact, trace)
+    encoded = artifact.codec.encode(val_part, prev_ts=float(train_part["ts"].iloc[-1]))
+    length = artifact.context + artifact.horizon
+    return WindowDataset(encoded, length, max(1, length // 4)).windows().astype(np.float32)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
                              "training); a chronological hold-out can lie outside the "
                              "training range (Stocks: prices above the training max clip to 1)")
     parser.add_argument("--windows", type=Path, help=".npy windows (N, L, F) in [0, 1]")
+    parser.add_argument("--trace", type=Path,
+                        help="with --artifact: the trace it was trained on; the windows are its "
+                             "validation records (split as the artifact's config split them)")
     parser.add_argument("--t", type=int, nargs="+",
                         help="timesteps (default: fractions 0, 0.002, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.9 of T)")
     parser.add_argument("--max-windows", type=int, default=1024, help="evenly spaced subset")
@@ -68,11 +84,15 @@ def main(argv: list[str] | None = None) -> int:
                                               plot_denoise_curve, spread_subset)
 
     checkpoint = args.checkpoint or (args.artifact / "model.pt" if args.artifact else None)
-    if checkpoint is None or (args.csv is None) == (args.windows is None):
-        parser.error("give --checkpoint or --artifact, and exactly one of --csv, --windows")
+    if checkpoint is None or sum(x is not None for x in (args.csv, args.windows, args.trace)) != 1:
+        parser.error("give --checkpoint or --artifact, and exactly one of --csv, --windows, --trace")
+    if args.trace is not None and args.artifact is None:
+        parser.error("--trace needs --artifact")
     model, extra = load_checkpoint(checkpoint, "cpu")
     groups = None
-    if args.csv is not None:
+    if args.trace is not None:
+        windows = artifact_validation_windows(args.artifact, args.trace)
+    elif args.csv is not None:
         windows, groups = csv_windows(args.csv, model.cfg.seq_len, args.train_fraction, args.split)
     else:
         windows = np.load(args.windows).astype(np.float32)

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     from flowdiff.model import load_checkpoint, make_sampler, seeded_generators
-    from flowdiff.model.timeseries import prepare_series
+    from flowdiff.timeseries.series import prepare_series
 
     model, _extra = load_checkpoint(args.checkpoint, "cpu")
     prepared = prepare_series(args.csv, model.cfg.seq_len, args.train_fraction)

@@ -68,8 +68,8 @@ def sample_windows(model, n: int, kind: str, steps: int | None, batch: int, seed
 
 
 def run_train(config_path: Path, out: Path, resume: bool) -> dict:
-    from flowdiff.model.run_config import load_run_config
-    from flowdiff.model.timeseries import train_on_csv
+    from flowdiff.timeseries.run_config import load_run_config
+    from flowdiff.timeseries.series import train_on_csv
 
     run = load_run_config(config_path)
     csv = run.csv if run.csv.is_absolute() else (REPO / run.csv)
@@ -94,10 +94,10 @@ def run_eval(dataset: str, config_path: Path, out: Path, repeats: int, kind: str
              steps: int | None, batch: int, max_windows: int | None, eta: float = 0.0,
              churn: float = 0.0, metrics: tuple[str, ...] = METRICS) -> dict:
     from flowdiff.model import load_checkpoint
-    from flowdiff.model.metrics import (context_fid, correlational_score, discriminative_score,
+    from flowdiff.timeseries.metrics import (context_fid, correlational_score, discriminative_score,
                                         predictive_score)
-    from flowdiff.model.run_config import load_run_config
-    from flowdiff.model.timeseries import prepare_series
+    from flowdiff.timeseries.run_config import load_run_config
+    from flowdiff.timeseries.series import prepare_series
 
     run = load_run_config(config_path)
     csv = run.csv if run.csv.is_absolute() else (REPO / run.csv)

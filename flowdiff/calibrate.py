@@ -33,15 +33,22 @@ class CalibrationReport:
     argmax_frequencies: dict
 
 
-def training_reference(artifact, data_path: str | Path) -> np.ndarray:
-    """The artifact's training records (as its config split the trace), encoded (n, F)."""
+def artifact_split(artifact, data_path: str | Path):
+    """(training part, validation part) of the trace as the artifact's training config
+    split it (hold-out dropped)."""
     from flowdiff.config import DataConfig
     from flowdiff.training import read_trace, split_trace
 
     saved = artifact.meta.get("config", {}).get("data", {})
     known = {f.name for f in dataclasses.fields(DataConfig)}
     data = DataConfig(**{k: v for k, v in saved.items() if k in known})
-    _used, train_part, _val = split_trace(data, read_trace(data, data_path), data_path)
+    _used, train_part, val_part = split_trace(data, read_trace(data, data_path), data_path)
+    return train_part, val_part
+
+
+def training_reference(artifact, data_path: str | Path) -> np.ndarray:
+    """The artifact's training records (as its config split the trace), encoded (n, F)."""
+    train_part, _val = artifact_split(artifact, data_path)
     if len(train_part) > REFERENCE_RECORDS:  # the latest records: the model's own period
         train_part = train_part.iloc[-REFERENCE_RECORDS:]
     return artifact.codec.encode(train_part)

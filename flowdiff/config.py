@@ -10,21 +10,30 @@ the file, the YAML line and the dotted field path, e.g.::
 
 ``codec``, ``model`` and ``train`` are validated against the dataclasses of their own modules
 (``flowdiff.codec.CodecConfig``, ``flowdiff.model.ModelConfig``, ``flowdiff.model.TrainConfig``),
-imported lazily, so this module stays the one place that turns YAML into typed objects.
+imported lazily, with this module's engine (``build_dataclass``: types, ``field_range``
+bounds, and each class's ``Checked.check()`` rules), so this module stays the one place that
+turns YAML into typed objects and the one ``ConfigError``. The exporters' settings, the
+time-series run configs (``flowdiff.timeseries.run_config``) and codec-only files go through the
+same engine; ``parse_host_port`` is the one reader of ``host:port`` values.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from flowdiff.daemon.shard import ShardConfig
+
+if TYPE_CHECKING:  # imported lazily at run time (torch, gensim)
+    from flowdiff.codec import CodecConfig
+    from flowdiff.model import ModelConfig, TrainConfig
 
 DEFAULT_MODEL = "default"  # serve.model value meaning "the model packaged in flowdiff/default_model"
 
@@ -38,8 +47,60 @@ class ConfigError(ValueError):
         super().__init__(f"{len(errors)} error(s) in {source}:\n  " + "\n  ".join(errors))
 
 
-def _range(low=None, high=None, *, low_open=False) -> dict:
+def field_range(low=None, high=None, *, low_open=False) -> dict:
+    """``field(metadata=...)`` of a number the loader checks: ``low <= value <= high``
+    (``low < value`` with ``low_open``); either bound may be None."""
     return {"low": low, "high": high, "low_open": low_open}
+
+
+_range = field_range
+_DEFERRED = contextvars.ContextVar("flowdiff_config_deferred_checks", default=False)
+
+
+class Checked:
+    """Mixin of every settings dataclass with rules beyond type and range (cross-field
+    checks, membership, formats): ``check()`` returns ``(key, message)`` pairs. The loader
+    (``build_dataclass``) reports each at its own key and YAML line together with every
+    other problem; constructing the class directly raises ``ConfigError`` listing them."""
+
+    SECTION = ""  # where the class sits in a config file (subclasses: unannotated, not a field)
+
+    def check(self) -> list[tuple[str, str]]:
+        return []
+
+    @classmethod
+    def from_dict(cls, data, where: str | None = None, source: str = "<config>",
+                  lines: dict[str, int] | None = None):
+        """Build from a plain mapping with ``build_dataclass``; ConfigError lists every
+        problem, each named ``where.key`` (``where`` defaults to ``SECTION``)."""
+        return validate(cls, data, cls.SECTION if where is None else where, source, lines)
+
+    def __post_init__(self):
+        if _DEFERRED.get():
+            return
+        found = [(f.name, problem) for f in dataclasses.fields(self)
+                 if (problem := _range_problem(f.metadata, getattr(self, f.name)))]
+        found += self.check()
+        if found:
+            raise ConfigError(type(self).__name__, [f"{key}: {message}" for key, message in found])
+
+
+def parse_host_port(text: str, *, allow_port_zero: bool = True) -> tuple[str, int]:
+    """``host:port`` (``[v6addr]:port`` for IPv6) -> (host without brackets, port); the one
+    parser of addresses in configs and on the command line. ValueError says what is wrong."""
+    host, sep, port = str(text).strip().rpartition(":")
+    low = 0 if allow_port_zero else 1
+    if not sep or not host or not port.isdigit() or not low <= int(port) <= 65535:
+        raise ValueError(f"expected host:port with port {low}..65535, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def parse_address_list(text: str) -> list[tuple[str, int]]:
+    """Comma-separated ``host:port`` list (e.g. Kafka bootstrap servers), ports 1..65535."""
+    items = [item.strip() for item in str(text).split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"expected host:port[,host:port...], got {text!r}")
+    return [parse_host_port(item, allow_port_zero=False) for item in items]
 
 
 # ---------------------------------------------------------------- sections
@@ -68,12 +129,16 @@ class WindowConfig:
         return self.context + self.horizon
 
 
+# The sampler kinds, listed once; flowdiff.model.samplers registers a class under each name.
+SAMPLER_KINDS = ("ddpm", "ddim", "guided", "replacement", "conditional")
+
+
 @dataclass
 class SamplerConfig:
     # predict-mode samplers: conditional (the context enters clean, as predict-mode training
     # shows it), replacement (the context re-noised each step), guided (gradient refinement,
     # ~3x slower); ddim and ddpm as well
-    kind: Literal["conditional", "guided", "replacement", "ddim", "ddpm"] = "replacement"
+    kind: Literal[SAMPLER_KINDS] = "replacement"
     steps: int = field(default=10, metadata=_range(1))
     eta: float = field(default=0.0, metadata=_range(0.0, 1.0))  # DDIM stochasticity (0: deterministic)
     churn: float = field(default=0.0, metadata=_range(0.0))     # EDM S_churn noise added per step (0: off)
@@ -126,7 +191,10 @@ class ExporterConfig:
     name: str = ""  # defaults to the kind
     policy: Literal["block", "drop"] = "block"  # when the queue is full
     queue: int = field(default=8, metadata=_range(1))  # queue bound, in batches (turns)
-    options: Any = None  # the exporter's own config dataclass instance, set by the registry
+    # the exporter's own settings (an ``ExporterSettings`` subclass instance, the dataclass its
+    # module declares as ``CONFIG``), set by the loader; Any so that this module imports no
+    # exporter code
+    options: Any = None
 
 
 @dataclass
@@ -134,9 +202,9 @@ class Config:
     source: str = "<defaults>"
     data: DataConfig = field(default_factory=DataConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
-    codec: Any = None  # flowdiff.codec.CodecConfig (lazy)
-    model: Any = None  # flowdiff.model.ModelConfig (lazy)
-    train: Any = None  # flowdiff.model.TrainConfig (lazy)
+    codec: CodecConfig | None = None  # None: the trainer's defaults
+    model: ModelConfig | None = None
+    train: TrainConfig | None = None
     serve: ServeConfig = field(default_factory=ServeConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     exporters: list[ExporterConfig] = field(default_factory=lambda: [ExporterConfig(kind="stdout")])
@@ -160,8 +228,8 @@ DERIVED_MODEL_KEYS = ("seq_len", "feature_size")
 
 
 def _build_foreign(name: str, data, problems: "Problems"):
-    """Build a section owned by another module through its own validating ``from_dict``;
-    each problem it reports becomes one of ours."""
+    """Build a section whose dataclass lives in its own module (codec, model, train) with the
+    same engine as ours; the derived model keys are refused here."""
     if name == "model" and isinstance(data, dict):
         for key in DERIVED_MODEL_KEYS:
             if key in data:
@@ -169,20 +237,7 @@ def _build_foreign(name: str, data, problems: "Problems"):
                                              "window.horizon, feature_size = codec width); "
                                              "remove it")
         data = {k: v for k, v in data.items() if k not in DERIVED_MODEL_KEYS}
-    if data is None:
-        data = {}
-    cls = _foreign_section(name)
-    try:
-        return cls.from_dict(data) if name == "codec" else cls.from_dict(data, name)
-    except ValueError as exc:
-        found = getattr(exc, "problems", None) or str(exc).split("; ")
-        for problem in found:
-            problem = problem.strip()
-            path = problem.split(":", 1)[0] if problem.startswith(name + ".") else name
-            if name == "codec" and not problem.startswith("codec"):
-                path = "codec." + problem.split(":", 1)[0].split(" ", 1)[0]
-            problems.add(path, problem)
-        return _MISSING
+    return build_dataclass(_foreign_section(name), data, name, problems)
 
 
 SECTIONS = ("data", "window", "codec", "model", "train", "serve", "metrics", "exporters")
@@ -206,22 +261,32 @@ def _line_index(node: yaml.Node | None, path: str = "", out: dict | None = None)
 
 
 class Problems:
-    """Collects errors as ``file:line: path: message``."""
+    """Collects errors as ``file:line: path: message`` (``command line --option: path:
+    message`` for a value given on the command line)."""
 
-    def __init__(self, source: str, lines: dict[str, int] | None = None):
+    def __init__(self, source: str, lines: dict[str, int] | None = None,
+                 origins: dict[str, str] | None = None):
         self.source = source
         self.lines = lines or {}
+        self.origins = origins or {}  # dotted path -> command-line option that set it
         self.errors: list[str] = []
+        self.paths: list[str] = []
 
     def add(self, path: str, message: str) -> None:
-        for prefix in (path, path.partition(".")[2]):  # messages from other modules may
-            if prefix and message.startswith(prefix + ":"):  # repeat the path
-                message = message[len(prefix) + 1:].strip()
         probe = path
-        while probe and probe not in self.lines:
+        while probe and probe not in self.lines and probe not in self.origins:
             probe = probe.rpartition(".")[0] if "." in probe else probe.rpartition("[")[0]
-        where = f"{self.source}:{self.lines[probe]}" if probe in self.lines else self.source
+        if probe in self.origins:
+            where = f"command line {self.origins[probe]}"
+        else:
+            where = f"{self.source}:{self.lines[probe]}" if probe in self.lines else self.source
         self.errors.append(f"{where}: {path}: {message}")
+        self.paths.append(path)
+
+    def has(self, prefix: str) -> bool:
+        """True when a problem was recorded at ``prefix`` or below it."""
+        return any(p == prefix or p.startswith((prefix + ".", prefix + "["))
+                   for p in self.paths)
 
     def raise_if_any(self) -> None:
         if self.errors:
@@ -304,25 +369,34 @@ def _convert(tp, value, path: str, problems: Problems):
     return _MISSING
 
 
-def _check_range(meta, value, path: str, problems: Problems) -> None:
+def _range_problem(meta, value) -> str | None:
+    """The message when ``value`` is outside the ``field_range`` bounds in ``meta``."""
+    if "low" not in meta or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
     low, high, low_open = meta.get("low"), meta.get("high"), meta.get("low_open", False)
-    if value is None or "low" not in meta:
-        return
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and value > high
-    if too_low or too_high:
-        bounds = []
-        if low is not None:
-            bounds.append(f"{'>' if low_open else '>='} {low}")
-        if high is not None:
-            bounds.append(f"<= {high}")
-        problems.add(path, f"expected a value {' and '.join(bounds)}, got {value!r}")
+    if not (too_low or too_high):
+        return None
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        bounds.append(f"<= {high}")
+    return f"expected a value {' and '.join(bounds)}, got {value!r}"
+
+
+def _check_range(meta, value, path: str, problems: Problems) -> None:
+    problem = _range_problem(meta, value)
+    if problem:
+        problems.add(path, problem)
 
 
 def build_dataclass(cls: type, data, path: str, problems: Problems):
-    """Build ``cls`` from a mapping: unknown keys, wrong types, ranges and the class's own
-    ``__post_init__`` checks (ValueError/TypeError) all become problems. Returns the instance,
-    or a default instance when the section had problems (so later checks can continue)."""
+    """Build ``cls`` from a mapping: unknown keys, wrong types, ranges (``field_range``) and
+    the class's ``Checked.check()`` rules all become problems, each at its own key. The
+    rules run on the well-typed values (defaults for the others), so one run reports
+    everything. Returns the instance, or ``_MISSING`` when the section had problems."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -335,38 +409,63 @@ def build_dataclass(cls: type, data, path: str, problems: Problems):
         if key not in fields:
             problems.add(f"{path}.{key}" if path else str(key),
                          f"unknown key (known: {', '.join(sorted(fields))})")
-    kwargs = {}
+    kwargs, complete = {}, True
     for name, f in fields.items():
         sub = f"{path}.{name}" if path else name
         if name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 problems.add(sub, f"required key missing (expected {_describe(hints[name])})")
+                complete = False
             continue
         value = _convert(hints[name], data[name], sub, problems)
         if value is _MISSING:
+            complete = complete and not (f.default is dataclasses.MISSING
+                                         and f.default_factory is dataclasses.MISSING)
             continue
         _check_range(f.metadata, value, sub, problems)
         kwargs[name] = value
-    if len(problems.errors) > before:
+    if not complete:
         return _MISSING
+    token = _DEFERRED.set(True)
     try:
-        return cls(**kwargs)
+        instance = cls(**kwargs)
     except (ValueError, TypeError) as exc:
         problems.add(path or cls.__name__, str(exc))
         return _MISSING
+    finally:
+        _DEFERRED.reset(token)
+    if isinstance(instance, Checked):
+        for key, message in instance.check():
+            problems.add(f"{path}.{key}" if path else key, message)
+    return _MISSING if len(problems.errors) > before else instance
+
+
+def validate(cls: type, data, path: str = "", source: str = "<config>",
+             lines: dict[str, int] | None = None):
+    """``cls`` built from ``data`` by ``build_dataclass``, or ConfigError listing every problem."""
+    problems = Problems(source, lines)
+    instance = build_dataclass(cls, data, path, problems)
+    problems.raise_if_any()
+    return instance
 
 
 # ---------------------------------------------------------------- loading
-def parse_config(raw, source: str, lines: dict[str, int] | None = None) -> Config:
-    """Validate an already parsed YAML document (a mapping) into a ``Config``."""
-    problems = Problems(source, lines)
+def parse_config(raw, source: str, lines: dict[str, int] | None = None, *,
+                 problems: Problems | None = None) -> Config:
+    """Validate an already parsed YAML document (a mapping) into a ``Config``. With
+    ``problems`` given, the errors are added there (the sections that had none are usable)
+    instead of raised."""
+    own = problems is None
+    problems = Problems(source, lines) if own else problems
     if raw is None:
         raw = {}
+    cfg = Config(source=source, lines=dict(lines or {}))
     if not isinstance(raw, dict):
         problems.add("<top>", f"expected a mapping of sections ({', '.join(SECTIONS)}), "
                               f"got {type(raw).__name__}")
-        problems.raise_if_any()
-    cfg = Config(source=source, lines=dict(lines or {}))
+        if own:
+            problems.raise_if_any()
+        return cfg
     for key in raw:
         if key not in SECTIONS:
             problems.add(str(key), f"unknown section (known: {', '.join(SECTIONS)})")
@@ -382,7 +481,8 @@ def parse_config(raw, source: str, lines: dict[str, int] | None = None) -> Confi
                 setattr(cfg, name, value)
     cfg.exporters = _parse_exporters(raw.get("exporters", [{"kind": "stdout"}]), problems)
     _cross_checks(cfg, raw, problems)
-    problems.raise_if_any()
+    if own:
+        problems.raise_if_any()
     return cfg
 
 
@@ -435,18 +535,23 @@ def _parse_exporters(raw, problems: Problems) -> list[ExporterConfig]:
 
 
 def _cross_checks(cfg: Config, raw: dict, problems: Problems) -> None:
+    """Rules across sections and fields: what the daemon or the trainer would refuse later."""
     serve = raw.get("serve") if isinstance(raw.get("serve"), dict) else {}
     if serve.get("start") == "real" and not serve.get("seed_data"):
         problems.add("serve.seed_data", "required when serve.start is 'real' (a trace file)")
-    host, sep, port = cfg.metrics.listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        problems.add("metrics.listen", f"expected host:port with port 0..65535, "
-                                       f"got {cfg.metrics.listen!r}")
+    if not problems.has("metrics.listen"):
+        try:
+            parse_host_port(cfg.metrics.listen)
+        except ValueError as exc:
+            problems.add("metrics.listen", str(exc))
+    if cfg.train is not None and not problems.has("window") and not problems.has("train"):
+        for key, message in cfg.train.predict_problems(cfg.window.length):
+            problems.add(f"train.{key}", message)
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config (``yaml.safe_load``); raise ConfigError listing all errors.
-    Relative paths inside the file (data, model, state_dir, seed_data) stay as written."""
+def read_yaml(path: str | Path) -> tuple[Any, dict[str, int]]:
+    """(document, dotted path -> line) of a YAML file read with ``yaml.safe_load``; unreadable,
+    non-UTF-8 or malformed files raise ConfigError naming the file and line."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -465,12 +570,56 @@ def load_config(path: str | Path) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(str(path), [f"{where}: invalid YAML: {exc}"]) from exc
-    if raw is None:  # an empty file (or only comments) is a mistake more often than a choice
-        raise ConfigError(str(path), [f"{path}: no settings (the file is empty or only "
-                                      "comments); write `serve: {}` for all the defaults"])
-    return parse_config(raw, str(path), lines)
+    return raw, lines
+
+
+def apply_overrides(raw, overrides: dict[str, tuple[str, Any]] | None,
+                    lines: dict[str, int]) -> dict[str, str]:
+    """Put command-line values into the parsed document before validation, so they pass the
+    same checks as the file's; ``overrides`` maps a dotted path (``serve.streams``) to
+    (option, value). Returns path -> option, for ``Problems`` to name the option."""
+    origins = {}
+    for dotted, (option, value) in (overrides or {}).items():
+        if value is None or not isinstance(raw, dict):
+            continue
+        *parents, key = dotted.split(".")
+        node = raw
+        for name in parents:  # serve.sampler.steps: create the mappings on the way
+            if not isinstance(node.get(name), dict):
+                node[name] = {}
+            node = node[name]
+        node[key] = value
+        origins[dotted] = option
+        lines.pop(dotted, None)
+    return origins
+
+
+def load_config(path: str | Path | None,
+                overrides: dict[str, tuple[str, Any]] | None = None, *,
+                problems: Problems | None = None) -> Config:
+    """Read and validate a YAML config (``yaml.safe_load``); raise ConfigError listing all errors.
+    ``path`` None: the built-in defaults. ``overrides`` (see ``apply_overrides``) are checked
+    with the file's values; a bad one is named by its option. Relative paths inside the file
+    (data, model, state_dir, seed_data) stay as written."""
+    if path is None:  # the defaults, with what the command line set
+        given = any(value is not None for _option, value in (overrides or {}).values())
+        raw, lines, source = {}, {}, "command line" if given else "<defaults>"
+    else:
+        raw, lines = read_yaml(path)
+        source = str(path)
+        if raw is None:  # an empty file (or only comments) is a mistake more often than a choice
+            raise ConfigError(source, [f"{path}: no settings (the file is empty or only "
+                                       "comments); write `serve: {}` for all the defaults"])
+    origins = apply_overrides(raw, overrides, lines)
+    if problems is None:
+        problems = Problems(source, lines, origins)
+        cfg = parse_config(raw, source, lines, problems=problems)
+        problems.raise_if_any()
+        return cfg
+    problems.source, problems.lines, problems.origins = source, lines, origins
+    return parse_config(raw, source, lines, problems=problems)
 
 
 def default_config() -> Config:
     """The built-in defaults (packaged model, stdout exporter), validated like a file."""
-    return parse_config({}, "<defaults>")
+    return load_config(None)

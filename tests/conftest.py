@@ -62,17 +62,19 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """A real artifact trained once per session with configs/tiny-test.yaml on the first
-    1,500 UGR'16 records (a few seconds on one core; quality irrelevant)."""
+    """THE tiny model of the suite: a real artifact trained once per session, through
+    ``flowdiff train`` (the command's own code path), with configs/tiny-test.yaml on the
+    first 1,500 UGR'16 records (a few seconds on one core; quality irrelevant). Every test
+    that needs a trained model uses this one; none trains its own."""
     import torch
 
-    from flowdiff.config import load_config
-    from flowdiff.training import train_flows
+    from flowdiff.cli import main
 
     data = shared_file("ugr16/ugr16_sample_20k.csv")
     torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("model") / "tiny"
-    train_flows(load_config(REPO / "configs" / "tiny-test.yaml"), data, out)
+    out = tmp_path_factory.mktemp("train") / "model"
+    assert main(["train", "--data", str(data), "--config",
+                 str(REPO / "configs" / "tiny-test.yaml"), "--out", str(out)]) == 0
     return out
 
 

@@ -64,6 +64,7 @@ def test_cli_iid_writes_a_file_eval_reads(ugr16_sample, tmp_path, capsys):
                          "--out", str(tmp_path / "iid.json")]) == 2
 
 
+@pytest.mark.slow
 def test_ctgan_tiny_run_is_valid_and_seeded(train, one_torch_thread):
     pytest.importorskip("ctgan", reason="ctgan is not installed")
     from flowdiff.baselines.ctgan import CtganConfig, sample_ctgan

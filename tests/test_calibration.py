@@ -173,3 +173,32 @@ def test_holdout_records_are_never_trained_on(ugr16_sample, tmp_path):
     assert train["ts"].max() <= val["ts"].min() <= table["ts"].iloc[800]
     with pytest.raises(ValueError, match="holdout_records 1000 leaves no records"):
         split_trace(DataConfig(holdout_records=1000), table, "trace.csv")
+
+
+def test_address_snapping_moves_near_misses_of_frequent_hosts_and_keeps_new_ones():
+    from flowdiff.codec.calibration import (ADDRESS_MIN_COUNT, address_bits, bits_address,
+                                            fit_address_vocabulary)
+
+    rng = np.random.default_rng(4)
+    heavy = np.array([0x0A000001, 0xC0A80102, 0x08080808])
+    # training: 90% of the 'new' records on the three heavy hosts, 10% on one-off hosts
+    reference = np.concatenate([np.repeat(heavy, [600, 200, 100]),
+                                rng.integers(0, 2**32, 100)])
+    reference_new = np.ones(len(reference), dtype=bool)
+    # model outputs: heavy hosts written with soft, partly wrong bits, and random hosts
+    near = address_bits(np.repeat(heavy, 300))
+    near = np.clip(near + rng.normal(0, 0.15, near.shape), 0, 1)
+    flip = rng.random(near.shape) < 0.04                   # ~1.3 bits off per address
+    near[flip] = 1.0 - near[flip]
+    far = rng.random((300, 32))
+    outputs = np.concatenate([near, far])
+    vocabulary, report = fit_address_vocabulary(outputs, np.ones(len(outputs), bool),
+                                                reference, reference_new)
+    assert len(vocabulary.addresses) == 3 and ADDRESS_MIN_COUNT <= 100
+    assert report["training_share"] == 0.9 and report["model_share"] < 0.75
+    snapped = bits_address(vocabulary.snap(outputs, rng.random(len(outputs))))
+    on_vocabulary = np.isin(snapped, heavy).mean()
+    assert abs(on_vocabulary - 0.9) < 0.03                   # the training share
+    assert np.isin(snapped[:900], heavy).mean() > 0.95        # near misses come home
+    untouched = ~np.isin(snapped[900:], heavy)
+    assert (snapped[900:][untouched] == bits_address(far)[untouched]).all()

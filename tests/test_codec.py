@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 
 from flowdiff import schema
-from flowdiff.codec import (CodecConfig, CodecConfigError, CodecFileError, CodecVersionError,
+from flowdiff.codec import (CodecConfig, CodecFileError, CodecVersionError,
                             FlowCodec)
 from flowdiff.codec.repair import ProtocolProfile
+from flowdiff.config import ConfigError
 
 DISCRETE = ("srcip", "dstip", "srcport", "dstport", "proto", "pkt", "flags", "tos", "label")
 NETSHARE = {"fields": {"ts": "log_minmax", "td": "log_minmax", "pkt": "log_minmax",
@@ -401,16 +402,17 @@ def test_fields_absent_from_training_stay_absent(table):
 
 
 def test_config_errors_are_all_listed():
-    with pytest.raises(CodecConfigError) as info:
+    with pytest.raises(ConfigError) as info:
         CodecConfig.from_dict({"field": {}, "fields": {"srcport": "onehot", "sport": "bits",
                                                        "srcip": "none"},
                                "word2vec": {"vector_size": "ten", "windows": 3}})
-    problems = info.value.problems
+    problems = info.value.errors
     assert len(problems) == 6, problems
     text = str(info.value)
-    for fragment in ("unknown key 'field'", "fields.srcport: transform 'onehot' not allowed",
+    for fragment in ("field: unknown key", "fields.srcport: transform 'onehot' not allowed",
                      "fields.sport: unknown field", "fields.srcip: transform 'none'",
-                     "word2vec.vector_size: expected a positive integer, got 'ten'"):
+                     "word2vec.vector_size: expected an integer, got 'ten'",
+                     "word2vec.windows: unknown key"):
         assert fragment in text
 
 

@@ -30,6 +30,7 @@ def trace(ugr16_sample, tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_fit_encode_decode_round_trip(trace, tmp_path):
     codec_dir, x_path, out = tmp_path / "codec", tmp_path / "x.npy", tmp_path / "flows.csv"
     fit = flowdiff("codec", "fit", "--data", str(trace), "--config",
@@ -58,6 +59,7 @@ def test_fit_encode_decode_round_trip(trace, tmp_path):
     np.testing.assert_array_equal(back["byt"], table["byt"])  # quantile: exact
 
 
+@pytest.mark.slow
 def test_check_prints_the_table_and_writes_json(trace, tmp_path):
     codec_dir, report = tmp_path / "codec", tmp_path / "check.json"
     assert flowdiff("codec", "fit", "--data", str(trace), "--out", str(codec_dir)).returncode == 0

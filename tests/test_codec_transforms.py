@@ -212,3 +212,12 @@ def codec_on_sample(ugr16_sample):
     """The default codec fitted on the UGR'16 20k sample (once), and a copy of the table."""
     codec, table = _fitted(ugr16_sample)
     return codec, table.copy()
+
+
+def test_every_transform_name_the_config_allows_is_registered():
+    """One registry of transform names: each one a field may take builds and reloads."""
+    from flowdiff.codec.codec import TRANSFORM_KINDS
+    from flowdiff.codec.config import ALLOWED_TRANSFORMS
+
+    allowed = {t for choices in ALLOWED_TRANSFORMS.values() for t in choices} - {"none"}
+    assert allowed == set(TRANSFORM_KINDS)

@@ -87,7 +87,7 @@ def test_invalid_config_lists_every_error_with_line_and_field(tmp_path):
              "policy, queue, stream)"),
         (19, "exporters[2].kind: unknown exporter kind 'nosuch'"),
         (20, "exporters[3].kind: is empty: write kind: \"null\" in quotes"),
-        (21, "exporters[4]: delay_seconds must be >= 0"),
+        (22, "exporters[4].delay_seconds: must be >= 0"),  # the key's own line
         (23, "exporters[5].name: duplicate exporter name 'stdout'"),
         (24, "bogus: unknown section"),
     ]
@@ -130,3 +130,39 @@ def test_config_check_command_exit_codes(tmp_path, capsys):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_every_kind_of_config_file_reports_file_line_and_key(tmp_path):
+    """Train, time-series run and codec-only files go through the same engine: each problem
+    at its own line, and cross-field rules (predict_horizon inside the window) checked
+    before training starts."""
+    train = tmp_path / "train.yaml"
+    train.write_text("window: {context: 8, horizon: 4}\n"
+                     "train:\n  predict_fraction: 0.5\n  predict_horizon: 12\n")
+    run = tmp_path / "run.yaml"
+    run.write_text("data:\n  csv: x.csv\n  train_fraction: 0\nmodel:\n  d_model: 7\n  n_heads: 1\n")
+    codec = tmp_path / "codec.yaml"
+    codec.write_text("fields:\n  srcport: onehot\nword2vec:\n  epochs: 0\n")
+    expected = {train: [":4: train.predict_horizon: an integer in [1, 11] (seq_len 12)"],
+                run: [":3: data.train_fraction: expected a value > 0.0 and <= 1.0, got 0",
+                      ":5: model.d_model: an even integer >= 4, got 7"],
+                codec: [":2: fields.srcport: transform 'onehot' not allowed",
+                        ":4: word2vec.epochs: expected a value >= 1, got 0"]}
+    for path, messages in expected.items():
+        summary, errors = config_command.check_file(str(path))
+        assert len(errors) == len(messages), errors
+        for message in messages:
+            assert any(e.startswith(f"{path}{message}") for e in errors), (message, errors)
+
+
+def test_one_host_port_parser():
+    from flowdiff.config import parse_address_list, parse_host_port
+
+    assert parse_host_port("127.0.0.1:0") == ("127.0.0.1", 0)
+    assert parse_host_port("[::1]:9092") == ("::1", 9092)
+    assert parse_address_list("a:1, b:2,") == [("a", 1), ("b", 2)]
+    for bad in ("nowhere", ":80", "h:65536", "h:x"):
+        with pytest.raises(ValueError, match="expected host:port"):
+            parse_host_port(bad)
+    with pytest.raises(ValueError, match="port 1..65535"):
+        parse_address_list("h:0")

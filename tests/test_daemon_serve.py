@@ -301,6 +301,7 @@ def _serve_until_sigterm(config: Path, out: Path, notify: Path, min_lines: int):
     return rc, took, proc.stderr.read().decode()
 
 
+@pytest.mark.slow
 def test_sigterm_and_restart_continue_every_stream(tiny_model, tmp_path):
     import socket
 
@@ -354,6 +355,7 @@ exporters:
         assert len(second) > 0
 
 
+@pytest.mark.slow
 def test_out_of_the_box_serve_streams_the_packaged_model_to_stdout():
     """`flowdiff serve` with no config: the shipped model, JSON lines on stdout."""
     import subprocess

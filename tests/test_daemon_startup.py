@@ -142,3 +142,67 @@ def test_second_daemon_on_one_state_dir_is_refused(tiny_model, tmp_path, capsys)
         thread.join(timeout=30)
     assert not thread.is_alive()
     assert main(["config", "check", str(path)]) == 0  # the lock went with the daemon
+
+
+def contradictions_yaml(tiny_model: Path) -> str:
+    """Three operator mistakes in one file: more ddpm steps than the tiny model's T = 50
+    diffusion steps (known only with the model), a misspelt exporter key and a port that
+    does not exist."""
+    return (f"serve:\n"
+            f"  model: {tiny_model}\n"
+            f"  streams: 2\n"
+            f"  pace: fast\n"
+            f"  max_records: 16\n"
+            f"  sampler: {{kind: ddpm, steps: 80}}\n"
+            f"metrics:\n"
+            f"  listen: 127.0.0.1:99999\n"
+            f"exporters:\n"
+            f"  - kind: stdout\n"
+            f"    strem: stderr\n")
+
+
+def test_config_check_reports_sampler_exporter_and_listen_problems_together(tiny_model,
+                                                                            tmp_path, capsys):
+    path = tmp_path / "serve.yaml"
+    path.write_text(contradictions_yaml(tiny_model))
+    assert main(["config", "check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}: INVALID (3 error(s))" in out, out
+    for line, message in ((6, "serve.sampler.steps: ddpm sampler: steps=80 exceeds the model's "
+                              "T=50 diffusion steps"),
+                          (8, "metrics.listen: expected host:port with port 0..65535, "
+                              "got '127.0.0.1:99999'"),
+                          (11, "exporters[0].strem: unknown key for a stdout exporter")):
+        assert f"{path}:{line}: {message}" in out, out
+
+
+def test_serve_refuses_the_same_config_before_ready(tiny_model, tmp_path, capsys):
+    path = tmp_path / "serve.yaml"
+    path.write_text(contradictions_yaml(tiny_model))
+    assert main(["serve", "--config", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # not one record
+    assert f"{path}:8: metrics.listen" in captured.err and \
+        f"{path}:11: exporters[0].strem" in captured.err, captured.err
+    # with the other two fixed, the sampler contradiction alone stops serve before READY
+    path.write_text(contradictions_yaml(tiny_model).replace("99999", "0")
+                    .replace("    strem: stderr\n", ""))
+    assert main(["serve", "--config", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"{path}:6: serve.sampler.steps: ddpm sampler: steps=80 exceeds" in captured.err
+    assert main(["config", "check", str(path)]) == 1
+
+
+def test_command_line_overrides_are_checked_by_the_config_engine(tiny_model, tmp_path, capsys):
+    path = tmp_path / "serve.yaml"
+    path.write_text(serve_yaml(tiny_model))
+    assert main(["serve", "--config", str(path), "--streams", "0", "--listen", "nowhere",
+                 "--max-records", "0"]) == 2
+    err = capsys.readouterr().err
+    for message in ("command line --streams: serve.streams: expected a value >= 1",
+                    "command line --listen: metrics.listen: expected host:port",
+                    "command line --max-records: serve.max_records: expected a value >= 1"):
+        assert message in err, err
+    assert main(["serve", "--config", str(path), "--streams", "3", "--max-records", "6"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 6

@@ -56,6 +56,7 @@ def test_read_table_parses_ugr16(ugr16_sample):
     assert first["pr"].iloc[0] in schema.PROTO_NUMBERS
 
 
+@pytest.mark.slow
 def test_cli_writes_report_with_one_column_per_synthetic(halves, tmp_path, capsys):
     out = tmp_path / "report"
     rc = run_eval(["--real", str(halves["later"]),

@@ -29,7 +29,7 @@ def test_example_config_loads_with_the_project_loader():
     kinds = {e.kind for e in cfg.exporters}
     assert {"kafka", "file", "pcap", "netflow"} <= kinds
     for entry in cfg.exporters:
-        assert entry.options.validate() == []
+        assert entry.options.check() == []
 
 
 def test_unknown_and_invalid_keys_are_reported_with_their_path(tmp_path):

@@ -37,7 +37,7 @@ def test_config_errors_name_the_field():
         CONFIG(rotate_records=0)
     with pytest.raises(ValueError, match="gzip_level: expected 1..9"):
         CONFIG(gzip_level=11)
-    assert CONFIG().validate() == []
+    assert CONFIG().check() == []
 
 
 @pytest.mark.parametrize("fmt,gz", [("csv", False), ("csv", True), ("parquet", False),
@@ -50,7 +50,8 @@ def test_canonical_formats_rotate_by_records_and_read_back_exactly(tmp_path, fmt
     files = sorted(tmp_path.iterdir())
     assert files == exporter.completed and len(files) == 5        # 250 * 4 + 200
     assert not list(tmp_path.glob("*.part"))
-    assert all(f.name.endswith({"csv": ".csv", "parquet": ".parquet"}[fmt] + (".gz" if gz and fmt == "csv" else "")) for f in files)
+    suffix = {"csv": ".csv", "parquet": ".parquet"}[fmt] + (".gz" if gz and fmt == "csv" else "")
+    assert all(f.name.endswith(suffix) for f in files)
     tables = [read_flows(f)[0] for f in files]
     assert [len(t) for t in tables] == [250, 250, 250, 250, 200]
     expected = pd.concat(batches, ignore_index=True)

@@ -87,7 +87,7 @@ def test_config_validation_names_fields():
         CONFIG(security_protocol="SASL_SSL", sasl_username="u", sasl_password="p")
     with pytest.raises(ValueError, match="ssl_cafile: file '/nonexistent/ca.pem' does not exist"):
         CONFIG(security_protocol="SSL", ssl_cafile="/nonexistent/ca.pem")
-    assert CONFIG().validate() == []
+    assert CONFIG().check() == []
     settings = CONFIG(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
                       sasl_username="u", sasl_password="p", compression_type="zstd", acks=1,
                       client_id="gen-1").producer_settings()
@@ -150,6 +150,7 @@ def test_unreachable_broker_unhealthy_counted_then_gives_up():
     exporter.close()
 
 
+@pytest.mark.slow
 def test_broker_restart_on_same_port_resumes_without_loss(broker):
     """Broker killed while the exporter is blocked inside submit; restarted on the same port:
     the batch that was in flight is delivered afterwards, health goes False then True."""
@@ -219,6 +220,7 @@ def wait_for(condition, timeout: float) -> bool:
     return condition()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["block", "drop"])
 def test_fanout_broker_outage_and_restart(broker, policy):
     exporter = EXPORTER("kafka", quick_config(broker.bootstrap))

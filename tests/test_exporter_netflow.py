@@ -57,7 +57,7 @@ def test_config_validation():
         CONFIG(collector="nowhere")
     with pytest.raises(ValueError, match="template_id: expected 256..65535"):
         CONFIG(template_id=5)
-    assert CONFIG().validate() == []
+    assert CONFIG().check() == []
 
 
 @pytest.mark.parametrize("version", [9, 10])

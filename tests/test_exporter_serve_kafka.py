@@ -22,20 +22,6 @@ from test_exporter_kafka import consume_all
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    data = REPO.parent / "shared" / "data" / "ugr16" / "ugr16_sample_20k.csv"
-    if not data.exists():
-        pytest.skip(f"real data file {data} is absent")
-    out = tmp_path_factory.mktemp("model") / "tiny"
-    res = subprocess.run([sys.executable, "-m", "flowdiff", "train", "--data", str(data),
-                          "--config", str(REPO / "configs" / "tiny-test.yaml"), "--out", str(out)],
-                         capture_output=True, text=True, timeout=300, cwd=REPO)
-    if res.returncode != 0:
-        pytest.fail(f"tiny training failed: {res.stderr[-2000:]}")
-    return out
-
-
 def scrape(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     values = {}
@@ -65,7 +51,6 @@ def wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.slow
 def _tear_down(serve: subprocess.Popen, broker: Tansu) -> None:
     """Kill the daemon if a failed assertion left it running, then stop the broker."""
     if serve.poll() is None:
@@ -74,6 +59,7 @@ def _tear_down(serve: subprocess.Popen, broker: Tansu) -> None:
     broker.stop()
 
 
+@pytest.mark.slow
 def test_serve_survives_broker_restart_block_policy(tmp_path, tiny_model):
     broker = Tansu().start()
     metrics_port = free_port()
@@ -208,3 +194,50 @@ exporters:
         seqs = sorted(seq for s, seq in by_key if s == stream)
         assert seqs == list(range(seqs[0], seqs[-1] + 1)), f"gap in stream {stream}"
         assert len(seqs) >= 6 * 8, "turns from before and after the kill"
+
+
+@pytest.mark.slow
+def test_sigterm_with_the_broker_down_stops_within_shutdown_timeout(tmp_path, tiny_model):
+    """The broker goes away for good; the exporter retries forever (retry_timeout_s: null)
+    with 10 s between rounds, longer than the whole shutdown bound, and the queue is full.
+    SIGTERM must still end the daemon within shutdown_timeout: at the bound the fan-out cuts
+    the exporter short (``terminate``: the retry wait ends at once) and closes it."""
+    broker = Tansu().start()
+    metrics_port = free_port()
+    shutdown_timeout = 4.0
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"""
+serve:
+  model: {tiny_model}
+  streams: 2
+  pace: fast
+  shutdown_timeout: {shutdown_timeout}
+  threads: 1
+metrics:
+  listen: 127.0.0.1:{metrics_port}
+exporters:
+  - {{kind: kafka, name: kafka, policy: block, queue: 2, bootstrap_servers: {broker.bootstrap},
+     topic: down, linger_ms: 5, max_block_ms: 500, retry_backoff_s: 10, retry_timeout_s: null}}
+""")
+    serve = subprocess.Popen([sys.executable, "-m", "flowdiff", "serve", "--config", str(config)],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: scrape(metrics_port)["flowdiff_turns_total"] >= 3, 90, "first turns")
+        broker.stop()
+        wait_for(lambda: not ready(metrics_port), 10, "/readyz 503 once the broker is gone")
+        time.sleep(1.0)  # a delivery round is under way against the stopped broker
+        asked = time.monotonic()
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(timeout=60)
+        took = time.monotonic() - asked
+        err = serve.stderr.read()
+    finally:
+        _tear_down(serve, broker)
+    # the bound, plus a second for the interpreter to exit after the daemon stopped
+    assert took <= shutdown_timeout + 1.0, f"stopped {took:.1f} s after SIGTERM\n{err[-3000:]}"
+    assert code == 1, err[-3000:]  # records were lost at the bound: not a clean shutdown
+    assert "did not drain" in err and "Traceback" not in err, err[-3000:]
+    # the retry wait was cut short (submit returned at once) and the exporter closed without
+    # waiting for the broker, during the shutdown (not left to the interpreter's exit)
+    closed = err.find("Closing the Kafka producer with 0 secs timeout")
+    assert 0 <= closed < err.index("flowdiff.daemon.service: stopped after"), err[-3000:]

@@ -87,3 +87,16 @@ def test_bad_output_name_is_refused(tmp_path, capsys):
     assert generate(tmp_path / "flows.txt") == 2
     assert "expected a name ending in .jsonl" in capsys.readouterr().err
     assert not (tmp_path / "flows.txt").exists()
+
+
+def test_bad_option_values_are_named_by_the_config_engine(tmp_path, capsys):
+    out = tmp_path / "flows.jsonl"
+    assert main(["generate", "--records", "0", "--streams", "0", "--steps", "0", "--seed", "-1",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    for message in ("command line --records: serve.max_records: expected a value >= 1, got 0",
+                    "command line --streams: serve.streams: expected a value >= 1",
+                    "command line --steps: serve.sampler.steps: expected a value >= 1, got 0",
+                    "command line --seed: serve.seed: expected a value >= 0, got -1"):
+        assert message in err, err
+    assert not out.exists()

@@ -99,7 +99,7 @@ def test_model_config_validation_lists_problems():
     with pytest.raises(ConfigError) as err:
         ModelConfig.from_dict({"seq_len": 2, "d_modle": 64, "kernel_size": 2, "dropout": "x"})
     msg = str(err.value)
-    assert "model.d_modle: unknown key" in msg and "model.dropout: expected float" in msg
+    assert "model.d_modle: unknown key" in msg and "model.dropout: expected a number" in msg
     with pytest.raises(ConfigError) as err:
         ModelConfig.from_dict({"seq_len": 2, "kernel_size": 2, "n_heads": 3})
     msg = str(err.value)
@@ -192,6 +192,23 @@ def test_predict_keeps_observed_entries_exactly(model, kind):
     assert torch.equal(full[:, :8], context)          # bit-exact, not approximately
     torch.testing.assert_close(full[:, 8:], out)
     assert torch.isfinite(full).all()
+
+
+def test_replacement_is_ddim_with_a_mask(model):
+    """The kinds are listed once (flowdiff.config.SAMPLER_KINDS), each registered; the
+    replacement sampler is DDIM under its infill name: the same predict output for the same
+    steps and seeds, only its default grid differs (200 vs 50 steps)."""
+    from flowdiff.config import SAMPLER_KINDS
+    from flowdiff.model.samplers import _SAMPLERS
+
+    assert set(_SAMPLERS) == set(SAMPLER_KINDS)
+    context = torch.rand(2, 8, 3, generator=torch.Generator().manual_seed(5))
+    ddim = model.predict(context, 4, make_sampler("ddim", steps=10), gens([3, 4]))
+    replaced = model.predict(context, 4, make_sampler("replacement", steps=10), gens([3, 4]))
+    assert torch.equal(ddim, replaced)
+    assert make_sampler("replacement").default_steps(500) == 200
+    assert make_sampler("ddim").default_steps(500) == 50
+    assert make_sampler("ddpm").default_steps(500) == 500
 
 
 def test_infill_with_scattered_mask_keeps_observed(model):

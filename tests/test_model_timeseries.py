@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from flowdiff.model import ConfigError, ModelConfig, TrainConfig, load_checkpoint
-from flowdiff.model.run_config import load_run_config
-from flowdiff.model.timeseries import (MinMaxScaler, TimeSeriesError, load_numeric_csv,
+from flowdiff.timeseries.run_config import load_run_config
+from flowdiff.timeseries.series import (MinMaxScaler, TimeSeriesError, load_numeric_csv,
                                        prepare_series, sliding_windows, train_on_csv)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import torch
 
 from flowdiff.model import (CheckpointError, DiffusionTS, ModelConfig, TrainConfig, load_checkpoint,
                             make_sampler, train)
-from flowdiff.model.timeseries import sliding_windows
+from flowdiff.timeseries.series import sliding_windows
 
 CFG = ModelConfig(seq_len=16, feature_size=2, n_layer_enc=1, n_layer_dec=1, d_model=16,
                   n_heads=2, timesteps=50)
@@ -34,6 +34,7 @@ def small_train_cfg(**changes) -> TrainConfig:
     return TrainConfig.from_dict({**base, **changes})
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_sine_and_writes_artifacts(sine_windows, tmp_path):
     model = DiffusionTS(CFG)
     result = train(model, sine_windows[:1000], sine_windows[1000:], small_train_cfg(), tmp_path)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from realtools import Tansu, free_port, http_get
 from test_exporter_kafka import consume_all
-from test_exporter_serve_kafka import scrape, tiny_model, wait_for  # noqa: F401 (fixture)
+from test_exporter_serve_kafka import scrape, wait_for
 
 from flowdiff.config import parse_config
 from flowdiff.daemon.shard import ShardConfig, parse_shard
@@ -43,7 +43,7 @@ def test_shard_names_and_ranges():
 
 @pytest.mark.slow
 def test_two_shards_write_one_topic_and_a_restarted_shard_resumes_its_streams(
-        tmp_path, tiny_model):  # noqa: F811 (the fixture imported above)
+        tmp_path, tiny_model):
     broker = Tansu().start()
     ports = [free_port(), free_port()]
     config = tmp_path / "serve.yaml"
@@ -121,13 +121,14 @@ exporters:
 def test_shard_on_the_command_line_is_checked():
     import argparse
 
-    from flowdiff.commands.serve import apply_overrides
-    from flowdiff.config import ConfigError, default_config
+    from flowdiff.commands.serve import overrides
+    from flowdiff.config import ConfigError, load_config
 
-    cfg = default_config()
-    apply_overrides(cfg, argparse.Namespace(shard="1-of-2"))
-    assert cfg.serve.shard == ShardConfig(1, 2)
-    with pytest.raises(ConfigError, match=r"--shard: shard index 2 is not in 0..1"):
-        apply_overrides(default_config(), argparse.Namespace(shard="2/2"))
+    def load(shard: str):
+        return load_config(None, overrides(argparse.Namespace(shard=shard)))
+
+    assert load("1-of-2").serve.shard == ShardConfig(1, 2)
+    with pytest.raises(ConfigError, match=r"shard index 2 is not in 0..1"):
+        load("2/2")
     with pytest.raises(ConfigError, match=r"--shard: expected INDEX/COUNT or INDEX-of-COUNT"):
-        apply_overrides(default_config(), argparse.Namespace(shard="two"))
+        load("two")

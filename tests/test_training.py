@@ -22,16 +22,10 @@ def run_train(argv: list[str]) -> int:
     return args.func(args)
 
 
-@pytest.fixture(scope="module")
-def artifact_dir(tmp_path_factory) -> Path:
-    from conftest import shared_file
-
-    data = shared_file("ugr16/ugr16_sample_20k.csv")
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("train") / "model"
-    assert run_train(["--data", str(data), "--config", str(REPO / "configs" / "tiny-test.yaml"),
-                      "--out", str(out)]) == 0
-    return out
+@pytest.fixture
+def artifact_dir(tiny_model) -> Path:
+    """The session's tiny model (conftest), trained by ``flowdiff train``."""
+    return tiny_model
 
 
 def test_artifact_is_self_contained_with_metadata(artifact_dir):

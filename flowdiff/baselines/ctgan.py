@@ -116,7 +116,7 @@ def from_ctgan_table(rows: pd.DataFrame, start: float, dtypes: dict[str, str]) -
 def sample_ctgan(train: pd.DataFrame, records: int, config: CtganConfig) -> pd.DataFrame:
     """Fit CTGAN on the last ``config.train_records`` training records and sample."""
     CTGAN = _import_ctgan()
-    import torch
+    from flowdiff.model.rng import scoped_torch_seed
 
     if len(train) < 10:
         raise BaselineError(f"ctgan baseline needs at least 10 training records, "
@@ -125,12 +125,12 @@ def sample_ctgan(train: pd.DataFrame, records: int, config: CtganConfig) -> pd.D
         raise BaselineError(f"records must be >= 1, got {records}")
     recent = train.iloc[-config.train_records:].reset_index(drop=True)
     table, discrete = to_ctgan_table(recent)
-    torch.manual_seed(config.seed)
-    model = CTGAN(epochs=config.epochs, batch_size=config.batch_size, pac=10,
-                  enable_gpu=False, verbose=False)
-    model.set_random_state(config.seed)
-    log.info("fitting CTGAN on %d records, %d epochs", len(table), config.epochs)
-    model.fit(table, discrete_columns=discrete)
-    rows = model.sample(records)
+    with scoped_torch_seed(config.seed):  # CTGAN draws from torch's global RNG
+        model = CTGAN(epochs=config.epochs, batch_size=config.batch_size, pac=10,
+                      enable_gpu=False, verbose=False)
+        model.set_random_state(config.seed)
+        log.info("fitting CTGAN on %d records, %d epochs", len(table), config.epochs)
+        model.fit(table, discrete_columns=discrete)
+        rows = model.sample(records)
     dtypes = {c: str(recent[c].dtype) for c in recent.columns}
     return from_ctgan_table(rows, float(recent["ts"].iloc[0]), dtypes)

@@ -9,7 +9,7 @@
 
 from flowdiff.codec.codec import (CodecFileError, CodecVersionError, DecodeResult,
                                   EncodeResult, FlowCodec)
-from flowdiff.codec.config import CodecConfig, CodecConfigError, Word2VecConfig
+from flowdiff.codec.config import CodecConfig, Word2VecConfig
 
-__all__ = ["FlowCodec", "CodecConfig", "CodecConfigError", "CodecVersionError",
+__all__ = ["FlowCodec", "CodecConfig", "CodecVersionError",
            "CodecFileError", "DecodeResult", "EncodeResult", "Word2VecConfig"]

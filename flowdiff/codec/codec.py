@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Protocol
 
 import numpy as np
 import pandas as pd
 
 from flowdiff import __version__
+from flowdiff.atomic import write_text_atomic
 from flowdiff.codec.calibration import OutputCalibration
 from flowdiff.codec.config import CodecConfig
 from flowdiff.codec.quantile import QuantileTransform
@@ -110,43 +111,76 @@ class _Embeddings:
                    else None)
 
 
-def _new_transform(field_name: str, transform: str, config: CodecConfig,
-                   embeddings: _Embeddings, seed: int):
-    """An unfitted transform (fit it on the column; the embeddings are fitted already)."""
-    if transform == "bits":
-        return BitsTransform(FIELD_BITS[field_name])
-    if transform == "reuse_bits":
-        return ReuseBitsTransform(config.reuse_depth)
-    if transform in ("minmax", "log_minmax"):
-        return MinMaxTransform(log=transform == "log_minmax")
-    if transform == "quantile":
-        return QuantileTransform(seed=seed + COLUMNS.index(field_name))
-    if transform == "onehot":
-        return OneHotTransform()
-    if transform in ("word2vec", "word2vec_nearest"):
-        return _embedding_transform(field_name, transform, embeddings)
-    raise ValueError(f"field {field_name}: no transform named {transform!r}")
+class Transform(Protocol):
+    """What every field transform offers (``flowdiff/codec/transforms.py``, ``reuse.py``,
+    ``quantile.py``, ``tokens.py``, ``word2vec.py``): ``width`` features per record, fitted
+    on a column, exact on what it saw, and its state as plain JSON values."""
+
+    width: int
+
+    def fit(self, column: np.ndarray) -> "Transform": ...
+    def encode(self, column: np.ndarray) -> np.ndarray: ...          # (n,) -> (n, width)
+    def unknown(self, column: np.ndarray) -> int: ...                # values it cannot encode
+    def decode(self, block: np.ndarray) -> tuple[np.ndarray, int]: ...  # -> (values, repaired)
+    def state(self) -> dict: ...
 
 
-def _embedding_transform(field_name: str, transform: str, embeddings: _Embeddings):
+@dataclass(frozen=True)
+class TransformKind:
+    """How a transform name of the config (``ALLOWED_TRANSFORMS``) becomes a transform:
+    ``new(field, config, embeddings, seed)`` unfitted (embeddings fitted already), and
+    ``load(field, state, embeddings)`` from a saved codec."""
+    new: Callable[[str, CodecConfig, _Embeddings, int], Transform]
+    load: Callable[[str, dict, _Embeddings], Transform]
+
+
+def _embedding_transform(field_name: str, transform: str, embeddings: _Embeddings) -> Transform:
     if transform == "word2vec":
         kind = _ports_or_proto(field_name)
         return (ProtoTokenTransform if kind == "proto" else PortTokenTransform)(embeddings.tokens)
     return EmbeddingTransform(embeddings.nearest.tables[_ports_or_proto(field_name)])
 
 
-_LOADERS = {"bits": BitsTransform.from_state, "reuse_bits": ReuseBitsTransform.from_state,
-            "minmax": MinMaxTransform.from_state, "log_minmax": MinMaxTransform.from_state,
-            "quantile": QuantileTransform.from_state, "onehot": OneHotTransform.from_state}
+def _embedding_kind(transform: str) -> TransformKind:
+    return TransformKind(new=lambda f, config, emb, seed: _embedding_transform(f, transform, emb),
+                         load=lambda f, state, emb: _embedding_transform(f, transform, emb))
+
+
+# The one registry of transform names; ``flowdiff.codec.config.ALLOWED_TRANSFORMS`` says
+# which field may take which, and every name there has an entry here (tested).
+TRANSFORM_KINDS: dict[str, TransformKind] = {
+    "bits": TransformKind(new=lambda f, config, emb, seed: BitsTransform(FIELD_BITS[f]),
+                          load=lambda f, state, emb: BitsTransform.from_state(state)),
+    "reuse_bits": TransformKind(
+        new=lambda f, config, emb, seed: ReuseBitsTransform(config.reuse_depth),
+        load=lambda f, state, emb: ReuseBitsTransform.from_state(state)),
+    "minmax": TransformKind(new=lambda f, config, emb, seed: MinMaxTransform(log=False),
+                            load=lambda f, state, emb: MinMaxTransform.from_state(state)),
+    "log_minmax": TransformKind(new=lambda f, config, emb, seed: MinMaxTransform(log=True),
+                                load=lambda f, state, emb: MinMaxTransform.from_state(state)),
+    "quantile": TransformKind(
+        new=lambda f, config, emb, seed: QuantileTransform(seed=seed + COLUMNS.index(f)),
+        load=lambda f, state, emb: QuantileTransform.from_state(state)),
+    "onehot": TransformKind(new=lambda f, config, emb, seed: OneHotTransform(),
+                            load=lambda f, state, emb: OneHotTransform.from_state(state)),
+    "word2vec": _embedding_kind("word2vec"),
+    "word2vec_nearest": _embedding_kind("word2vec_nearest"),
+}
+
+
+def _new_transform(field_name: str, transform: str, config: CodecConfig,
+                   embeddings: _Embeddings, seed: int) -> Transform:
+    """An unfitted transform (fit it on the column; the embeddings are fitted already)."""
+    if transform not in TRANSFORM_KINDS:
+        raise ValueError(f"field {field_name}: no transform named {transform!r}")
+    return TRANSFORM_KINDS[transform].new(field_name, config, embeddings, seed)
 
 
 def _transform_from_state(field_name: str, transform: str, state: dict,
-                          embeddings: _Embeddings):
-    if transform in _LOADERS:
-        return _LOADERS[transform](state)
-    if transform in ("word2vec", "word2vec_nearest"):
-        return _embedding_transform(field_name, transform, embeddings)
-    raise CodecFileError(f"field {field_name}: unknown transform {transform!r} in codec file")
+                          embeddings: _Embeddings) -> Transform:
+    if transform not in TRANSFORM_KINDS:
+        raise CodecFileError(f"field {field_name}: unknown transform {transform!r} in codec file")
+    return TRANSFORM_KINDS[transform].load(field_name, state, embeddings)
 
 
 def _upgrade_version_1(state: dict) -> dict:
@@ -369,7 +403,7 @@ class FlowCodec:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.embeddings.save(directory)
-        _write_atomic(directory / STATE_FILE, json.dumps(self.state(), indent=1))
+        write_text_atomic(directory / STATE_FILE, json.dumps(self.state(), indent=1))
         return directory
 
     @classmethod
@@ -422,8 +456,3 @@ class StreamsDecoded:
     result: DecodeResult
     history: dict[str, np.ndarray]        # reuse field -> (S, K) last K addresses
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -35,11 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
+from flowdiff.atomic import write_text_atomic
 from flowdiff.codec.config import Word2VecConfig
 from flowdiff.codec.kernel import KernelDecoder
 from flowdiff.codec.transforms import BitsTransform, nearest_rows
 from flowdiff.codec.word2vec import (_scale, distinct_vectors, load_vectors, save_vectors,
-                                     train_word2vec, write_atomic)
+                                     train_word2vec)
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class TokenEmbedding:
                                   "temperature": t.decoder.temperature,
                                   "prior_power": t.decoder.prior_power}
                            for kind, t in self.tables.items()}}
-        write_atomic(directory / TABLES_FILE, lambda f: Path(f).write_text(json.dumps(info)))
+        write_text_atomic(directory / TABLES_FILE, json.dumps(info))
 
     @classmethod
     def load(cls, directory: Path) -> "TokenEmbedding":

@@ -26,13 +26,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 from scipy.spatial import cKDTree
 
+from flowdiff.atomic import atomic_file, write_atomic_via, write_text_atomic
 from flowdiff.codec.config import Word2VecConfig
 from flowdiff.codec.nearest import NearestIndex
 from flowdiff.codec.transforms import nearest_rows
@@ -189,8 +189,9 @@ class PortProtoEmbedding:
                      [token(kind, int(v)) for kind, t in self.tables.items() for v in t.values],
                      np.concatenate([t.vectors for t in self.tables.values()]),
                      np.concatenate([t.counts for t in self.tables.values()]))
-        write_atomic(directory / COUNTS_FILE, lambda f: Path(f).write_text(json.dumps(counts)))
-        write_atomic(directory / INDEX_FILE, lambda f: _save_npz(f, arrays))
+        write_text_atomic(directory / COUNTS_FILE, json.dumps(counts))
+        with atomic_file(directory / INDEX_FILE) as handle:
+            np.savez(handle, **arrays)  # a handle: np.savez would append ".npz" to a name
 
     @classmethod
     def load(cls, directory: Path) -> "PortProtoEmbedding":
@@ -229,14 +230,6 @@ def distinct_vectors(model, keys: list[str], kind: str,
     return counts, vectors
 
 
-def write_atomic(path: Path, write) -> None:
-    """``write(temp_path)`` then rename onto ``path`` (a crash leaves the old file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with _quiet_gensim():
-        write(str(tmp))
-    os.replace(tmp, path)
-
-
 def save_vectors(path: Path, names: list[str], vectors: np.ndarray, counts: np.ndarray) -> None:
     """Token vectors in gensim's word2vec binary format (vectors only, no pickle)."""
     from gensim.models import KeyedVectors
@@ -246,7 +239,8 @@ def save_vectors(path: Path, names: list[str], vectors: np.ndarray, counts: np.n
     # gensim sorts the saved vectors by a "count" attribute (and warns when it is absent)
     keyed.allocate_vecattrs(attrs=["count"], types=[np.int64])
     keyed.expandos["count"][:] = counts
-    write_atomic(path, lambda f: keyed.save_word2vec_format(f, binary=True))
+    with _quiet_gensim():
+        write_atomic_via(path, lambda f: keyed.save_word2vec_format(f, binary=True))
 
 
 def load_vectors(path: Path):
@@ -256,10 +250,6 @@ def load_vectors(path: Path):
     with _quiet_gensim():
         return KeyedVectors.load_word2vec_format(str(path), binary=True)
 
-
-def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as handle:  # a handle: np.savez would append ".npz" to the name
-        np.savez(handle, **arrays)
 
 
 class EmbeddingTransform:

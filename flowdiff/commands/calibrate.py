@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from flowdiff.config import SAMPLER_KINDS
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -19,7 +21,7 @@ def register(subparsers) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="artifact directory")
     parser.add_argument("--data", required=True, metavar="TRACE",
                         help="the trace the artifact was trained on")
-    parser.add_argument("--sampler", choices=("conditional", "replacement", "guided", "ddim", "ddpm"),
+    parser.add_argument("--sampler", choices=SAMPLER_KINDS,
                         help="sampler to calibrate for (default: serve's)")
     parser.add_argument("--steps", type=int, help="sampler steps (default: serve's)")
     parser.add_argument("--streams", type=int, default=16, help="streams of the rollout (16)")
@@ -35,24 +37,30 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from flowdiff.config import SamplerConfig
+    from flowdiff.config import ConfigError, load_config
 
-    bad = [f"--{n}: expected an integer >= 1, got {v}" for n, v in
-           (("streams", args.streams), ("turns", args.turns), ("steps", args.steps))
-           if v is not None and v < 1]
-    if bad:
-        print("\n".join(bad), file=sys.stderr)
+    try:  # the sampler and streams are checked as serve's (the engine names the option)
+        cfg = load_config(None, {"serve.sampler.kind": ("--sampler", args.sampler),
+                                 "serve.sampler.steps": ("--steps", args.steps),
+                                 "serve.streams": ("--streams", args.streams)})
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
         return 2
-    default = SamplerConfig()
+    if args.turns < 1:
+        print(f"--turns: expected an integer >= 1, got {args.turns}", file=sys.stderr)
+        return 2
     torch.set_num_threads(1)
     from flowdiff.calibrate import calibrate_artifact
 
-    report = calibrate_artifact(args.model, args.data, sampler_kind=args.sampler or default.kind,
-                                sampler_steps=args.steps or default.steps,
+    report = calibrate_artifact(args.model, args.data, sampler_kind=cfg.serve.sampler.kind,
+                                sampler_steps=cfg.serve.sampler.steps,
                                 streams=args.streams, turns=args.turns, seed=args.seed)
     print(f"calibrated {report.artifact}: {report.outputs} model output steps against "
           f"{report.reference} training records, {report.seconds:.0f} s")
     for field, freq in report.argmax_frequencies.items():
-        print(f"  {field}: class frequencies training {freq['training']} model "
-              f"{freq['model']} calibrated {freq['calibrated']}")
+        if "training" in freq:
+            print(f"  {field}: class frequencies training {freq['training']} model "
+                  f"{freq['model']} calibrated {freq['calibrated']}")
+        else:  # the address vocabularies report shares, not class frequencies
+            print(f"  {field}: " + ", ".join(f"{key} {value}" for key, value in freq.items()))
     return 0

@@ -78,22 +78,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_codec_config(path: str | None):
-    """A CodecConfig from a YAML file holding a ``codec:`` section or just the section."""
-    from pathlib import Path
-
-    import yaml
-
+    """A CodecConfig from a YAML file holding a ``codec:`` section or just the section
+    (the config engine's errors: ``file:line: key: message``)."""
     from flowdiff.codec import CodecConfig
+    from flowdiff.config import read_yaml
 
     if path is None:
         return CodecConfig()
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from err
+    data, lines = read_yaml(path)
     if isinstance(data, dict) and "codec" in data:
-        data = data["codec"]
-    return CodecConfig.from_dict(data, source=str(path))
+        return CodecConfig.from_dict(data["codec"], "codec", source=str(path), lines=lines)
+    return CodecConfig.from_dict(data, source=str(path), lines=lines)
 
 
 def _fit(args: argparse.Namespace) -> int:

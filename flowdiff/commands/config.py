@@ -3,7 +3,7 @@
 The kind of file is recognised by its top-level keys and checked by its owner's loader:
 daemon/training configs (``serve``, ``exporters``, ``data``/``window``/``codec``/``model``/
 ``train``) by ``flowdiff.config.load_config``; time-series run configs (``data.csv``) by
-``flowdiff.model.run_config``; codec-only files (``fields``, ``word2vec``) by
+``flowdiff.timeseries.run_config``; codec-only files (``fields``, ``word2vec``) by
 ``flowdiff.codec.CodecConfig``; ingest column mappings (``columns``) by
 ``flowdiff.ingest.load_mapping``.
 
@@ -48,41 +48,38 @@ def detect_kind(raw) -> str:
 
 def check_file(path: str) -> tuple[str, list[str]]:
     """(summary line, errors) for one file; errors empty when valid."""
-    from pathlib import Path
-
-    import yaml
-
-    from flowdiff.config import ConfigError, load_config
+    from flowdiff.config import ConfigError, load_config, read_yaml
 
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        raw = None  # load_config reports the read/decode/parse error with its position
-    kind = detect_kind(raw)
-    try:
+        raw, lines = read_yaml(path)
+        kind = detect_kind(raw)
         if kind == "timeseries":
-            from flowdiff.model.run_config import load_run_config
+            from flowdiff.timeseries.run_config import load_run_config
 
             run = load_run_config(path)
             return f"time-series run config (csv {run.csv}, window {run.model.seq_len})", []
         if kind == "codec":
             from flowdiff.codec import CodecConfig
 
-            CodecConfig.from_dict(raw, source=path)
+            CodecConfig.from_dict(raw, source=path, lines=lines)
             return "codec config", []
         if kind == "mapping":
             from flowdiff.ingest import load_mapping
 
             load_mapping(path)
             return "ingest column mapping", []
-        cfg = load_config(path)
         if isinstance(raw, dict) and raw.keys() & SERVE_SECTIONS:
-            from flowdiff.daemon.preflight import raise_if_unfit
+            from flowdiff.daemon.preflight import check_serve_config
 
-            raise_if_unfit(cfg, load_model=True)  # what serve checks before READY
+            # the file's problems and what serve checks before READY, in one list
+            cfg, errors = check_serve_config(path, load_model=True)
+            if errors:
+                return "", errors
+        else:
+            cfg = load_config(path)
     except ConfigError as exc:
         return "", exc.errors
-    except ValueError as exc:  # the other loaders' errors are ValueError subclasses
+    except ValueError as exc:  # the ingest mapping's own errors (flowdiff.ingest.errors)
         return "", [line.strip() for line in str(exc).splitlines() if line.strip()]
     kinds = ", ".join(f"{e.name}({e.kind})" for e in cfg.exporters)
     return (f"serve: {cfg.serve.streams} streams, sampler {cfg.serve.sampler.kind}/"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from flowdiff.config import SAMPLER_KINDS
+
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
 
@@ -22,7 +24,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--streams", type=int, default=1, metavar="S",
                         help="parallel streams (records interleave by stream)")
-    parser.add_argument("--sampler", choices=("conditional", "replacement", "guided", "ddim", "ddpm"),
+    parser.add_argument("--sampler", choices=SAMPLER_KINDS,
                         help="predict-mode sampler (default: serve's, see docs/daemon.md)")
     parser.add_argument("--steps", type=int, help="sampler steps (default: serve's)")
     parser.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (default 0)")
@@ -36,11 +38,7 @@ def register(subparsers) -> None:
 
 
 def _check(args: argparse.Namespace) -> list[str]:
-    errors = [f"--{n}: expected an integer >= 1, got {v}"
-              for n, v in (("records", args.records), ("streams", args.streams),
-                           ("steps", args.steps)) if v is not None and v < 1]
-    if args.seed < 0:
-        errors.append(f"--seed: expected an integer >= 0, got {args.seed}")
+    errors = []
     out = args.out.lower()
     if out != "-" and not out.endswith((".jsonl", *TABLE_SUFFIXES)):
         errors.append(f"--out {args.out}: expected a name ending in .jsonl, "
@@ -63,23 +61,24 @@ def run(args: argparse.Namespace) -> int:
 
     from prometheus_client import CollectorRegistry
 
-    from flowdiff.config import ConfigError, ExporterConfig, parse_config
+    from flowdiff.config import ConfigError, ExporterConfig, load_config
     from flowdiff.daemon.service import Service, StopFlag
-    from flowdiff.daemon.table_sink import TableSink
+    from flowdiff.exporters.table import TableSink
     from flowdiff.exporters.stdout import JsonLinesExporter
 
     errors = _check(args)
     if errors:
         print("\n".join(errors), file=sys.stderr)
         return 2
-    raw = {"serve": {"model": args.model, "streams": args.streams, "seed": args.seed,
-                     "pace": "fast", "max_records": args.records,
-                     "sampler": {k: v for k, v in (("kind", args.sampler), ("steps", args.steps),
-                                                   ("eta", args.eta), ("churn", args.churn))
-                                 if v is not None}},
-           "metrics": {"enabled": False}}
+    options = {  # checked by the config engine, which names the option in its errors
+        "serve.model": ("--model", args.model), "serve.streams": ("--streams", args.streams),
+        "serve.seed": ("--seed", args.seed), "serve.max_records": ("--records", args.records),
+        "serve.sampler.kind": ("--sampler", args.sampler),
+        "serve.sampler.steps": ("--steps", args.steps), "serve.sampler.eta": ("--eta", args.eta),
+        "serve.sampler.churn": ("--churn", args.churn),
+        "serve.pace": ("generate", "fast"), "metrics.enabled": ("generate", False)}
     try:
-        cfg = parse_config(raw, "command line")
+        cfg = load_config(None, options)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -98,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
         result = Service(cfg, StopFlag(), registry=registry, clock=clock,
                          exporters=[(ExporterConfig(kind="generate", name="out"), exporter)]
                          ).run()
+    except ConfigError as exc:  # e.g. more sampler steps than the model has (before any record)
+        print(str(exc), file=sys.stderr)
+        return 2
     finally:
         if handle is not None:
             handle.close()

@@ -31,38 +31,29 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def apply_overrides(cfg, args: argparse.Namespace) -> None:
-    """Command-line overrides of serve.* (checked like the file's values)."""
+def overrides(args: argparse.Namespace) -> dict:
+    """The command-line values as config overrides (dotted key -> (option, value)); the
+    config engine checks them with the file's values and names the option in its errors.
+    ``--shard I/N`` (or ``I-of-N``) sets serve.shard.index and serve.shard.count."""
     from flowdiff.config import ConfigError
 
-    s, errors = cfg.serve, []
-    for name, low in (("streams", 1), ("seed", 0), ("max_records", 1)):
-        value = getattr(args, name, None)
-        if value is not None and value < low:
-            errors.append(f"--{name.replace('_', '-')}: expected an integer >= {low}, got {value}")
-        elif value is not None:
-            setattr(s, name, value)
-    if getattr(args, "model", None):
-        s.model = args.model
-    if getattr(args, "pace", None):
-        s.pace = args.pace
-    listen = getattr(args, "listen", None)
-    if listen:
-        host, sep, port = listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
-            errors.append(f"--listen: expected HOST:PORT with port 0..65535, got {listen!r}")
-        else:
-            cfg.metrics.listen = listen
+    given = {"serve.model": ("--model", getattr(args, "model", None)),
+             "serve.streams": ("--streams", getattr(args, "streams", None)),
+             "serve.seed": ("--seed", getattr(args, "seed", None)),
+             "serve.pace": ("--pace", getattr(args, "pace", None)),
+             "serve.max_records": ("--max-records", getattr(args, "max_records", None)),
+             "metrics.listen": ("--listen", getattr(args, "listen", None))}
     shard = getattr(args, "shard", None)
-    if shard:
+    if shard is not None:
         from flowdiff.daemon.shard import parse_shard
 
         try:
-            s.shard = parse_shard(shard)
+            parsed = parse_shard(shard)
         except ValueError as exc:
-            errors.append(f"--shard: {exc}")
-    if errors:
-        raise ConfigError("command line", errors)
+            raise ConfigError("command line", [f"--shard: {exc}"]) from exc
+        given["serve.shard.index"] = ("--shard", parsed.index)
+        given["serve.shard.count"] = ("--shard", parsed.count)
+    return given
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,17 +62,17 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from flowdiff.artifact import ArtifactError
-    from flowdiff.config import ConfigError, default_config, load_config
-    from flowdiff.daemon.preflight import raise_if_unfit
+    from flowdiff.config import ConfigError
+    from flowdiff.daemon.preflight import check_serve_config
     from flowdiff.daemon.service import Service, StopFlag
     from flowdiff.daemon.state import StateError
     from flowdiff.exporters.base import ExporterError
 
     log = logging.getLogger("flowdiff.serve")
-    try:
-        cfg = load_config(args.config) if args.config else default_config()
-        apply_overrides(cfg, args)
-        raise_if_unfit(cfg, load_model=False)  # Service loads (and checks) the model next
+    try:  # Service loads (and checks) the model next
+        cfg, errors = check_serve_config(args.config, overrides(args), load_model=False)
+        if errors:
+            raise ConfigError(cfg.source, errors)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_CONFIG
@@ -97,9 +88,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"serve.model: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except StateError as exc:  # corrupt or foreign state file, state_dir in use
-        text = str(exc)
-        print(text if text.startswith("serve.state_dir") else f"serve.state_dir: {text}",
-              file=sys.stderr)
+        print(f"serve.state_dir: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except (ExporterError, ImportError, OSError, ValueError) as exc:
         log.error("%s", exc)

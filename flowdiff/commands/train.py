@@ -70,12 +70,12 @@ def _train_flows(args: argparse.Namespace) -> int:
 
 
 def _train_timeseries(args: argparse.Namespace) -> int:
-    """Time-series run configs (configs/dts-*.yaml) belong to flowdiff.model.run_config."""
+    """Time-series run configs (configs/dts-*.yaml) belong to flowdiff.timeseries.run_config."""
     import sys
 
     from flowdiff.model import ConfigError
-    from flowdiff.model.run_config import load_run_config
-    from flowdiff.model.timeseries import train_on_csv
+    from flowdiff.timeseries.run_config import load_run_config
+    from flowdiff.timeseries.series import train_on_csv
 
     try:
         run_cfg = load_run_config(args.config)

@@ -6,7 +6,9 @@ The generation loop calls ``submit(batch)``; each exporter's queue takes the sam
 discards the batch for that exporter, counting the records in
 ``flowdiff_records_dropped_total{reason="queue_full"}``. Workers pace records (see
 ``pacing.Pacer``), deliver them, and count exported records and errors. ``close`` drains in
-order: queues empty -> exporters flushed and closed, within a deadline.
+order: queues empty -> exporters flushed and closed, within a deadline; an exporter still
+busy at the deadline is cut short (``Exporter.terminate``: its retry waits end at once) and
+then closed without waiting for its destination.
 
 A delivery that fails is, under ``block``, retried with back-off (0.1 s doubling to 5 s) until
 it succeeds: the exporter reports unhealthy with the error as its reason meanwhile, its queue
@@ -71,7 +73,6 @@ class _Lane:
         self._undelivered = False  # the batch being released lost records (not done)
         self.thread = threading.Thread(target=self._work, name=f"exporter-{self.name}",
                                        daemon=True)
-        sink.exporter.on_errors = fanout.metrics.exporter_errors.labels(exporter=self.name).inc
 
     def is_healthy(self) -> bool:
         return bool(self.sink.exporter.healthy) and not self.closed and self.problem is None
@@ -123,8 +124,9 @@ class _Lane:
                     log.error("exporter %s: %d records lost: %s", self.name, len(chunk), exc)
                     return
                 self.problem = f"delivery failing, retrying: {exc}"
-                log.error("exporter %s: %d records not delivered, retrying in %.1f s: %s",
-                          self.name, len(chunk), backoff, exc)
+                if not self.fanout.abort.is_set():
+                    log.error("exporter %s: %d records not delivered, retrying in %.1f s: %s",
+                              self.name, len(chunk), backoff, exc)
                 if self.fanout.abort.wait(backoff):  # the shutdown bound was reached
                     m.dropped.labels(exporter=self.name, reason="shutdown").inc(len(chunk))
                     self._undelivered = True
@@ -237,6 +239,7 @@ class Fanout:
             if lane.thread.is_alive() or not lane.closed:
                 clean = False
                 self.abort.set()
+                lane.sink.exporter.terminate()  # its waits and retries end now
                 lost = 0
                 while True:
                     try:
@@ -248,6 +251,10 @@ class Fanout:
                 self.metrics.dropped.labels(exporter=lane.name, reason="shutdown").inc(lost)
                 log.error("exporter %s did not drain within %.1f s: %d queued records dropped",
                           lane.name, timeout, lost)
+                try:  # the worker closes the exporter once its cut-short submit returns
+                    lane.queue.put_nowait(_CLOSE)
+                except queue.Full:
+                    pass
                 # a worker retrying a failed batch sees the abort at once and counts it
                 lane.thread.join(timeout=_ABORT_GRACE)
         return clean

@@ -16,6 +16,8 @@ from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from flowdiff.config import parse_host_port
+
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], tuple[bool, str]]  # -> (ok, one-line reason)
@@ -61,10 +63,10 @@ class _BoundedServer(ThreadingHTTPServer):
 class OpsServer:
     def __init__(self, listen: str, registry: CollectorRegistry, health: Probe, ready: Probe,
                  *, read_timeout: float = READ_TIMEOUT, max_connections: int = MAX_CONNECTIONS):
-        host, _, port = listen.rpartition(":")
+        host, port = parse_host_port(listen)
         self._registry, self._health, self._ready = registry, health, ready
         self._read_timeout = read_timeout
-        self._server = _BoundedServer((host, int(port)), self._handler_class(), max_connections)
+        self._server = _BoundedServer((host, port), self._handler_class(), max_connections)
         self._thread = threading.Thread(target=self._server.serve_forever, name="ops-http",
                                         daemon=True)
 

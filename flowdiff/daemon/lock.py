@@ -22,7 +22,7 @@ class LockError(StateError):
 
 
 def _in_use(directory: Path, path: Path, holder: str) -> LockError:
-    return LockError(f"serve.state_dir: {directory} is in use by another flowdiff daemon "
+    return LockError(f"{directory} is in use by another flowdiff daemon "
                      f"(pid {holder or 'unknown'}, lock file {path}); stop it or give this "
                      "one its own state_dir")
 
@@ -39,7 +39,7 @@ class StateDirLock:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise StateError(f"serve.state_dir: cannot use {self.directory}: "
+            raise StateError(f"cannot use {self.directory}: "
                              f"{exc.strerror or exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -25,7 +25,8 @@ import os
 import socket
 from pathlib import Path
 
-from flowdiff.config import Config, ConfigError, Problems
+from flowdiff.config import (Config, ConfigError, Problems, SamplerConfig, load_config,
+                             parse_address_list, parse_host_port)
 
 SUPPORTED_DEVICES = ("cpu", "cuda", "mps")
 
@@ -111,38 +112,54 @@ def check_device(device: str) -> str | None:
            f"{', '.join(SUPPORTED_DEVICES)})"
 
 
-def preflight(cfg: Config, *, load_model: bool) -> list[str]:
-    """Every problem ``serve`` would hit before READY, as ``file:line: key: message`` lines."""
+def preflight(cfg: Config, *, load_model: bool, problems: Problems | None = None) -> list[str]:
+    """Every problem ``serve`` would hit before READY, as ``file:line: key: message`` lines.
+    With ``problems`` (from loading the file), sections that already have a problem there
+    are not checked again (they hold defaults, not what the file says)."""
     from flowdiff.daemon.lock import check_unlocked
 
-    problems = Problems(cfg.source, cfg.lines)
+    problems = problems if problems is not None else Problems(cfg.source, cfg.lines)
+    before = len(problems.errors)
     s = cfg.serve
-    if cfg.metrics.enabled:
-        host, _, port = cfg.metrics.listen.rpartition(":")
-        problem = check_host(host) or check_port_free(host, int(port))
+    if cfg.metrics.enabled and not problems.has("metrics"):
+        host, port = parse_host_port(cfg.metrics.listen)
+        problem = check_host(host) or check_port_free(host, port)
         if problem:
             problems.add("metrics.listen", problem)
-    device_problem = check_device(s.device)
+    serve_ok = not problems.has("serve")
+    device_problem = check_device(s.device) if serve_ok else None
     if device_problem:
         problems.add("serve.device", device_problem)
     state_dir = s.shard.state_dir(s.state_dir)  # <state_dir>/<i>-of-<N> when sharded
-    if state_dir:
+    if serve_ok and state_dir:
         problem = check_directory(state_dir) or check_unlocked(state_dir)
         if problem:
-            problems.add("serve.state_dir", problem.removeprefix("serve.state_dir: "))
-    if s.start == "real" and s.seed_data and not Path(s.seed_data).is_file():
+            problems.add("serve.state_dir", problem)
+    if serve_ok and s.start == "real" and s.seed_data and not Path(s.seed_data).is_file():
         problems.add("serve.seed_data", f"{s.seed_data}: no such file")
     for i, exporter in enumerate(cfg.exporters):
         _check_exporter(f"exporters[{i}]", exporter.options, problems)
-    if load_model and not device_problem:
+    if load_model and serve_ok and not device_problem:
         _check_model_and_state(cfg, problems)
-    return problems.errors
+    return problems.errors[before:]
+
+
+def check_serve_config(path: str | None, overrides: dict | None = None, *,
+                       load_model: bool) -> tuple[Config, list[str]]:
+    """(config, every problem) of a serve config file (None: the defaults) with command-line
+    ``overrides``: what the file says wrong and what the world would refuse, in one list.
+    ``flowdiff config check`` and ``serve`` both start here; a YAML that cannot be read or
+    parsed raises ConfigError."""
+    problems = Problems(str(path) if path else "<defaults>")
+    cfg = load_config(path, overrides, problems=problems)
+    preflight(cfg, load_model=load_model, problems=problems)
+    return cfg, problems.errors
 
 
 def _check_exporter(path: str, options, problems: Problems) -> None:
     for key in options.ADDRESS_KEYS:
-        for address in filter(None, (a.strip() for a in str(getattr(options, key)).split(","))):
-            problem = check_host(address.rpartition(":")[0])
+        for host, _port in parse_address_list(getattr(options, key)):
+            problem = check_host(host)
             if problem:
                 problems.add(f"{path}.{key}", problem)
     for key in options.DIRECTORY_KEYS:
@@ -150,6 +167,26 @@ def _check_exporter(path: str, options, problems: Problems) -> None:
         problem = check_directory(value) if value else None
         if problem:
             problems.add(f"{path}.{key}", problem)
+
+
+def sampler_problem(sampler: SamplerConfig, timesteps: int) -> str | None:
+    """None when the configured sampler runs on a model of ``timesteps`` diffusion steps
+    (the daemon's predict turns, and its unconditional start: ddim with the same steps),
+    else the problem."""
+    from flowdiff.model import SamplerError, make_sampler
+
+    try:
+        for made in (sampler.make(), make_sampler("ddim", steps=sampler.steps)):
+            made.set_timesteps(timesteps)
+    except SamplerError as exc:
+        return str(exc)
+    return None
+
+
+def check_sampler(cfg: Config, timesteps: int, problems: Problems) -> None:
+    problem = sampler_problem(cfg.serve.sampler, timesteps)
+    if problem:
+        problems.add("serve.sampler.steps", problem)
 
 
 def _check_model_and_state(cfg: Config, problems: Problems) -> None:
@@ -163,6 +200,7 @@ def _check_model_and_state(cfg: Config, problems: Problems) -> None:
     except ArtifactError as exc:
         problems.add("serve.model", str(exc))
         return
+    check_sampler(cfg, artifact.model.process.timesteps, problems)
     state_dir = s.shard.state_dir(s.state_dir)
     if state_dir and Path(state_dir).is_dir():
         try:

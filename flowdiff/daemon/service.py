@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from flowdiff.config import Config, ConfigError, ExporterConfig
+from flowdiff.config import Config, ConfigError, ExporterConfig, Problems
 from flowdiff.daemon.fanout import Fanout, Sink
 from flowdiff.daemon.generator import StreamGenerator
 from flowdiff.daemon.http import OpsServer
@@ -87,10 +87,13 @@ def state_fingerprint(artifact, serve) -> dict:
     return fingerprint
 
 
-def build_exporters(configs: list[ExporterConfig]) -> list[tuple[ExporterConfig, Exporter]]:
+def build_exporters(configs: list[ExporterConfig], metrics: DaemonMetrics
+                    ) -> list[tuple[ExporterConfig, Exporter]]:
     from flowdiff.exporters.registry import build_exporter
 
-    return [(c, build_exporter(c.kind, c.name, c.options)) for c in configs]
+    return [(c, build_exporter(c.kind, c.name, c.options,
+                               on_errors=metrics.exporter_errors.labels(exporter=c.name).inc))
+            for c in configs]
 
 
 def _seed_windows(cfg: Config, codec, context: int, streams: int) -> np.ndarray:
@@ -157,7 +160,7 @@ class Service:
         import torch
 
         from flowdiff.artifact import load_artifact, resolve_model_dir
-        from flowdiff.model import make_sampler
+        from flowdiff.daemon.preflight import check_sampler
 
         s = self.cfg.serve
         if s.threads:
@@ -170,6 +173,9 @@ class Service:
                 self.server = self._start_server()
             device = resolve_device(s.device)  # auto: CUDA when present
             artifact = load_artifact(resolve_model_dir(s.model), device=device)
+            problems = Problems(self.cfg.source, self.cfg.lines)
+            check_sampler(self.cfg, artifact.model.process.timesteps, problems)
+            problems.raise_if_any()  # before READY, as `flowdiff config check` reports it
             gen = StreamGenerator(artifact.model, artifact.codec,
                                   s.sampler.make(),
                                   context=artifact.context, horizon=artifact.horizon,
@@ -180,7 +186,7 @@ class Service:
             self._start_streams(gen, artifact, fingerprint)
             self._publish_info(artifact)
             exporters = self.exporters if self.exporters is not None else \
-                build_exporters(self.cfg.exporters)
+                build_exporters(self.cfg.exporters, self.metrics)
             pacer = Pacer(s.pace, s.speed, anchor_ts=float(gen.clocks.min()),
                           anchor_wall=self.clock(), clock=self.clock)
             if self.state_dir:  # the position a save may go back to

@@ -1,8 +1,9 @@
 """Daemon state on disk: per-stream contexts, RNG states, next ``seq`` and synthetic clocks.
 
-Saved atomically (temp file in the same directory, fsync, rename) so a crash leaves either
-the old or the new file. Loaded with ``torch.load(weights_only=True)``: the file holds only
-tensors, numbers, strings, lists and dicts. A ``fingerprint`` (artifact hash, stream count,
+Saved atomically (``flowdiff.atomic``: temp file in the same directory, fsync, rename, fsync
+of the directory) so a crash leaves either the old or the new file. Loaded with
+``torch.load(weights_only=True)``: the file holds only tensors, numbers, strings, lists and
+dicts. A ``fingerprint`` (artifact hash, stream count,
 base seed, window) guards against resuming a state that belongs to another setup, and every
 field is checked on load (shapes against the fingerprint, finite values, seq and clocks in
 range), so a damaged or edited file is refused with a message naming it, never resumed into
@@ -12,11 +13,12 @@ records with ``"ts": Infinity`` or negative ``seq``.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from flowdiff.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,6 @@ def save_state(directory: str | Path, state: StreamState) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / STATE_FILE
-    tmp = directory / f".{STATE_FILE}.{os.getpid()}.tmp"
     payload = {
         "version": STATE_VERSION,
         "contexts": state.contexts.detach().cpu(),
@@ -65,16 +66,8 @@ def save_state(directory: str | Path, state: StreamState) -> Path:
     }
     if state.generated_turns is not None:
         payload["generated_turns"] = int(state.generated_turns)
-    with open(tmp, "wb") as fh:
-        torch.save(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_file(final) as handle:
+        torch.save(payload, handle)
     return final
 
 

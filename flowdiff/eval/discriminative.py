@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
 from flowdiff.schema import ICMP, TCP, UDP
@@ -101,6 +100,11 @@ def discriminative_score(real: pd.DataFrame, synthetic: pd.DataFrame,
     x_test = np.vstack([x_real[n_train:], x_syn[n_train:]])  # (2 (n - n_train), F)
     y_train = np.r_[np.zeros(n_train), np.ones(n_train)]
     y_test = np.r_[np.zeros(n - n_train), np.ones(n - n_train)]
+    try:  # the eval extra (pip install 'flowdiff[eval]'): the base install serves without it
+        from sklearn.ensemble import HistGradientBoostingClassifier
+    except ModuleNotFoundError as exc:
+        raise DiscriminativeError("the discriminative score needs scikit-learn: pip install "
+                                  "'flowdiff[eval]'") from exc
     classifier = HistGradientBoostingClassifier(max_iter=100, random_state=config.seed)
     # A few thousand windows: one thread is faster than OpenMP's start-up and spinning,
     # and leaves the other cores to the daemon.

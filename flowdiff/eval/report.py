@@ -5,12 +5,12 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from flowdiff.atomic import write_text_atomic
 
 
 def _json_default(value):
@@ -19,13 +19,6 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def _sanitise(value):
@@ -91,7 +84,7 @@ def write(result: dict, real: pd.DataFrame, synthetics: dict[str, pd.DataFrame],
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "metrics.json", "markdown": out / "summary.md",
              "html": out / "summary.html"}
-    _atomic_write(files["json"], json.dumps(_sanitise(result), indent=2,
+    write_text_atomic(files["json"], json.dumps(_sanitise(result), indent=2,
                                             default=_json_default))
     images: list[str] = []
     if plots:
@@ -104,8 +97,8 @@ def write(result: dict, real: pd.DataFrame, synthetics: dict[str, pd.DataFrame],
                 "Lower is better for every metric.\n\n" + to_markdown(table) + "\n")
     if images:
         markdown += "\n## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in images) + "\n"
-    _atomic_write(files["markdown"], markdown)
-    _atomic_write(files["html"], to_html(table, images))
+    write_text_atomic(files["markdown"], markdown)
+    write_text_atomic(files["html"], to_html(table, images))
     written = {k: str(v) for k, v in files.items()}
     written.update({f"plot:{p}": str(out / p) for p in images})
     return written

@@ -7,10 +7,16 @@ A batch is a canonical flow table (see ``flowdiff.schema``) with ``stream_id`` a
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from typing import Callable
 
 import pandas as pd
+
+from flowdiff.config import Checked
+
+
+ErrorCallback = Callable[[int], None]  # called with each count of failed deliveries
 
 
 class ExporterError(RuntimeError):
@@ -22,9 +28,11 @@ class OutputClosed(ExporterError):
     Nothing more can be delivered there; the daemon stops quietly, as Unix tools do."""
 
 
-class ExporterConfig:
-    """Base of every exporter's settings dataclass: ``validate`` lists the problems (all of
-    them), and a config with any problem cannot be built.
+class ExporterSettings(Checked):
+    """Base of every exporter's settings dataclass (the ``CONFIG`` of its module), validated
+    by the one config engine (``flowdiff.config``): ``check()`` returns ``(key, message)``
+    for each problem; the loader reports each at its key and line, and constructing a
+    settings object with any problem raises ``ConfigError`` listing them all.
 
     ``ADDRESS_KEYS`` (``host:port[,host:port...]`` values) and ``DIRECTORY_KEYS`` name the
     keys ``flowdiff config check`` and ``serve`` check against the world before starting
@@ -33,27 +41,23 @@ class ExporterConfig:
     ADDRESS_KEYS: tuple[str, ...] = ()  # unannotated in subclasses, so not dataclass fields
     DIRECTORY_KEYS: tuple[str, ...] = ()
 
-    def validate(self) -> list[str]:
-        return []
-
-    def __post_init__(self):
-        errors = self.validate()
-        if errors:
-            raise ValueError("; ".join(errors))
-
 
 class Exporter(ABC):
     #: short kind name used in configs and metric labels, e.g. "stdout", "kafka"
     kind: str = "exporter"
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, config: ExporterSettings | None = None, *,
+                 on_errors: ErrorCallback | None = None):
         self.name = name  # instance name from the config (metric label ``exporter``)
+        self.config = config  # the validated settings (the module's ``CONFIG``), if any
         # Delivery failures the exporter detected itself (e.g. asynchronous Kafka send
         # errors), counted with ``count_errors``; count, log, never swallow.
         self.errors = 0
-        # Called with each new count as it happens (the fan-out passes it to the metric), so
-        # failures show while a ``submit`` is still retrying, not only after it returns.
-        self.on_errors: Callable[[int], None] | None = None
+        # Called with each new count as it happens (the daemon passes the metric's ``inc``),
+        # so failures show while a ``submit`` is still retrying, not only after it returns.
+        self.on_errors = on_errors
+        # Set by ``terminate``: every wait and retry of the exporter ends at once.
+        self.stopping = threading.Event()
 
     def count_errors(self, n: int) -> None:
         """Record ``n`` failed deliveries (records or attempts) now."""
@@ -68,6 +72,13 @@ class Exporter(ABC):
 
     def flush(self) -> None:
         """Push out anything buffered."""
+
+    def terminate(self) -> None:
+        """Cut the exporter short (the shutdown bound is reached; called from another
+        thread): a ``submit`` that is waiting or retrying gives up now, raising
+        ExporterError for what it did not deliver, and ``close`` does not wait for a
+        destination that is away. Exporters wait on ``self.stopping``, never a bare sleep."""
+        self.stopping.set()
 
     def close(self) -> None:
         """Flush and release resources; the exporter is not used afterwards."""

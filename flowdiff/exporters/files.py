@@ -25,7 +25,7 @@ from typing import BinaryIO, Literal
 import numpy as np
 import pandas as pd
 
-from flowdiff.exporters.base import Exporter, ExporterConfig, ExporterError
+from flowdiff.exporters.base import ErrorCallback, Exporter, ExporterError, ExporterSettings
 from flowdiff.exporters.rotation import RotatingFiles, RotationPolicy
 from flowdiff.schema import conform, proto_name, to_text
 
@@ -33,7 +33,7 @@ SUFFIXES = {"csv": ".csv", "ugr16": ".csv", "jsonl": ".jsonl", "parquet": ".parq
 
 
 @dataclass
-class FileConfig(ExporterConfig):
+class FileConfig(ExporterSettings):
     DIRECTORY_KEYS = ("directory",)
     directory: str = "out"
     format: Literal["csv", "ugr16", "jsonl", "parquet"] = "csv"
@@ -46,20 +46,18 @@ class FileConfig(ExporterConfig):
     rotate_seconds: float | None = 3600.0
     fsync: bool = True                    # fsync each file before renaming it into place
 
-    def validate(self) -> list[str]:
+    def check(self) -> list[tuple[str, str]]:
         errors = []
         if not self.directory:
-            errors.append("directory: expected a directory path")
+            errors.append(("directory", "expected a directory path"))
         if not self.prefix or "/" in self.prefix:
-            errors.append(f"prefix: expected a file name prefix without '/', got {self.prefix!r}")
+            errors.append(("prefix", f"expected a file name prefix without '/', got {self.prefix!r}"))
         if not 1 <= self.gzip_level <= 9:
-            errors.append(f"gzip_level: expected 1..9, got {self.gzip_level!r}")
+            errors.append(("gzip_level", f"expected 1..9, got {self.gzip_level!r}"))
         for name in ("rotate_records", "rotate_bytes", "rotate_seconds"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                errors.append(f"{name}: expected a value > 0 or null (no limit), got {value!r}")
-        if self.format in ("jsonl", "parquet") and not self.header:
-            errors.append(f"header: only meaningful for csv/ugr16, not {self.format}")
+                errors.append((name, f"expected a value > 0 or null (no limit), got {value!r}"))
         return errors
 
     def policy(self) -> RotationPolicy:
@@ -191,9 +189,8 @@ class ParquetSegment:
 class FileExporter(Exporter):
     kind = "file"
 
-    def __init__(self, name: str, config: FileConfig):
-        super().__init__(name)
-        self.config = config
+    def __init__(self, name: str, config: FileConfig, *, on_errors: ErrorCallback | None = None):
+        super().__init__(name, config, on_errors=on_errors)
         self.files = RotatingFiles(
             Path(config.directory), config.prefix, SUFFIXES[config.format], config.policy(),
             self._segment, gzip_level=config.gzip_level if config.gzip and

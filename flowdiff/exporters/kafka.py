@@ -31,16 +31,18 @@ from typing import Literal
 import pandas as pd
 
 from flowdiff import __version__
-from flowdiff.exporters.base import Exporter, ExporterConfig, ExporterError
+from flowdiff.config import parse_address_list
+from flowdiff.exporters.base import ErrorCallback, Exporter, ExporterError, ExporterSettings
 from flowdiff.schema import to_text
 
 log = logging.getLogger(__name__)
 
 Message = tuple[bytes, bytes]  # (key, value)
+FLUSH_SLICE_S = 0.2  # a delivery round waits for acknowledgements in slices this long
 
 
 @dataclass
-class KafkaConfig(ExporterConfig):
+class KafkaConfig(ExporterSettings):
     ADDRESS_KEYS = ("bootstrap_servers",)
     bootstrap_servers: str = "127.0.0.1:9092"  # comma-separated host:port list
     topic: str = "flowdiff.flows"
@@ -70,48 +72,46 @@ class KafkaConfig(ExporterConfig):
     retry_timeout_s: float | None = None  # give up (ExporterError) after this; None: never
     health_probe_s: float = 1.0          # seconds between TCP probes of the bootstrap servers
 
-    def validate(self) -> list[str]:
+    def check(self) -> list[tuple[str, str]]:
         errors = []
-        if not self.bootstrap_servers.strip():
-            errors.append("bootstrap_servers: expected host:port[,host:port...]")
-        for server in filter(None, (s.strip() for s in self.bootstrap_servers.split(","))):
-            host, sep, port = server.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-                errors.append(f"bootstrap_servers: expected host:port, got {server!r}")
+        try:
+            parse_address_list(self.bootstrap_servers)
+        except ValueError as exc:
+            errors.append(("bootstrap_servers", str(exc)))
         if not self.topic or len(self.topic) > 249 or any(
                 not (c.isalnum() or c in "._-") for c in self.topic):
-            errors.append(f"topic: expected 1-249 characters of [a-zA-Z0-9._-], got {self.topic!r}")
+            errors.append(("topic", f"expected 1-249 characters of [a-zA-Z0-9._-], got {self.topic!r}"))
         for name in ("topic_partitions", "topic_replication", "batch_size", "request_timeout_ms",
                      "delivery_timeout_ms", "max_block_ms"):
             if getattr(self, name) < 1:
-                errors.append(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+                errors.append((name, f"expected an integer >= 1, got {getattr(self, name)!r}"))
         if self.linger_ms < 0:
-            errors.append(f"linger_ms: expected an integer >= 0, got {self.linger_ms!r}")
+            errors.append(("linger_ms", f"expected an integer >= 0, got {self.linger_ms!r}"))
         if self.delivery_timeout_ms < self.linger_ms + self.request_timeout_ms:
-            errors.append(f"delivery_timeout_ms: expected >= linger_ms + request_timeout_ms "
-                          f"({self.linger_ms + self.request_timeout_ms}), got {self.delivery_timeout_ms}")
+            errors.append(("delivery_timeout_ms", f"expected >= linger_ms + request_timeout_ms "
+                           f"({self.linger_ms + self.request_timeout_ms}), got {self.delivery_timeout_ms}"))
         if self.health_probe_s <= 0:
-            errors.append(f"health_probe_s: expected > 0, got {self.health_probe_s!r}")
+            errors.append(("health_probe_s", f"expected > 0, got {self.health_probe_s!r}"))
         if self.retry_backoff_s < 0:
-            errors.append(f"retry_backoff_s: expected >= 0, got {self.retry_backoff_s!r}")
+            errors.append(("retry_backoff_s", f"expected >= 0, got {self.retry_backoff_s!r}"))
         if self.retry_timeout_s is not None and self.retry_timeout_s <= 0:
-            errors.append(f"retry_timeout_s: expected > 0 or null (retry forever), "
-                          f"got {self.retry_timeout_s!r}")
+            errors.append(("retry_timeout_s", f"expected > 0 or null (retry forever), "
+                           f"got {self.retry_timeout_s!r}"))
         sasl = self.security_protocol.startswith("SASL")
         if sasl and self.sasl_mechanism is None:
-            errors.append(f"sasl_mechanism: required with security_protocol {self.security_protocol}")
+            errors.append(("sasl_mechanism", f"required with security_protocol {self.security_protocol}"))
         if sasl and not self.sasl_username:
-            errors.append(f"sasl_username: required with security_protocol {self.security_protocol}")
+            errors.append(("sasl_username", f"required with security_protocol {self.security_protocol}"))
         if sasl and self.sasl_password is None and self.sasl_password_env is None:
-            errors.append("sasl_password or sasl_password_env: one is required with "
-                          f"security_protocol {self.security_protocol}")
+            errors.append(("sasl_password", "sasl_password or sasl_password_env: one is required "
+                                            f"with security_protocol {self.security_protocol}"))
         if not sasl and (self.sasl_mechanism or self.sasl_username):
-            errors.append(f"sasl_*: set, but security_protocol is {self.security_protocol} "
-                          "(use SASL_PLAINTEXT or SASL_SSL)")
+            errors.append(("sasl_mechanism", f"set, but security_protocol is "
+                                             f"{self.security_protocol} (use SASL_PLAINTEXT or SASL_SSL)"))
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             path = getattr(self, name)
             if path is not None and not os.path.isfile(path):
-                errors.append(f"{name}: file {path!r} does not exist")
+                errors.append((name, f"file {path!r} does not exist"))
         return errors
 
     def producer_settings(self) -> dict:
@@ -169,9 +169,8 @@ def encode_messages(batch: pd.DataFrame, key: str) -> list[Message]:
 class KafkaExporter(Exporter):
     kind = "kafka"
 
-    def __init__(self, name: str, config: KafkaConfig):
-        super().__init__(name)
-        self.config = config
+    def __init__(self, name: str, config: KafkaConfig, *, on_errors: ErrorCallback | None = None):
+        super().__init__(name, config, on_errors=on_errors)
         self.delivered = 0       # records acknowledged by the broker
         self.retried = 0         # records sent again after a failed attempt
         self._producer = None    # created on first use: the constructor touches no network
@@ -222,10 +221,9 @@ class KafkaExporter(Exporter):
         """True when a TCP connection to any bootstrap server opens (a cheap probe: no
         Kafka request, so it works the same with SASL/SSL)."""
         timeout = min(1.0, self.config.health_probe_s)
-        for server in filter(None, (s.strip() for s in self.config.bootstrap_servers.split(","))):
-            host, _, port = server.rpartition(":")
+        for address in parse_address_list(self.config.bootstrap_servers):
             try:
-                with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                with socket.create_connection(address, timeout=timeout):
                     return True
             except OSError:
                 continue
@@ -298,14 +296,29 @@ class KafkaExporter(Exporter):
                 first_error = exc
                 futures.extend([None] * (len(pending) - i))
                 break
-        self._producer.flush()  # returns when every future is done (bounded by delivery_timeout_ms)
+        self._await_acknowledgements()
         failed = []
         for message, future in zip(pending, futures):
-            if future is None or future.failed():
+            if future is None or not future.is_done or future.failed():
                 failed.append(message)
-                if first_error is None and future is not None:
+                if first_error is None and future is not None and future.is_done:
                     first_error = future.exception
+        if failed and first_error is None:
+            first_error = KafkaError("stopped before the broker acknowledged")
         return failed, first_error
+
+    def _await_acknowledgements(self) -> None:
+        """``flush()`` in short slices until every future is done (bounded by
+        delivery_timeout_ms), so that ``terminate()`` ends the wait at once."""
+        from kafka.errors import KafkaTimeoutError
+
+        while True:
+            try:
+                self._producer.flush(timeout=FLUSH_SLICE_S)
+                return
+            except KafkaTimeoutError:
+                if self.stopping.is_set():
+                    return
 
     def submit(self, batch: pd.DataFrame) -> int:
         if len(batch) == 0:
@@ -351,7 +364,10 @@ class KafkaExporter(Exporter):
                         "(%s); retrying in %.1f s", self.name, len(pending), total,
                         self.config.topic, self.config.bootstrap_servers, error,
                         self.config.retry_backoff_s)
-            time.sleep(self.config.retry_backoff_s)
+            if self.stopping.wait(self.config.retry_backoff_s):  # terminate(): give up now
+                raise ExporterError(
+                    f"kafka exporter {self.name}: {len(pending)} of {total} record(s) not "
+                    f"delivered to topic {self.config.topic!r}: stopped while retrying ({error})")
             if not self._reachable:
                 self._probe_once()  # a round begun while the broker counts as away is resent
 
@@ -359,11 +375,31 @@ class KafkaExporter(Exporter):
         if self._producer is not None:
             self._producer.flush()
 
+    def terminate(self) -> None:
+        super().terminate()
+        self._probe_stop.set()
+        if self._producer is not None:
+            self._close_now(self._producer)
+
+    def _close_now(self, producer) -> None:
+        """Close without waiting for the broker: records it has not acknowledged are
+        abandoned (the daemon counts them as lost at its shutdown bound), and the
+        producer's exit hook goes, so the interpreter's exit does not wait for it either."""
+        from kafka.errors import KafkaError
+
+        try:
+            producer.close(timeout=0)
+        except KafkaError as exc:  # flush(0) times out on batches still queued
+            log.info("kafka exporter %s: closed with records unacknowledged (%s)", self.name, exc)
+
     def close(self) -> None:
         self._probe_stop.set()
         if self._producer is not None:
-            self._producer.flush()
-            self._producer.close(timeout=5)
+            if self.stopping.is_set():  # cut short: do not wait for a broker that is away
+                self._close_now(self._producer)
+            else:
+                self._producer.flush()
+                self._producer.close(timeout=5)
             self._producer = None
 
 

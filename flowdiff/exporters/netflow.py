@@ -22,14 +22,15 @@ from typing import Callable, Literal
 import numpy as np
 import pandas as pd
 
+from flowdiff.config import parse_host_port
 from flowdiff.exporters import ipfix_codec as codec
-from flowdiff.exporters.base import Exporter, ExporterConfig
+from flowdiff.exporters.base import ErrorCallback, Exporter, ExporterSettings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class NetflowConfig(ExporterConfig):
+class NetflowConfig(ExporterSettings):
     ADDRESS_KEYS = ("collector",)
     collector: str = "127.0.0.1:4739"       # host:port of the collector
     version: Literal[9, 10] = 10            # 9: NetFlow v9, 10: IPFIX
@@ -40,29 +41,31 @@ class NetflowConfig(ExporterConfig):
     max_packet_bytes: int = 1400            # UDP payload per export packet
     packets_per_second: float | None = 2000.0  # pacing; null: send as fast as possible
 
-    def validate(self) -> list[str]:
+    def check(self) -> list[tuple[str, str]]:
         errors = []
-        host, sep, port = self.collector.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-            errors.append(f"collector: expected host:port, got {self.collector!r}")
+        try:
+            parse_host_port(self.collector, allow_port_zero=False)
+        except ValueError as exc:
+            errors.append(("collector", str(exc)))
         if not 0 <= self.source_id <= 0xFFFFFFFF:
-            errors.append(f"source_id: expected 0..4294967295, got {self.source_id!r}")
+            errors.append(("source_id", f"expected 0..4294967295, got {self.source_id!r}"))
         if not 256 <= self.template_id <= 65535:
-            errors.append(f"template_id: expected 256..65535, got {self.template_id!r}")
+            errors.append(("template_id", f"expected 256..65535, got {self.template_id!r}"))
         if self.template_every_packets < 1:
-            errors.append(f"template_every_packets: expected >= 1, got {self.template_every_packets!r}")
+            errors.append(("template_every_packets",
+                           f"expected >= 1, got {self.template_every_packets!r}"))
         if self.template_interval_s <= 0:
-            errors.append(f"template_interval_s: expected > 0, got {self.template_interval_s!r}")
+            errors.append(("template_interval_s", f"expected > 0, got {self.template_interval_s!r}"))
         if not 256 <= self.max_packet_bytes <= 65507:
-            errors.append(f"max_packet_bytes: expected 256..65507, got {self.max_packet_bytes!r}")
+            errors.append(("max_packet_bytes", f"expected 256..65507, got {self.max_packet_bytes!r}"))
         if self.packets_per_second is not None and self.packets_per_second <= 0:
-            errors.append(f"packets_per_second: expected > 0 or null, got {self.packets_per_second!r}")
+            errors.append(("packets_per_second",
+                           f"expected > 0 or null, got {self.packets_per_second!r}"))
         return errors
 
     @property
     def address(self) -> tuple[str, int]:
-        host, _, port = self.collector.rpartition(":")
-        return host.strip("[]"), int(port)
+        return parse_host_port(self.collector, allow_port_zero=False)
 
 
 class NetflowExporter(Exporter):
@@ -71,14 +74,16 @@ class NetflowExporter(Exporter):
     def __init__(self, name: str, config: NetflowConfig, *,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep):
-        super().__init__(name)
-        self.config = config
+                 sleep: Callable[[float], None] | None = None,
+                 on_errors: ErrorCallback | None = None):
+        super().__init__(name, config, on_errors=on_errors)
         self.layout = codec.layout(config.version)
         self.template = codec.template_set(self.layout, config.template_id)
         self.per_packet = codec.records_per_packet(self.layout, config.max_packet_bytes,
                                                    config.template_id)
-        self.clock, self.wall_clock, self.sleep = clock, wall_clock, sleep
+        # pacing waits end at once on terminate()
+        self.clock, self.wall_clock = clock, wall_clock
+        self.sleep = sleep if sleep is not None else self.stopping.wait
         self.packets_sent = 0
         self.records_sent = 0
         self.templates_sent = 0

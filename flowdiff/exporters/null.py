@@ -8,25 +8,23 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from flowdiff.exporters.base import Exporter, ExporterConfig
+from flowdiff.exporters.base import ErrorCallback, Exporter, ExporterSettings
 
 
 @dataclass
-class NullConfig(ExporterConfig):
+class NullConfig(ExporterSettings):
     delay_seconds: float = 0.0  # sleep per batch, to simulate a slow sink
 
-    def validate(self) -> list[str]:
+    def check(self) -> list[tuple[str, str]]:
         if self.delay_seconds < 0:
-            return [f"delay_seconds must be >= 0, got {self.delay_seconds}"]
+            return [("delay_seconds", f"must be >= 0, got {self.delay_seconds}")]
         return []
-
 
 class NullExporter(Exporter):
     kind = "null"
 
-    def __init__(self, name: str, config: NullConfig):
-        super().__init__(name)
-        self.config = config
+    def __init__(self, name: str, config: NullConfig, *, on_errors: ErrorCallback | None = None):
+        super().__init__(name, config, on_errors=on_errors)
         self.records = 0
         self.batches = 0
 

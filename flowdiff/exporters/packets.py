@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import pandas as pd
 
-from flowdiff.exporters.base import Exporter, ExporterConfig, ExporterError
+from flowdiff.exporters.base import ErrorCallback, Exporter, ExporterError, ExporterSettings
 from flowdiff.exporters.packet_builder import BuildStats, PacketBuilder, mac_bytes
 from flowdiff.exporters.rotation import RotatingFiles, RotationPolicy
 
@@ -33,7 +33,7 @@ _RECORD_HEADER = struct.Struct("<IIII")
 
 
 @dataclass
-class PcapConfig(ExporterConfig):
+class PcapConfig(ExporterSettings):
     DIRECTORY_KEYS = ("directory",)
     directory: str | None = "out"         # pcap files go here; null: live sending only
     prefix: str = "flows"
@@ -47,25 +47,25 @@ class PcapConfig(ExporterConfig):
     rotate_seconds: float | None = 3600.0
     fsync: bool = True
 
-    def validate(self) -> list[str]:
+    def check(self) -> list[tuple[str, str]]:
         errors = []
         if self.directory is None and self.interface is None:
-            errors.append("directory: null needs an interface to send on (nothing to do)")
+            errors.append(("directory", "null needs an interface to send on (nothing to do)"))
         for name in ("src_mac", "dst_mac"):
             try:
                 mac_bytes(getattr(self, name))
             except ValueError as exc:
-                errors.append(f"{name}: {exc}")
+                errors.append((name, str(exc)))
         if not 68 <= self.mtu <= 65535:
-            errors.append(f"mtu: expected 68..65535, got {self.mtu!r}")
+            errors.append(("mtu", f"expected 68..65535, got {self.mtu!r}"))
         if not self.prefix or "/" in self.prefix:
-            errors.append(f"prefix: expected a file name prefix without '/', got {self.prefix!r}")
+            errors.append(("prefix", f"expected a file name prefix without '/', got {self.prefix!r}"))
         for name in ("rotate_packets", "rotate_bytes", "rotate_seconds"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                errors.append(f"{name}: expected a value > 0 or null (no limit), got {value!r}")
+                errors.append((name, f"expected a value > 0 or null (no limit), got {value!r}"))
         if self.seed < 0:
-            errors.append(f"seed: expected an integer >= 0, got {self.seed!r}")
+            errors.append(("seed", f"expected an integer >= 0, got {self.seed!r}"))
         return errors
 
 
@@ -99,9 +99,8 @@ def encode_records(packets: list[tuple[float, bytes]]) -> bytes:
 class PcapExporter(Exporter):
     kind = "pcap"
 
-    def __init__(self, name: str, config: PcapConfig):
-        super().__init__(name)
-        self.config = config
+    def __init__(self, name: str, config: PcapConfig, *, on_errors: ErrorCallback | None = None):
+        super().__init__(name, config, on_errors=on_errors)
         self.builder = PacketBuilder(mac_bytes(config.src_mac), mac_bytes(config.dst_mac),
                                      mtu=config.mtu, seed=config.seed)
         self.files = None if config.directory is None else RotatingFiles(

@@ -11,7 +11,8 @@ from typing import Literal, TextIO
 
 import pandas as pd
 
-from flowdiff.exporters.base import Exporter, ExporterConfig, ExporterError, OutputClosed
+from flowdiff.exporters.base import (ErrorCallback, Exporter, ExporterError, ExporterSettings,
+                                     OutputClosed)
 from flowdiff.schema import to_json_records
 
 
@@ -41,8 +42,9 @@ def silence(handle: TextIO) -> None:
 class JsonLinesExporter(Exporter):
     kind = "jsonl"
 
-    def __init__(self, name: str, handle: TextIO):
-        super().__init__(name)
+    def __init__(self, name: str, handle: TextIO, *,
+                 on_errors: ErrorCallback | None = None):
+        super().__init__(name, on_errors=on_errors)
         self.handle = handle
         self.reader_gone = False  # set on EPIPE: the reader of the output exited
 
@@ -71,15 +73,17 @@ class JsonLinesExporter(Exporter):
 
 
 @dataclass
-class StdoutConfig(ExporterConfig):
+class StdoutConfig(ExporterSettings):
     stream: Literal["stdout", "stderr"] = "stdout"
 
 
 class StdoutExporter(JsonLinesExporter):
     kind = "stdout"
 
-    def __init__(self, name: str, config: StdoutConfig):
-        super().__init__(name, sys.stdout if config.stream == "stdout" else sys.stderr)
+    def __init__(self, name: str, config: StdoutConfig, *,
+                 on_errors: ErrorCallback | None = None):
+        super().__init__(name, sys.stdout if config.stream == "stdout" else sys.stderr,
+                         on_errors=on_errors)
         self.config = config
 
 

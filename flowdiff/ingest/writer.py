@@ -6,8 +6,6 @@ bit for bit; gzip output has a zero mtime, so equal tables give equal files."""
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -16,6 +14,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from flowdiff import schema
+from flowdiff.atomic import atomic_file
 
 CSV_SUFFIXES = (".csv", ".csv.gz")
 GZIP_LEVEL = 6
@@ -32,22 +31,15 @@ def write_flows(table: pd.DataFrame, path: str | Path) -> Path:
         raise ValueError(f"{path}: unknown output format: expected a name ending in .csv, "
                          ".csv.gz or .parquet")
     table = schema.conform(table)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, OUTPUT_MODE)  # mkstemp makes 0600; an output file is for others too
-        with os.fdopen(fd, "wb") as raw:
-            if name.endswith(".parquet"):
-                table.to_parquet(raw, index=False, engine="pyarrow")
-            elif name.endswith(".gz"):
-                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL,
-                                   mtime=0) as zipped:
-                    _write_csv(table, zipped)
-            else:
-                _write_csv(table, raw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as raw:
+        if name.endswith(".parquet"):
+            table.to_parquet(raw, index=False, engine="pyarrow")
+        elif name.endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL,
+                               mtime=0) as zipped:
+                _write_csv(table, zipped)
+        else:
+            _write_csv(table, raw)
     return path
 
 

@@ -9,12 +9,12 @@ scaler, the training state for --resume, metrics). Writes are atomic (temp file 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from flowdiff.atomic import atomic_file
 from flowdiff.model.config import ConfigError, ModelConfig
 from flowdiff.model.diffusion_ts import DiffusionTS
 
@@ -26,21 +26,11 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temp file in the same directory, fsync, then rename over ``path``."""
+    """torch.save through ``flowdiff.atomic`` (temp file, fsync, rename, fsync directory)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as handle:
+        torch.save(obj, handle)
 
 
 def save_checkpoint(path: str | os.PathLike, model: DiffusionTS, extra: dict | None = None) -> None:
@@ -74,7 +64,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     """Rebuild the model from the checkpoint alone -> (model in eval mode on device, extra)."""
     raw = read_checkpoint(path)
     try:
-        cfg = ModelConfig.from_dict(raw["model_config"], where=f"{path}:model_config")
+        cfg = ModelConfig.from_dict(raw["model_config"], "model_config", source=str(path))
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
     model = DiffusionTS(cfg)

@@ -1,68 +1,25 @@
 """Typed configuration of the Diffusion-TS model and of its training loop.
 
 Both are plain dataclasses. ``ModelConfig`` is stored (as a plain dict) inside every
-checkpoint, so a checkpoint alone rebuilds the model. ``from_dict`` rejects unknown keys
-and out-of-range values with one error that lists every problem.
+checkpoint, so a checkpoint alone rebuilds the model. ``from_dict`` validates with the one
+config engine (``flowdiff.config``): unknown keys, wrong types and the rules of ``check()``
+are all reported in one ``ConfigError``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
+from flowdiff.config import Checked, ConfigError
 
-class ConfigError(ValueError):
-    """A model or training configuration is invalid; the message lists every problem."""
-
-
-def _check_types(cls: type, data: dict[str, Any], where: str) -> tuple[list[str], set[str]]:
-    """Problems with unknown keys and value types of ``data`` for dataclass ``cls``, and the
-    names of the badly typed keys."""
-    problems = []
-    badly_typed = set()
-    known = {f.name: f for f in fields(cls)}
-    for key in data:
-        if key not in known:
-            problems.append(f"{where}.{key}: unknown key (expected one of {sorted(known)})")
-    for name, value in data.items():
-        if name not in known:
-            continue
-        expected = known[name].type
-        if expected in ("int", int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif expected in ("float", float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif expected in ("bool", bool):
-            ok = isinstance(value, bool)
-        elif expected in ("str", str):
-            ok = isinstance(value, str)
-        else:
-            ok = True
-        if not ok:
-            problems.append(f"{where}.{name}: expected {expected}, got {value!r}")
-            badly_typed.add(name)
-    return problems, badly_typed
+__all__ = ["ConfigError", "ModelConfig", "TrainConfig", "resolve_device"]
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(data).__name__}")
-    problems, badly_typed = _check_types(cls, data, where)
-    converted = {}
-    for f in fields(cls):
-        if f.name in data and f.name not in badly_typed:
-            value = data[f.name]
-            converted[f.name] = float(value) if f.type in ("float", float) else value
-    cfg = cls(**converted)
-    problems += cfg.problems(where)   # range checks on the well-typed values, all reported
-    if problems:
-        raise ConfigError("; ".join(problems))
-    return cfg
-
-
-def _range_problems(where: str, checks: list[tuple[str, bool, str]]) -> list[str]:
-    return [f"{where}.{name}: {expected}" for name, ok, expected in checks if not ok]
+def _failed(checks: list[tuple[str, bool, str]]) -> list[tuple[str, str]]:
+    """(key, expectation) of each rule that does not hold."""
+    return [(name, expected) for name, ok, expected in checks if not ok]
 
 
 PARAMETERIZATIONS = ("x0", "edm")
@@ -71,8 +28,10 @@ LOSS_WEIGHTINGS = ("dts", "edm")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Checked):
     """Network size and diffusion process. Defaults are the reference Stocks config."""
+
+    SECTION = "model"
 
     seq_len: int = 24                 # L: time steps per window
     feature_size: int = 6             # F: features per time step
@@ -92,8 +51,8 @@ class ModelConfig:
     loss: str = "l1"                  # l1 | l2: element-wise distance (and of the Fourier term)
     loss_weighting: str = "dts"       # dts: w_t of Diffusion-TS | edm: 1 / c_out(t)^p (p = 1, 2)
 
-    def problems(self, where: str = "model") -> list[str]:
-        return _range_problems(where, [
+    def check(self) -> list[tuple[str, str]]:
+        return _failed([
             ("seq_len", self.seq_len >= 4, f"an integer >= 4, got {self.seq_len}"),
             ("feature_size", self.feature_size >= 1, f"an integer >= 1, got {self.feature_size}"),
             ("n_layer_enc", self.n_layer_enc >= 1, f"an integer >= 1, got {self.n_layer_enc}"),
@@ -125,19 +84,16 @@ class ModelConfig:
         """w_ff actually used by the loss."""
         return self.seq_len ** 0.5 / 5.0 if self.fourier_weight == -1.0 else self.fourier_weight
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "model") -> "ModelConfig":
-        return _build(cls, data, where)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
     """Training recipe. Defaults follow the reference (Adam (0.9, 0.96), warm-up 1e-5 -> 8e-4
     over 500 steps, then reduce-on-plateau x0.5 down to 1e-5, clip 1.0, EMA 0.995 every 10)."""
 
+    SECTION = "train"
     steps: int = 10000                # optimiser steps
     batch_size: int = 64              # windows per micro-batch: the GLOBAL batch, split over ranks
     grad_accum: int = 2               # micro-batches per optimiser step (reference: 2)
@@ -166,15 +122,16 @@ class TrainConfig:
     predict_fraction: float = 0.0     # share of micro-batches trained in predict mode
     predict_horizon: int = 0          # H: those keep the first L - H steps clean, noise the last H
 
-    def predict_problems(self, seq_len: int, where: str = "train") -> list[str]:
-        """Cross-check with the model's window length (known only when training starts)."""
+    def predict_problems(self, seq_len: int) -> list[tuple[str, str]]:
+        """Cross-check with the model's window length (``flowdiff config check`` knows it
+        from ``window``; the trainer checks again when training starts)."""
         if self.predict_fraction == 0.0 or 1 <= self.predict_horizon < seq_len:
             return []
-        return [f"{where}.predict_horizon: an integer in [1, {seq_len - 1}] (seq_len {seq_len}) "
-                f"when predict_fraction > 0, got {self.predict_horizon}"]
+        return [("predict_horizon", f"an integer in [1, {seq_len - 1}] (seq_len {seq_len}) "
+                                    f"when predict_fraction > 0, got {self.predict_horizon}")]
 
-    def problems(self, where: str = "train") -> list[str]:
-        return _range_problems(where, [
+    def check(self) -> list[tuple[str, str]]:
+        return _failed([
             ("steps", self.steps >= 1, f"an integer >= 1, got {self.steps}"),
             ("batch_size", self.batch_size >= 1, f"an integer >= 1, got {self.batch_size}"),
             ("grad_accum", self.grad_accum >= 1, f"an integer >= 1, got {self.grad_accum}"),
@@ -206,10 +163,6 @@ class TrainConfig:
              f"an integer >= 0, got {self.predict_horizon}"),
         ])
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "train") -> "TrainConfig":
-        return _build(cls, data, where)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -221,6 +174,6 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' requested but torch.cuda.is_available() is False "
-                          "(use 'auto' or 'cpu')")
+        raise ConfigError("train.device", ["train.device: 'cuda' requested but "
+                                           "torch.cuda.is_available() is False (use 'auto' or 'cpu')"])
     return name

@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from flowdiff.atomic import write_atomic_via, write_text_atomic
 from flowdiff.model.diffusion_ts import DiffusionTS, to_model_space
 
 ALL = "all"   # the group of every feature, always reported
@@ -162,10 +163,8 @@ def plot_denoise_curve(curve: DenoiseCurve, path: str | Path, title: str = "") -
         fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    write_atomic_via(path, lambda name: fig.savefig(name, dpi=100))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def default_timesteps(total: int) -> list[int]:
@@ -189,8 +188,8 @@ def write_denoise_curve(model: DiffusionTS, windows, groups: Mapping[str, slice]
     curve = denoising_curve(model, windows, default_timesteps(model.cfg.timesteps), groups,
                             seed=seed)
     out_dir = Path(out_dir)
-    (out_dir / FILES[0]).write_text(json.dumps(
+    write_text_atomic(out_dir / FILES[0], json.dumps(
         {"parameterization": model.cfg.parameterization, **curve.to_dict()}, indent=1) + "\n")
-    (out_dir / FILES[1]).write_text(curve.table() + "\n")
+    write_text_atomic(out_dir / FILES[1], curve.table() + "\n")
     plot_denoise_curve(curve, out_dir / FILES[2], title=title)
     return curve

@@ -7,7 +7,8 @@ noise through ``randn_like_rows``.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from contextlib import contextmanager
+from typing import Iterator, Sequence, Union
 
 import torch
 
@@ -60,3 +61,14 @@ def randint_rows(batch: int, high: int, generators: Generators,
 def seeded_generators(seeds: Sequence[int], device: str = "cpu") -> list[torch.Generator]:
     """One generator per seed (e.g. one per daemon stream)."""
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+@contextmanager
+def scoped_torch_seed(seed: int) -> Iterator[None]:
+    """torch's global RNG seeded with ``seed`` inside the block and restored after it, for
+    code that can only draw from the global RNG (``nn.Module`` initialisation, dropout,
+    third-party fitters): library calls are reproducible and leave the caller's random
+    state as it was (no global ``torch.manual_seed``)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

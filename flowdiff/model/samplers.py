@@ -7,8 +7,11 @@ the observation. Kinds:
 
 - ``ddpm``        ancestral sampling: posterior q(x_{t_next} | x_t, x0_hat) mean + std; all T
                   steps by default, or S steps on the DDIM grid (the posterior of the skip).
-- ``ddim``        DDIM on S steps over linspace(-1, T-1, S+1), eta configurable.
-- ``replacement`` DDIM grid; observed entries replaced by the noised observation each step.
+- ``ddim``        DDIM on S steps over linspace(-1, T-1, S+1), eta configurable; with an
+                  observation mask the observed entries are replaced by the noised
+                  observation after each step (``run_sampler``, for every kind).
+- ``replacement`` the same sampler as ``ddim`` (one class), under the name that says it is
+                  used for infill/predict, with the conditional default grid (200 steps).
 - ``guided``      as ``replacement`` plus the reconstruction-guided refinement of Diffusion-TS:
                   K sign-gradient steps of size eta_t on
                   coef * sum((mu - x')^2 / sigma) + mean_obs((net(x', t) - y)^2) / sigma.
@@ -32,12 +35,12 @@ from typing import Callable
 
 import torch
 
+from flowdiff.config import SAMPLER_KINDS
 from flowdiff.model.diffusion import DiffusionProcess
 from flowdiff.model.rng import Generators, randn_like_rows
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,L,F), t (B,)) -> x0_hat
 
-SAMPLER_KINDS = ("ddpm", "ddim", "guided", "replacement", "conditional")
 DEFAULT_DDIM_STEPS = 50
 DEFAULT_CONDITIONAL_STEPS = 200
 
@@ -60,6 +63,7 @@ class Sampler:
     needs_observation = False
 
     clean_observation = False     # True: observed entries are the clean y at every call
+    default_cap: int | None = DEFAULT_DDIM_STEPS  # default S = min(T, cap); None: S = T
 
     def __init__(self, steps: int | None = None, eta: float = 0.0, churn: float = 0.0,
                  churn_noise: float = 1.0):
@@ -78,7 +82,7 @@ class Sampler:
         self.pairs: list[tuple[int, int]] = []
 
     def default_steps(self, timesteps: int) -> int:
-        return min(timesteps, DEFAULT_DDIM_STEPS)
+        return timesteps if self.default_cap is None else min(timesteps, self.default_cap)
 
     def set_timesteps(self, timesteps: int) -> None:
         steps = self.steps if self.steps is not None else self.default_steps(timesteps)
@@ -144,9 +148,7 @@ class DDPMSampler(Sampler):
     grid and draws from the posterior of the whole skip, which equals DDIM with eta = 1."""
 
     kind = "ddpm"
-
-    def default_steps(self, timesteps: int) -> int:
-        return timesteps
+    default_cap = None
 
     def step(self, process: DiffusionProcess, x_t: torch.Tensor, x0_hat: torch.Tensor,
              t: int, t_next: int) -> tuple[torch.Tensor, float]:
@@ -167,22 +169,17 @@ class DDPMSampler(Sampler):
 
 
 class DDIMSampler(Sampler):
+    """DDIM; also the ``replacement`` infill sampler (the mask is applied by ``run_sampler``)."""
     kind = "ddim"
 
 
-class ReplacementSampler(Sampler):
-    kind = "replacement"
-
-    def default_steps(self, timesteps: int) -> int:
-        return min(timesteps, DEFAULT_CONDITIONAL_STEPS)
-
-
-class ConditionalSampler(ReplacementSampler):
+class ConditionalSampler(Sampler):
     """For models trained in predict mode: the network always sees the clean observation."""
 
     kind = "conditional"
     needs_observation = True
     clean_observation = True
+    default_cap = DEFAULT_CONDITIONAL_STEPS
 
     @staticmethod
     def add_noise(process: DiffusionProcess, x0: torch.Tensor, t: int,
@@ -190,9 +187,10 @@ class ConditionalSampler(ReplacementSampler):
         return x0
 
 
-class GuidedSampler(ReplacementSampler):
+class GuidedSampler(Sampler):
     kind = "guided"
     needs_observation = True
+    default_cap = DEFAULT_CONDITIONAL_STEPS
 
     def __init__(self, steps: int | None = None, eta: float = 0.0,
                  guidance_coef: float = 1e-2, guidance_lr: float = 5e-2, churn: float = 0.0,
@@ -240,6 +238,17 @@ class GuidedSampler(ReplacementSampler):
         return torch.where(mask, x, refined)
 
 
+# name -> (class, default grid cap); the names are ``flowdiff.config.SAMPLER_KINDS``, the one
+# list (a config names them before torch is imported), and each has an entry here (tested).
+_SAMPLERS: dict[str, tuple[type[Sampler], int | None]] = {
+    "ddpm": (DDPMSampler, None),
+    "ddim": (DDIMSampler, DEFAULT_DDIM_STEPS),
+    "replacement": (DDIMSampler, DEFAULT_CONDITIONAL_STEPS),
+    "conditional": (ConditionalSampler, DEFAULT_CONDITIONAL_STEPS),
+    "guided": (GuidedSampler, DEFAULT_CONDITIONAL_STEPS),
+}
+
+
 def make_sampler(kind: str, steps: int | None = None, eta: float = 0.0,
                  guidance_coef: float = 1e-2, guidance_lr: float = 5e-2, churn: float = 0.0,
                  churn_noise: float = 1.0) -> Sampler:
@@ -250,13 +259,15 @@ def make_sampler(kind: str, steps: int | None = None, eta: float = 0.0,
     by ddpm). guidance_coef / guidance_lr: the guided refinement's coef and eta (reference
     1e-2, 5e-2). churn / churn_noise: EDM S_churn (0 = off) and S_noise.
     """
-    classes = {"ddpm": DDPMSampler, "ddim": DDIMSampler, "replacement": ReplacementSampler,
-               "conditional": ConditionalSampler}
-    if kind == "guided":
-        return GuidedSampler(steps, eta, guidance_coef, guidance_lr, churn, churn_noise)
-    if kind in classes:
-        return classes[kind](steps, eta, churn, churn_noise)
-    raise SamplerError(f"sampler kind: expected one of {', '.join(SAMPLER_KINDS)}, got {kind!r}")
+    if kind not in _SAMPLERS:
+        raise SamplerError(f"sampler kind: expected one of {', '.join(SAMPLER_KINDS)}, got {kind!r}")
+    cls, cap = _SAMPLERS[kind]
+    if cls is GuidedSampler:
+        sampler = GuidedSampler(steps, eta, guidance_coef, guidance_lr, churn, churn_noise)
+    else:
+        sampler = cls(steps, eta, churn, churn_noise)
+    sampler.kind, sampler.default_cap = kind, cap
+    return sampler
 
 
 def process_sigmas(process: DiffusionProcess) -> torch.Tensor:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from flowdiff.atomic import write_atomic_via
 from flowdiff.model import distributed
 from flowdiff.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from flowdiff.model.config import ConfigError, ModelConfig, TrainConfig, resolve_device
@@ -112,10 +113,8 @@ def plot_loss_curve(records: list[dict], path: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    write_atomic_via(path, lambda name: fig.savefig(name, dpi=100))
     plt.close(fig)
-    tmp.replace(path)
 
 
 class _Run:
@@ -281,7 +280,7 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
     seq_len, n_feat = model.cfg.seq_len, model.cfg.feature_size
     problems = cfg.predict_problems(seq_len)
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError("train", [f"train.{key}: {message}" for key, message in problems])
     ranks, device = distributed.setup(resolve_device(cfg.device))
     plan = distributed.plan(device, cfg.precision, cfg.compile)
     for note in plan.notes if ranks.is_main else ():
@@ -295,7 +294,8 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
     checkpoint_path = out_dir / CHECKPOINT_NAME
     if resume:  # rank 0 reads the checkpoint and sends it to the others
         raw = distributed.from_main(ranks, lambda: read_checkpoint(checkpoint_path))
-        stored = ModelConfig.from_dict(raw["model_config"], where=f"{checkpoint_path}:model_config")
+        stored = ModelConfig.from_dict(raw["model_config"], "model_config",
+                                       source=str(checkpoint_path))
         if stored != model.cfg:  # compared as configs: keys added later take their defaults
             raise CheckpointError(f"{checkpoint_path}: --resume with a different model config "
                                   f"(checkpoint {raw['model_config']}, given {model.cfg.to_dict()})")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from flowdiff.atomic import write_text_atomic
 from flowdiff.model.config import ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -130,9 +131,7 @@ def prepare_series(path: str | os.PathLike, seq_len: int, train_fraction: float 
 
 
 def write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def train_on_csv(csv: str | os.PathLike, model_cfg: ModelConfig, train_cfg: TrainConfig,

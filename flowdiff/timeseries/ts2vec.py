@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flowdiff.model.rng import scoped_torch_seed
+
 HIDDEN = 64
 OUTPUT = 320
 DEPTH = 10
@@ -125,27 +127,27 @@ def fit_ts2vec(windows: np.ndarray, seed: int, iterations: int | None = None) ->
     """Train on real windows (N, L, F) with the TS2Vec recipe; deterministic for a seed."""
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    x = torch.from_numpy(np.asarray(windows, dtype=np.float32))
-    n, length, n_feat = x.shape
-    iterations = iterations or (200 if x.numel() <= 100_000 else 600)
-    net = TS2VecNet(n_feat)
-    averaged = torch.optim.swa_utils.AveragedModel(net)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=LR)
-    net.train()
-    for _ in range(iterations):
-        batch = x[rng.choice(n, min(BATCH, n), replace=False)]              # (B, L, F)
-        crop_l = int(rng.integers(2, length + 1))
-        crop_left = int(rng.integers(length - crop_l + 1))
-        crop_right = crop_left + crop_l
-        crop_eleft = int(rng.integers(crop_left + 1))
-        crop_eright = int(rng.integers(crop_right, length + 1))
-        offset = rng.integers(-crop_eleft, length - crop_eright + 1, size=len(batch))
-        out1 = net(_take_per_row(batch, offset + crop_eleft, crop_right - crop_eleft), generator)
-        out2 = net(_take_per_row(batch, offset + crop_left, crop_eright - crop_left), generator)
-        loss = hierarchical_contrastive_loss(out1[:, -crop_l:], out2[:, :crop_l])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        averaged.update_parameters(net)
-    return TS2VecEncoder(averaged.module)
+    with scoped_torch_seed(seed):  # model init and dropout: not the global RNG
+        x = torch.from_numpy(np.asarray(windows, dtype=np.float32))
+        n, length, n_feat = x.shape
+        iterations = iterations or (200 if x.numel() <= 100_000 else 600)
+        net = TS2VecNet(n_feat)
+        averaged = torch.optim.swa_utils.AveragedModel(net)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=LR)
+        net.train()
+        for _ in range(iterations):
+            batch = x[rng.choice(n, min(BATCH, n), replace=False)]              # (B, L, F)
+            crop_l = int(rng.integers(2, length + 1))
+            crop_left = int(rng.integers(length - crop_l + 1))
+            crop_right = crop_left + crop_l
+            crop_eleft = int(rng.integers(crop_left + 1))
+            crop_eright = int(rng.integers(crop_right, length + 1))
+            offset = rng.integers(-crop_eleft, length - crop_eright + 1, size=len(batch))
+            out1 = net(_take_per_row(batch, offset + crop_eleft, crop_right - crop_eleft), generator)
+            out2 = net(_take_per_row(batch, offset + crop_left, crop_eright - crop_left), generator)
+            loss = hierarchical_contrastive_loss(out1[:, -crop_l:], out2[:, :crop_l])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            averaged.update_parameters(net)
+        return TS2VecEncoder(averaged.module)

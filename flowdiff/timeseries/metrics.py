@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from flowdiff.model.rng import scoped_torch_seed
+
 DISCRIMINATIVE_ITERATIONS = 2000
 PREDICTIVE_ITERATIONS = 5000
 METRIC_BATCH = 128
@@ -68,27 +70,27 @@ def discriminative_score(real, fake, seed: int, iterations: int = DISCRIMINATIVE
     """|accuracy - 0.5| of a GRU classifier trained on 80 % of each set, tested on the rest."""
     real, fake = _check_pair(real, fake)
     rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    n_feat = real.shape[2]
-    model = _GRUHead(n_feat, max(n_feat // 2, 1), per_step=False)
-    optimizer = torch.optim.Adam(model.parameters())
-    real_train, real_test = _split(len(real), rng)
-    fake_train, fake_test = _split(len(fake), rng)
-    real_t, fake_t = torch.from_numpy(real), torch.from_numpy(fake)
-    loss_fn = nn.BCEWithLogitsLoss()
-    for _ in range(iterations):
-        xr = real_t[rng.choice(real_train, min(METRIC_BATCH, len(real_train)), replace=False)]
-        xf = fake_t[rng.choice(fake_train, min(METRIC_BATCH, len(fake_train)), replace=False)]
-        logits = model(torch.cat([xr, xf]))                                   # (2B,)
-        labels = torch.cat([torch.ones(len(xr)), torch.zeros(len(xf))])
-        optimizer.zero_grad()
-        loss_fn(logits, labels).backward()
-        optimizer.step()
-    with torch.no_grad():
-        correct_real = (model(real_t[real_test]) > 0).float().sum()
-        correct_fake = (model(fake_t[fake_test]) <= 0).float().sum()
-    accuracy = float(correct_real + correct_fake) / (len(real_test) + len(fake_test))
-    return abs(accuracy - 0.5)
+    with scoped_torch_seed(seed):  # model init and dropout: not the global RNG
+        n_feat = real.shape[2]
+        model = _GRUHead(n_feat, max(n_feat // 2, 1), per_step=False)
+        optimizer = torch.optim.Adam(model.parameters())
+        real_train, real_test = _split(len(real), rng)
+        fake_train, fake_test = _split(len(fake), rng)
+        real_t, fake_t = torch.from_numpy(real), torch.from_numpy(fake)
+        loss_fn = nn.BCEWithLogitsLoss()
+        for _ in range(iterations):
+            xr = real_t[rng.choice(real_train, min(METRIC_BATCH, len(real_train)), replace=False)]
+            xf = fake_t[rng.choice(fake_train, min(METRIC_BATCH, len(fake_train)), replace=False)]
+            logits = model(torch.cat([xr, xf]))                                   # (2B,)
+            labels = torch.cat([torch.ones(len(xr)), torch.zeros(len(xf))])
+            optimizer.zero_grad()
+            loss_fn(logits, labels).backward()
+            optimizer.step()
+        with torch.no_grad():
+            correct_real = (model(real_t[real_test]) > 0).float().sum()
+            correct_fake = (model(fake_t[fake_test]) <= 0).float().sum()
+        accuracy = float(correct_real + correct_fake) / (len(real_test) + len(fake_test))
+        return abs(accuracy - 0.5)
 
 
 def predictive_score(real, fake, seed: int, iterations: int = PREDICTIVE_ITERATIONS) -> float:
@@ -99,22 +101,22 @@ def predictive_score(real, fake, seed: int, iterations: int = PREDICTIVE_ITERATI
     if n_feat < 2:
         raise MetricError("predictive_score needs at least 2 features")
     rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    model = _GRUHead(n_feat - 1, max(n_feat // 2, 1), per_step=True)
-    optimizer = torch.optim.Adam(model.parameters())
-    fake_x = torch.from_numpy(fake[:, :-1, :-1])                              # (N, L-1, F-1)
-    fake_y = torch.from_numpy(fake[:, 1:, -1:])                               # (N, L-1, 1)
-    for _ in range(iterations):
-        idx = rng.choice(len(fake), min(METRIC_BATCH, len(fake)), replace=False)
-        prediction = torch.sigmoid(model(fake_x[idx]))
-        loss = (prediction - fake_y[idx]).abs().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        prediction = torch.sigmoid(model(torch.from_numpy(real[:, :-1, :-1])))  # (N, L-1, 1)
-    per_window = (prediction - torch.from_numpy(real[:, 1:, -1:])).abs().mean(dim=(1, 2))
-    return float(per_window.mean())
+    with scoped_torch_seed(seed):  # model init and dropout: not the global RNG
+        model = _GRUHead(n_feat - 1, max(n_feat // 2, 1), per_step=True)
+        optimizer = torch.optim.Adam(model.parameters())
+        fake_x = torch.from_numpy(fake[:, :-1, :-1])                              # (N, L-1, F-1)
+        fake_y = torch.from_numpy(fake[:, 1:, -1:])                               # (N, L-1, 1)
+        for _ in range(iterations):
+            idx = rng.choice(len(fake), min(METRIC_BATCH, len(fake)), replace=False)
+            prediction = torch.sigmoid(model(fake_x[idx]))
+            loss = (prediction - fake_y[idx]).abs().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            prediction = torch.sigmoid(model(torch.from_numpy(real[:, :-1, :-1])))  # (N, L-1, 1)
+        per_window = (prediction - torch.from_numpy(real[:, 1:, -1:])).abs().mean(dim=(1, 2))
+        return float(per_window.mean())
 
 
 def _cross_correlation(x: torch.Tensor) -> torch.Tensor:
@@ -151,7 +153,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 def context_fid(real, fake, seed: int, iterations: int | None = None) -> float:
     """FID between TS2Vec-style embeddings of real and fake windows (encoder fit on real;
     iterations None = the TS2Vec default, 200 or 600 by data size)."""
-    from flowdiff.model.ts2vec import fit_ts2vec
+    from flowdiff.timeseries.ts2vec import fit_ts2vec
 
     real, fake = _check_pair(real, fake)
     encoder = fit_ts2vec(real, seed=seed, iterations=iterations)
