@@ -138,7 +138,7 @@ class SamplerConfig:
     # predict-mode samplers: conditional (the context enters clean, as predict-mode training
     # shows it), replacement (the context re-noised each step), guided (gradient refinement,
     # ~3x slower); ddim and ddpm as well
-    kind: Literal[SAMPLER_KINDS] = "replacement"
+    kind: Literal[SAMPLER_KINDS] = "conditional"
     steps: int = field(default=10, metadata=_range(1))
     eta: float = field(default=0.0, metadata=_range(0.0, 1.0))  # DDIM stochasticity (0: deterministic)
     churn: float = field(default=0.0, metadata=_range(0.0))     # EDM S_churn noise added per step (0: off)

@@ -365,12 +365,14 @@ def test_out_of_the_box_serve_streams_the_packaged_model_to_stdout():
 
     read_manifest(PACKAGED)  # the packaged model is part of the deliverable
     proc = subprocess.run([sys.executable, "-m", "flowdiff", "serve", "--pace", "fast",
-                           "--streams", "2", "--max-records", "100", "--listen", "127.0.0.1:0"],
+                           "--streams", "2", "--max-records", "300", "--listen", "127.0.0.1:0"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert len(records) == 100
+    assert len(records) == 300          # 1.5 turns of 2 streams x horizon 100
     assert {r["stream_id"] for r in records} == {0, 1}
+    ts = [r["ts"] for r in records]
+    assert ts == sorted(ts)             # the shared timeline: merged output in time order
     for stream in (0, 1):
         seqs = [r["seq"] for r in records if r["stream_id"] == stream]
         assert seqs == list(range(len(seqs)))

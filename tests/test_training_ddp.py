@@ -148,6 +148,7 @@ def _nan_worker(rank: int, port: int, out: str, windows: torch.Tensor) -> None:
         distributed.finish()
 
 
+@pytest.mark.slow
 def test_a_nan_on_one_rank_is_skipped_on_every_rank(tmp_path):
     import torch.multiprocessing as mp
     from tinymodel import TINY
