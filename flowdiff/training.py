@@ -80,7 +80,7 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
                 work_dir: str | Path | None = None, resume: bool = False) -> TrainingReport:
     from flowdiff.codec import CodecConfig, FlowCodec
     from flowdiff.model import DiffusionTS, ModelConfig, TrainConfig, distributed, train
-    import torch
+    from flowdiff.model.rng import scoped_torch_seed
 
     from flowdiff.model.config import resolve_device
     from flowdiff.windows import WindowDataset
@@ -106,8 +106,8 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
         val_windows = WindowDataset(encoded_val, window.length, window.stride)
     model_cfg = dataclasses.replace(cfg.model or ModelConfig(), seq_len=window.length,
                                     feature_size=codec.width)
-    torch.manual_seed(train_cfg.seed)  # the initial weights: same seed, same model (every rank)
-    model = DiffusionTS(model_cfg)
+    with scoped_torch_seed(train_cfg.seed):  # the initial weights: same seed, same model (every rank)
+        model = DiffusionTS(model_cfg)
     log.info("training on %d records (%d windows of %d, %d features), %d parameters, "
              "%d steps", len(train_part), len(train_windows), window.length, codec.width,
              model.num_parameters(), train_cfg.steps)

@@ -58,7 +58,10 @@ def test_training_is_reproducible_for_a_seed(sine_windows, tmp_path):
     a = DiffusionTS(CFG)
     b = DiffusionTS(CFG)
     b.load_state_dict(a.state_dict())
+    torch.manual_seed(99)
+    caller_state = torch.get_rng_state()
     train(a, sine_windows, None, cfg, tmp_path / "a")
+    assert torch.equal(torch.get_rng_state(), caller_state)   # no global seeding leaks out
     train(b, sine_windows, None, cfg, tmp_path / "b")
     for x, y in zip(a.parameters(), b.parameters()):
         assert torch.equal(x, y)

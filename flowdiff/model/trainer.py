@@ -269,7 +269,15 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
     any number of ranks. Under torchrun the ranks train one model data-parallel and only
     rank 0 writes into ``out_dir`` (see ``flowdiff.model.distributed``).
     extra: plain data stored in every checkpoint's ``extra`` (e.g. the fitted scaler).
+    The global torch RNG (dropout masks, seeded ``train.seed + rank``) is the caller's again
+    when training returns.
     """
+    with torch.random.fork_rng(devices=[]):
+        return _train(model, train_windows, val_windows, train_cfg, out_dir, resume, extra)
+
+
+def _train(model: DiffusionTS, train_windows, val_windows, train_cfg: TrainConfig,
+           out_dir: str | Path, resume: bool, extra: dict | None) -> TrainResult:
     from tqdm import tqdm
 
     cfg = train_cfg
@@ -285,7 +293,7 @@ def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor
     plan = distributed.plan(device, cfg.precision, cfg.compile)
     for note in plan.notes if ranks.is_main else ():
         log.warning("%s", note)
-    torch.manual_seed(cfg.seed + ranks.rank)  # dropout masks
+    torch.manual_seed(cfg.seed + ranks.rank)  # dropout masks (inside train()'s fork_rng)
     train_data = as_windows(train_windows, "train_windows", seq_len, n_feat)
     val_data = None if val_windows is None else as_windows(val_windows, "val_windows", seq_len, n_feat)
     model.to(device).train()
