@@ -9,7 +9,8 @@
 2. Rolls the model out once more, with ``--seed`` (another seed than the fit's), for
    ``--records`` records in ``--streams`` streams, and keeps the raw encoded outputs.
 3. Decodes those same outputs with each variant (``none``, each part of
-   ``OutputCalibration.PARTS`` alone, ``all``) exactly as the daemon decodes a turn (same
+   ``OutputCalibration.PARTS`` alone, ``all``, and ``all-PART``: all but that part) exactly
+   as the daemon decodes a turn (same
    decode seeds, shared timeline), and writes ``OUT/<variant>.parquet``.
 
 Score the variants with ``flowdiff eval --real HELDOUT --synthetic none=OUT/none.parquet ...``.
@@ -45,6 +46,11 @@ def main(argv=None) -> int:
     p.add_argument("--fit-turns", type=int, default=30)
     p.add_argument("--fit-seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cache", type=Path, default=None,
+                   help="keep the reference and both rollouts' raw outputs in this .npz and "
+                        "reuse them on the next run (to try calibration changes in seconds)")
+    p.add_argument("--variants", nargs="+", default=None,
+                   help="decode only these: none, a part, all, or all-PART (all but one part)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -52,7 +58,6 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     from flowdiff.artifact import load_artifact
-    from flowdiff.calibrate import rollout_outputs, training_reference
     from flowdiff.codec.calibration import OutputCalibration
     from flowdiff.daemon.generator import StreamGenerator
     from flowdiff.model import make_sampler
@@ -61,29 +66,24 @@ def main(argv=None) -> int:
     codec = artifact.codec
     codec.set_calibration(None)
     sampler = make_sampler(args.sampler, steps=args.steps)
+    if args.cache is not None and args.cache.exists():
+        cached = np.load(args.cache)
+        reference, fit_outputs, raw = cached["reference"], cached["fit_outputs"], list(cached["raw"])
+        log.info("reference and rollouts read from %s", args.cache)
+    else:
+        reference, fit_outputs, raw = rollouts(artifact, sampler, args)
+        if args.cache is not None:
+            np.savez(args.cache, reference=reference, fit_outputs=fit_outputs, raw=np.stack(raw))
     started = time.perf_counter()
-    reference = training_reference(artifact, args.data)
-    fit_outputs = rollout_outputs(artifact, sampler, args.fit_streams, args.fit_turns, args.fit_seed)
     calibration = OutputCalibration.fit(codec, fit_outputs, reference)
     log.info("calibration fitted in %.0f s", time.perf_counter() - started)
 
-    gen = StreamGenerator(artifact.model, codec, sampler, context=artifact.context,
-                          horizon=artifact.horizon, streams=args.streams, seed=args.seed)
-    gen.start_unconditional(make_sampler("ddim", steps=args.steps), start_ts=args.start_ts)
-    turns = math.ceil(args.records / (args.streams * artifact.horizon))
-    started = time.perf_counter()
-    raw = []
-    for turn in range(turns):
-        raw.append(gen.predict().numpy())
-        if (turn + 1) % 50 == 0:
-            log.info("rollout turn %d/%d", turn + 1, turns)
-    seconds = time.perf_counter() - started
-    log.info("rollout: %d turns in %.0f s (%.0f records/s model only)", turns, seconds,
-             turns * args.streams * artifact.horizon / seconds)
-
     args.out.mkdir(parents=True, exist_ok=True)
-    variants = {"none": None, **{part: (part,) for part in OutputCalibration.PARTS},
-                "all": OutputCalibration.PARTS}
+    parts_ = OutputCalibration.PARTS
+    variants = {"none": None, **{part: (part,) for part in parts_}, "all": parts_,
+                **{f"all-{part}": tuple(p for p in parts_ if p != part) for part in parts_}}
+    if args.variants:
+        variants = {name: variants[name] for name in args.variants}
     for name, parts in variants.items():
         codec.set_calibration(None if parts is None else calibration.subset(parts))
         decoder = StreamGenerator(artifact.model, codec, sampler, context=artifact.context,
@@ -97,6 +97,33 @@ def main(argv=None) -> int:
               f"dstip {np.mean(dstip[1:] == dstip[:-1]):.3f}, distinct srcip {len(set(srcip))}, "
               f"rate {len(table) / (table['ts'].max() - table['ts'].min()):.2f}/s")
     return 0
+
+
+def rollouts(artifact, sampler, args):
+    """(encoded training reference, the fit rollout's outputs, the evaluation rollout's
+    per-turn outputs)."""
+    from flowdiff.calibrate import rollout_outputs, training_reference
+    from flowdiff.daemon.generator import StreamGenerator
+    from flowdiff.model import make_sampler
+
+    reference = training_reference(artifact, args.data)
+    fit_outputs = rollout_outputs(artifact, sampler, args.fit_streams, args.fit_turns, args.fit_seed)
+
+    gen = StreamGenerator(artifact.model, artifact.codec, sampler, context=artifact.context,
+                          horizon=artifact.horizon, streams=args.streams, seed=args.seed)
+    gen.start_unconditional(make_sampler("ddim", steps=args.steps), start_ts=args.start_ts)
+    turns = math.ceil(args.records / (args.streams * artifact.horizon))
+    started = time.perf_counter()
+    raw = []
+    for turn in range(turns):
+        raw.append(gen.predict().numpy())
+        if (turn + 1) % 50 == 0:
+            log.info("rollout turn %d/%d", turn + 1, turns)
+    seconds = time.perf_counter() - started
+    log.info("rollout: %d turns in %.0f s (%.0f records/s model only)", turns, seconds,
+             turns * args.streams * artifact.horizon / seconds)
+
+    return reference, fit_outputs, raw
 
 
 if __name__ == "__main__":

@@ -81,16 +81,19 @@ def test_calibration_maps_numbers_and_reuse_codes_onto_the_training_distribution
     reference = codec.encode(table)
     outputs = _skewed_outputs(codec, reference)
     calibration = OutputCalibration.fit(codec, outputs, reference)
-    mapped = calibration.apply(outputs, np.random.default_rng(2).random((len(outputs), calibration.draws)))
+    uniforms = np.random.default_rng(2).random((len(outputs), calibration.draws))
+    mapped = calibration.apply(outputs, uniforms)
+    marginal = calibration.subset(["numbers"]).apply(outputs, uniforms)
     for name in ("td", "pkt", "byt", "ts"):
         col = codec.feature_slices[name].start
         raw_gap = np.abs(np.sort(outputs[:, col]) - np.sort(reference[:, col])).mean()
         gap = np.abs(np.sort(mapped[:, col]) - np.sort(reference[:, col])).mean()
         assert gap < 0.01 < raw_gap, (name, gap, raw_gap)
-        # ranks are kept: off the tied edge the map is monotone in the output
+        # ranks are kept: off the tied edge the marginal map is monotone in the output
+        # (td and byt are then mapped within their packet count, monotone within it)
         untied = outputs[:, col] < 1.0
         order = np.argsort(outputs[untied, col], kind="stable")
-        assert (np.diff(mapped[untied, col][order]) >= -1e-12).all(), name
+        assert (np.diff(marginal[untied, col][order]) >= -1e-12).all(), name
     for name in codec.reuse_fields:
         start = codec.feature_slices[name].start
         stop = start + codec.transforms[name].depth + 1
@@ -202,3 +205,101 @@ def test_address_snapping_moves_near_misses_of_frequent_hosts_and_keeps_new_ones
     assert np.isin(snapped[:900], heavy).mean() > 0.95        # near misses come home
     untouched = ~np.isin(snapped[900:], heavy)
     assert (snapped[900:][untouched] == bits_address(far)[untouched]).all()
+
+
+def test_bit_patterns_decode_flags_to_training_masks_at_training_frequencies(codec_and_records):
+    """A model writes flag bits softly and leans toward the common masks: thresholding
+    each bit invents masks and loses the rare ones (SYN alone: scans); the pattern part
+    decodes the 8 bits jointly as a training mask, at the training frequencies."""
+    from flowdiff.codec.calibration import from_bits
+
+    codec, table = codec_and_records
+    reference = codec.encode(table)
+    start, stop = codec.feature_slices["flags"].start, codec.feature_slices["flags"].stop
+    rng = np.random.default_rng(6)
+    outputs = reference.astype(np.float64).copy()
+    bits = reference[:, start:stop]
+    outputs[:, start:stop] = np.clip(0.3 + 0.4 * bits + rng.normal(0, 0.12, bits.shape), 0, 1)
+    outputs[:, stop - 5] = np.clip(outputs[:, stop - 5] + 0.15, 0, 1)  # the ACK bit leans on
+    calibration = OutputCalibration.fit(codec, outputs, reference).subset(["patterns"])
+    mapped = calibration.apply(outputs, None)
+    masks, counts = np.unique(table["flags"].to_numpy(), return_counts=True)
+    share = lambda values: np.array([(values == m).mean() for m in masks])  # noqa: E731
+    plain, decoded = from_bits(outputs[:, start:stop]), from_bits(mapped[:, start:stop])
+    assert np.isin(decoded, masks).all() and not np.isin(plain, masks).all()
+    target = counts / counts.sum()
+    assert np.abs(share(plain) - target).sum() > 0.2
+    assert np.abs(share(decoded) - target).sum() < 0.05
+    # the output still chooses: the record's own mask comes back more often than by
+    # thresholding, far more often than a draw at the training frequencies would give
+    true = table["flags"].to_numpy()
+    assert (decoded == true).mean() > max((plain == true).mean(), 2 * (target ** 2).sum())
+
+
+def test_bytes_are_mapped_within_the_packet_count_so_bytes_per_packet_stay_real(codec_and_records):
+    """Outputs whose byte position has drifted away from the packet position: mapping each
+    number alone gives the right byte marginal but wrong bytes per packet; the conditional
+    part maps bytes within flows of the same packet count."""
+    from flowdiff.eval.marginals import emd_scale_free
+
+    codec, table = codec_and_records
+    reference = codec.encode(table)
+    rng = np.random.default_rng(8)
+    outputs = reference.astype(np.float64).copy()
+    byt = codec.feature_slices["byt"].start
+    outputs[:, byt] = np.clip(0.5 * outputs[:, byt] + 0.5 * rng.permutation(outputs[:, byt])
+                              + rng.normal(0, 0.02, len(outputs)), 0, 1)
+    full = OutputCalibration.fit(codec, outputs, reference)
+
+    def bytes_per_packet(parts):
+        mapped = full.subset(parts).apply(outputs, rng.random((len(outputs), full.draws)))
+        decoded = codec.decode(mapped.astype(np.float32), 1.46e9).table
+        return decoded["byt"].to_numpy() / decoded["pkt"].to_numpy(), decoded["byt"].to_numpy()
+
+    real_bpp = table["byt"].to_numpy() / table["pkt"].to_numpy()
+    marginal_bpp, marginal_byt = bytes_per_packet(["numbers"])
+    conditional_bpp, conditional_byt = bytes_per_packet(["numbers", "conditional"])
+    assert set(full.conditional) == {"byt", "td"}
+    assert emd_scale_free(real_bpp, conditional_bpp) < 0.5 * emd_scale_free(real_bpp, marginal_bpp)
+    assert emd_scale_free(table["byt"].to_numpy(), conditional_byt) < 0.03
+    # one-packet flows last 0 s in UGR'16; mapped within pkt = 1, td keeps that
+    decoded = codec.decode(full.subset(["numbers", "conditional"]).apply(outputs, None)
+                           .astype(np.float32), 1.46e9).table
+    one = decoded["pkt"].to_numpy() == 1
+    assert (table["td"][table["pkt"] == 1] == 0).mean() > 0.95
+    assert (decoded["td"].to_numpy()[one] == 0).mean() > 0.9
+
+
+def test_ranged_ports_are_drawn_from_the_training_ports_of_their_range(codec_and_records, tmp_path):
+    """The model writes a rare port's 16 bits as a common service port's (80), so every
+    ephemeral port decodes to the range start + 80. Calibrated, a range token's port is
+    drawn from training's ports of that range: spread like them, in the token's range."""
+    from flowdiff.codec.tokens import port_range
+
+    codec, table = codec_and_records
+    reference = codec.encode(table)
+    outputs = reference.astype(np.float64).copy()
+    for name in ("srcport", "dstport"):
+        transform = codec.transforms[name]
+        start = codec.feature_slices[name].start + transform.dim
+        outputs[:, start:start + 16] = np.unpackbits(np.array([[0, 80]], np.uint8), axis=1)
+    calibrated = FlowCodec.load(codec.save(tmp_path / "c"))
+    calibrated.set_calibration(OutputCalibration.fit(calibrated, outputs, reference).subset(["ports"]))
+    block = outputs.astype(np.float32)
+    plain = codec.decode(block, 1.46e9, rng=np.random.default_rng(1)).table
+    spread = calibrated.decode(block, 1.46e9, rng=np.random.default_rng(1)).table
+    for name in ("srcport", "dstport"):
+        transform = codec.transforms[name]
+        real = table[name].to_numpy()
+        real_ranged = real[transform.ranged_ports(real)]
+        before, after = plain[name].to_numpy(), spread[name].to_numpy()
+        ranged_before = before[transform.ranged_ports(before)]
+        ranged_after = after[transform.ranged_ports(after)]
+        assert len(np.unique(ranged_before)) <= 10     # low + 80 (and a few repaired values)
+        assert len(np.unique(ranged_after)) > 0.5 * len(np.unique(real_ranged))
+        assert abs(len(ranged_after) / len(after) - len(real_ranged) / len(real)) < 0.05
+        share = lambda v: np.bincount(port_range(v), minlength=4) / len(v)  # noqa: E731
+        assert np.abs(share(ranged_after) - share(real_ranged)).sum() < 0.1
+    # the same generator gives the same records
+    again = calibrated.decode(block, 1.46e9, rng=np.random.default_rng(1)).table
+    pd.testing.assert_frame_equal(spread, again)

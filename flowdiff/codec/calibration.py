@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from flowdiff.codec.tokens import BUCKET_SHIFT
+
 GRID = 1025                 # quantile grid points (probabilities k / (GRID - 1))
 BIAS_ROUNDS = 500           # fixed-point rounds of the arg-max bias fit
 BIAS_STEP = 0.2             # step of round r: BIAS_STEP / sqrt(1 + r)
@@ -64,6 +66,68 @@ def numeric_columns(codec) -> dict[str, int]:
             if t.name in ("quantile", "log_minmax", "minmax") and t.width == 1}
 
 
+PATTERN_SCALE = 2.0         # pattern score: -PATTERN_SCALE * squared bit distance
+CONDITIONAL_NUMBERS = {"byt": "pkt", "td": "pkt"}   # number -> the number it is mapped within
+PARENT_BINS = 16            # bins of the parent: training quantiles (ties merged)
+MIN_BIN_RECORDS = 200       # a bin with fewer outputs or training records uses the marginal map
+
+
+def pattern_fields(codec) -> dict[str, tuple[int, int]]:
+    """field -> (start, stop) of the small ``bits`` fields (flags, ToS, protocol) decoded
+    as one of the bit patterns seen in training."""
+    return {name: (codec.feature_slices[name].start, codec.feature_slices[name].stop)
+            for name, t in codec.transforms.items() if t.name == "bits" and t.width <= 8}
+
+
+def to_bits(values: np.ndarray, width: int) -> np.ndarray:
+    """(n,) unsigned integers -> (n, width) float bits, most significant first."""
+    shifts = np.arange(width - 1, -1, -1, dtype=np.int64)
+    return ((np.asarray(values, np.int64)[:, None] >> shifts) & 1).astype(np.float64)
+
+
+def from_bits(bits: np.ndarray) -> np.ndarray:
+    """(n, width) bits (rounded at 0.5) -> (n,) unsigned integers."""
+    width = np.shape(bits)[1]
+    weights = (1 << np.arange(width - 1, -1, -1, dtype=np.int64))
+    return ((np.asarray(bits) > 0.5).astype(np.int64) * weights).sum(axis=1)
+
+
+def pattern_scores(bits: np.ndarray, patterns: np.ndarray) -> np.ndarray:
+    """(n, w) soft bits, (m, w) patterns -> (n, m) scores -PATTERN_SCALE * distance^2."""
+    d2 = ((bits ** 2).sum(1)[:, None] + (patterns ** 2).sum(1)[None, :]
+          - 2.0 * bits @ patterns.T)
+    return -PATTERN_SCALE * np.maximum(d2, 0.0)
+
+
+def quantile_map(u: np.ndarray, model_q: np.ndarray, train_q: np.ndarray,
+                 draws: np.ndarray | float) -> np.ndarray:
+    """Outputs -> their rank among the model's outputs (``model_q``: GRID quantiles) -> the
+    training value at that rank; ranks of a repeated output value (a tie) are spread by
+    ``draws`` (uniforms) over the tie's share (randomised PIT)."""
+    lo = np.searchsorted(model_q, u, side="left")
+    hi = np.searchsorted(model_q, u, side="right")
+    tied = hi - lo > 1
+    grid = np.linspace(0.0, 1.0, GRID)
+    p = np.interp(u, model_q, grid)
+    if tied.any():
+        draw = draws[tied] if np.ndim(draws) else draws
+        p[tied] = (lo[tied] + draw * (hi[tied] - lo[tied] - 1)) / (GRID - 1)
+    return np.interp(p, grid, train_q)
+
+
+def parent_edges(parent_reference: np.ndarray, parent_values: np.ndarray) -> np.ndarray:
+    """Bin edges in the parent's encoded space: between the encodings of the training
+    values on either side of each of PARENT_BINS training quantiles of the decoded values
+    (so a bin holds whole values, however their encodings are jittered)."""
+    cuts = np.unique(np.quantile(parent_values, np.linspace(0, 1, PARENT_BINS + 1)[1:-1]))
+    edges = []
+    for cut in cuts:
+        below, above = parent_reference[parent_values < cut], parent_reference[parent_values >= cut]
+        if len(below) and len(above):
+            edges.append((below.max() + above.min()) / 2.0)
+    return np.asarray(edges, dtype=np.float64)
+
+
 TOKEN_ROUNDS = 100          # fixed-point rounds of the token offset fit
 TOKEN_LIMIT = 12.0          # |log-prior offset| bound
 TOKEN_SAMPLE = 10_000       # model outputs used for the token fit
@@ -71,7 +135,9 @@ TOKEN_TEMPERATURES = (0.1, 0.15, 0.2, 0.3, 0.4)   # kernel widths tried beyond t
 TOKEN_TOLERANCE = 0.1       # L1 error of the token frequencies that is good enough
 
 
-ADDRESS_MIN_COUNT = 20      # a training address seen this often is in the vocabulary
+ADDRESS_MIN_COUNT = 10      # an address training's 'new' records use this often is in the vocabulary
+ADDRESS_ROUNDS = 30         # fixed-point rounds of the address offset fit
+ADDRESS_SAMPLE = 10_000     # snapped model outputs used for the offset fit
 ADDRESS_TAU = 0.5           # kernel width over the soft bit distance (bits in [0, 1])
 ADDRESS_CHUNK = 4096
 
@@ -91,13 +157,28 @@ def bits_address(bits: np.ndarray) -> np.ndarray:
 class AddressVocabulary:
     """Frequent training addresses and the snapping rule above."""
 
-    def __init__(self, addresses: np.ndarray, counts: np.ndarray, threshold: float):
+    def __init__(self, addresses: np.ndarray, counts: np.ndarray, threshold: float,
+                 offsets: np.ndarray | None = None):
         self.addresses = np.asarray(addresses, np.int64)                     # (V,)
         self.counts = np.asarray(counts, np.float64)                         # (V,)
         self.threshold = float(threshold)
         self.vectors = address_bits(self.addresses)                          # (V, 32)
         self._norms = (self.vectors ** 2).sum(axis=1)
-        self._log_counts = np.log(self.counts)
+        self.set_offsets(np.zeros(len(self.addresses)) if offsets is None else offsets)
+
+    def set_offsets(self, offsets: np.ndarray) -> None:
+        """(V,) log-prior offsets added to log(count) in the snapping weights."""
+        self.offsets = np.asarray(offsets, np.float64)
+        self._log_counts = np.log(self.counts) + self.offsets
+
+    def log_weights(self, bits: np.ndarray) -> np.ndarray:
+        """(b, 32) soft bits -> (b, V) unnormalised log snapping weights, -inf beyond the
+        kernel's reach (1000x less likely than the nearest address by distance)."""
+        d2 = np.maximum((bits ** 2).sum(1)[:, None] + self._norms[None, :]
+                        - 2.0 * bits @ self.vectors.T, 0.0)                   # (b, V)
+        scale = 2.0 * ADDRESS_TAU ** 2
+        near = d2 <= d2.min(axis=1, keepdims=True) + scale * np.log(1e3)
+        return np.where(near, self._log_counts[None, :] - d2 / scale, -np.inf)
 
     @classmethod
     def from_reference(cls, addresses: np.ndarray) -> "AddressVocabulary":
@@ -124,15 +205,10 @@ class AddressVocabulary:
             return bits
         known, margin = self.margins(bits)
         rows = np.flatnonzero(~known & (margin <= self.threshold))
-        scale = 2.0 * ADDRESS_TAU ** 2
         for start in range(0, len(rows), ADDRESS_CHUNK):
             part = rows[start:start + ADDRESS_CHUNK]
-            q = bits[part]
-            d2 = np.maximum((q ** 2).sum(1)[:, None] + self._norms[None, :]
-                            - 2.0 * q @ self.vectors.T, 0.0)                  # (b, V)
-            logw = self._log_counts[None, :] - d2 / scale
-            near = d2 <= d2.min(axis=1, keepdims=True) + scale * np.log(1e3)
-            weights = np.where(near, np.exp(logw - logw.max(axis=1, keepdims=True)), 0.0)
+            logw = self.log_weights(bits[part])                               # (b, V)
+            weights = np.exp(logw - logw.max(axis=1, keepdims=True))
             cumulative = np.cumsum(weights, axis=1)
             draw = 0.5 if uniforms is None else uniforms[part, None]
             picked = np.minimum((cumulative <= draw * cumulative[:, -1:]).sum(axis=1),
@@ -142,13 +218,14 @@ class AddressVocabulary:
 
     def state(self) -> dict:
         return {"addresses": self.addresses.tolist(), "counts": self.counts.astype(int).tolist(),
-                "threshold": self.threshold if np.isfinite(self.threshold) else None}
+                "threshold": self.threshold if np.isfinite(self.threshold) else None,
+                "offsets": self.offsets.round(6).tolist()}
 
     @classmethod
     def from_state(cls, state: dict) -> "AddressVocabulary":
         threshold = state.get("threshold")
         return cls(state["addresses"], state["counts"],
-                   -np.inf if threshold is None else threshold)
+                   -np.inf if threshold is None else threshold, state.get("offsets"))
 
 
 def fit_address_vocabulary(outputs_bits: np.ndarray, new_rows: np.ndarray,
@@ -156,16 +233,52 @@ def fit_address_vocabulary(outputs_bits: np.ndarray, new_rows: np.ndarray,
                            ) -> tuple[AddressVocabulary, dict]:
     """The vocabulary of the training addresses and the threshold that gives the model's
     'new'-coded outputs the training share of vocabulary addresses."""
-    vocabulary = AddressVocabulary.from_reference(reference_addresses)
+    vocabulary = AddressVocabulary.from_reference(reference_addresses[reference_new])
     target = float(np.isin(reference_addresses[reference_new], vocabulary.addresses).mean())
     known, margin = vocabulary.margins(outputs_bits[new_rows])
     natural = float(known.mean()) if len(known) else 0.0
     extra = (target - natural) / max(1.0 - natural, EPS)
+    report = {"vocabulary": int(len(vocabulary.addresses)), "training_share": round(target, 4),
+              "model_share": round(natural, 4)}
     if extra > 0 and (~known).any():
         vocabulary.threshold = float(np.quantile(margin[~known], min(extra, 1.0)))
-    return vocabulary, {"vocabulary": int(len(vocabulary.addresses)),
-                        "training_share": round(target, 4), "model_share": round(natural, 4),
-                        "threshold": vocabulary.threshold if np.isfinite(vocabulary.threshold) else None}
+        snapped = outputs_bits[new_rows][~known & (margin <= vocabulary.threshold)]
+        before = snapped_frequencies(vocabulary, snapped)
+        vocabulary.set_offsets(fit_address_offsets(vocabulary, snapped))
+        after = snapped_frequencies(vocabulary, snapped)
+        goal = vocabulary.counts / vocabulary.counts.sum()
+        report.update(l1_error_before=round(float(np.abs(before - goal).sum()), 4),
+                      l1_error=round(float(np.abs(after - goal).sum()), 4))
+    report["threshold"] = vocabulary.threshold if np.isfinite(vocabulary.threshold) else None
+    return vocabulary, report
+
+
+def snapped_frequencies(vocabulary: AddressVocabulary, bits: np.ndarray) -> np.ndarray:
+    """(V,) expected share of each vocabulary address among ``bits`` snapped."""
+    total = np.zeros(len(vocabulary.addresses))
+    for start in range(0, len(bits), ADDRESS_CHUNK):
+        logw = vocabulary.log_weights(bits[start:start + ADDRESS_CHUNK])
+        weights = np.exp(logw - logw.max(axis=1, keepdims=True))
+        total += (weights / weights.sum(axis=1, keepdims=True)).sum(axis=0)
+    return total / max(len(bits), 1)
+
+
+def fit_address_offsets(vocabulary: AddressVocabulary, bits: np.ndarray) -> np.ndarray:
+    """(V,) log-prior offsets with which the snapped outputs ``bits`` land on each
+    vocabulary address about as often as training's 'new' records do (the same
+    fixed point as the token offsets). Without them the kernel piles the outputs onto the
+    few hosts nearest the model's average bits."""
+    log_target = np.log(vocabulary.counts / vocabulary.counts.sum() + EPS)
+    offsets = np.zeros(len(vocabulary.addresses))
+    if not len(bits):
+        return offsets
+    sample = bits[np.linspace(0, len(bits) - 1, min(ADDRESS_SAMPLE, len(bits))).round().astype(int)]
+    for _ in range(ADDRESS_ROUNDS):
+        vocabulary.set_offsets(offsets)
+        expected = snapped_frequencies(vocabulary, sample)
+        offsets = np.clip(offsets + log_target - np.log(expected + EPS), -TOKEN_LIMIT, TOKEN_LIMIT)
+    vocabulary.set_offsets(np.zeros(len(offsets)))
+    return offsets
 
 
 def token_fields(codec) -> dict[str, int]:
@@ -230,7 +343,9 @@ def fit_biases(outputs: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 class OutputCalibration:
     def __init__(self, numeric: dict, biases: dict, meta: dict | None = None,
-                 tokens: dict | None = None, addresses: dict | None = None):
+                 tokens: dict | None = None, addresses: dict | None = None,
+                 patterns: dict | None = None, conditional: dict | None = None,
+                 ports: dict | None = None):
         # field -> (column, model quantiles (GRID,), training quantiles (GRID,))
         self.numeric = {k: (int(c), np.asarray(mq, np.float64), np.asarray(rq, np.float64))
                         for k, (c, mq, rq) in numeric.items()}
@@ -242,6 +357,17 @@ class OutputCalibration:
                        for k, (v, t) in (tokens or {}).items()}
         # field -> ((start, stop) of its 32 bits, AddressVocabulary)
         self.addresses = {k: (tuple(span), vocab) for k, (span, vocab) in (addresses or {}).items()}
+        # field -> (start, stop, patterns (m,) values, bias (m,))
+        self.patterns = {k: (int(a), int(b), np.asarray(v, np.int64), np.asarray(w, np.float64))
+                         for k, (a, b, v, w) in (patterns or {}).items()}
+        # number -> (parent, parent column, edges (B-1,), [(model q, training q) or None] * B)
+        self.conditional = {k: (parent, int(column), np.asarray(edges, np.float64),
+                                [None if m is None else (np.asarray(m[0], np.float64),
+                                                         np.asarray(m[1], np.float64))
+                                 for m in maps])
+                            for k, (parent, column, edges, maps) in (conditional or {}).items()}
+        # port field -> (65536 >> BUCKET_SHIFT,) training records of ranged ports per bucket
+        self.ports = {k: np.asarray(v, np.int64) for k, v in (ports or {}).items()}
         self.meta = dict(meta or {})
         # uniform numbers per record used by ``apply``: one per number field, one per address
         self.draws = len(self.numeric) + len(self.addresses)
@@ -260,7 +386,21 @@ class OutputCalibration:
         numeric = {name: (column, np.quantile(outputs[:, column], probabilities),
                           np.quantile(reference[:, column].astype(np.float64), probabilities))
                    for name, column in numeric_columns(codec).items()}
+        conditional = fit_conditional(codec, numeric, outputs, reference)
         biases, report = {}, {}
+        patterns = {}
+        for name, (start, stop) in pattern_fields(codec).items():
+            values, counts = np.unique(from_bits(reference[:, start:stop]), return_counts=True)
+            vectors = to_bits(values, stop - start)
+            scores = pattern_scores(outputs[:, start:stop], vectors)
+            bias = fit_biases(scores, counts / counts.sum())
+            patterns[name] = (start, stop, values, bias)
+            order = np.argsort(-counts)
+            report[name] = {"patterns": [int(v) for v in values[order[:4]]],
+                            "training": _top((counts / counts.sum())[order]),
+                            "model": _top(_frequencies(from_bits(outputs[:, start:stop]), values)[order]),
+                            "calibrated": _top(np.bincount((scores + bias).argmax(axis=1),
+                                                           minlength=len(values))[order] / len(outputs))}
         for name, (start, stop) in argmax_blocks(codec).items():
             width = stop - start
             target = np.bincount(reference[:, start:stop].argmax(axis=1),
@@ -307,21 +447,35 @@ class OutputCalibration:
             addresses[name] = (span, vocabulary)
         meta = dict(meta or {})
         meta.update(records=int(len(outputs)), argmax_frequencies=report)
-        return cls(numeric, biases, meta, tokens, addresses)
+        ports = {}
+        for name, start in token_fields(codec).items():
+            transform = codec.transforms[name]
+            if hasattr(transform, "set_range_buckets"):
+                values = from_bits(reference[:, start + transform.dim:start + transform.width])
+                values = values[transform.ranged_ports(values)]
+                ports[name] = np.bincount(values >> BUCKET_SHIFT, minlength=65536 >> BUCKET_SHIFT)
+        return cls(numeric, biases, meta, tokens, addresses, patterns, conditional, ports)
 
     def apply(self, array: np.ndarray, uniforms: np.ndarray | None) -> np.ndarray:
         """(n, F) outputs, (n, draws) uniforms in [0, 1) -> (n, F) calibrated copy."""
-        out = np.array(array, dtype=np.float64)
-        for i, (column, model_q, train_q) in enumerate(self.numeric.values()):
-            u = out[:, column]
-            lo = np.searchsorted(model_q, u, side="left")
-            hi = np.searchsorted(model_q, u, side="right")
-            tied = hi - lo > 1                          # u is a value the model repeats
-            p = np.interp(u, model_q, np.linspace(0.0, 1.0, GRID))
-            if tied.any():
-                draw = 0.5 if uniforms is None else uniforms[tied, i]
-                p[tied] = (lo[tied] + draw * (hi[tied] - lo[tied] - 1)) / (GRID - 1)
-            out[:, column] = np.interp(p, np.linspace(0.0, 1.0, GRID), train_q)
+        raw = np.asarray(array, dtype=np.float64)
+        out = raw.copy()
+        draws = {name: (0.5 if uniforms is None else uniforms[:, i])
+                 for i, name in enumerate(self.numeric)}
+        for name, (column, model_q, train_q) in self.numeric.items():
+            out[:, column] = quantile_map(raw[:, column], model_q, train_q, draws[name])
+        for name, (parent, parent_column, edges, maps) in self.conditional.items():
+            column = self.numeric[name][0]
+            bins = np.searchsorted(edges, out[:, parent_column], side="right")
+            for b, pair in enumerate(maps):
+                rows = np.flatnonzero(bins == b)
+                if pair is not None and len(rows):
+                    draw = draws[name] if np.isscalar(draws[name]) else draws[name][rows]
+                    out[rows, column] = quantile_map(raw[rows, column], *pair, draw)
+        for start, stop, values, bias in self.patterns.values():
+            vectors = to_bits(values, stop - start)
+            chosen = (pattern_scores(out[:, start:stop], vectors) + bias).argmax(axis=1)
+            out[:, start:stop] = vectors[chosen]
         for start, stop, bias in self.biases.values():
             out[:, start:stop] += bias
         for i, ((start, stop), vocabulary) in enumerate(self.addresses.values()):
@@ -329,18 +483,23 @@ class OutputCalibration:
             out[:, start:stop] = vocabulary.snap(out[:, start:stop], draws)
         return out
 
-    PARTS = ("numbers", "reuse", "tokens", "addresses")
+    PARTS = ("numbers", "conditional", "patterns", "reuse", "tokens", "ports", "addresses")
 
     def subset(self, parts) -> "OutputCalibration":
         """A copy with only some of ``PARTS`` (for ablations): numbers = the quantile maps,
-        reuse = the arg-max biases, tokens = the token offsets, addresses = the snapping."""
+        conditional = the numbers mapped within their parent's bins (needs numbers),
+        patterns = the bit-pattern decoding, reuse = the arg-max biases, tokens = the token
+        offsets, ports = the ranged ports' distribution, addresses = the snapping."""
         unknown = set(parts) - set(self.PARTS)
         if unknown:
             raise ValueError(f"calibration parts: expected some of {self.PARTS}, got {sorted(unknown)}")
         return OutputCalibration(self.numeric if "numbers" in parts else {},
                                  self.biases if "reuse" in parts else {}, self.meta,
                                  self.tokens if "tokens" in parts else {},
-                                 self.addresses if "addresses" in parts else {})
+                                 self.addresses if "addresses" in parts else {},
+                                 self.patterns if "patterns" in parts else {},
+                                 self.conditional if {"numbers", "conditional"} <= set(parts) else {},
+                                 self.ports if "ports" in parts else {})
 
     def state(self) -> dict:
         return {"numeric": {k: [c, mq.tolist(), rq.tolist()] for k, (c, mq, rq) in self.numeric.items()},
@@ -348,6 +507,13 @@ class OutputCalibration:
                 "tokens": {k: [v.tolist(), t] for k, (v, t) in self.tokens.items()},
                 "addresses": {k: [list(span), vocab.state()]
                               for k, (span, vocab) in self.addresses.items()},
+                "patterns": {k: [a, b, v.tolist(), w.tolist()]
+                             for k, (a, b, v, w) in self.patterns.items()},
+                "ports": {k: v.tolist() for k, v in self.ports.items()},
+                "conditional": {k: [parent, column, edges.tolist(),
+                                    [None if m is None else [m[0].tolist(), m[1].tolist()]
+                                     for m in maps]]
+                                for k, (parent, column, edges, maps) in self.conditional.items()},
                 "meta": self.meta}
 
     @classmethod
@@ -356,7 +522,8 @@ class OutputCalibration:
                    {k: tuple(v) for k, v in state["biases"].items()}, state.get("meta"),
                    state.get("tokens"),
                    {k: (span, AddressVocabulary.from_state(v))
-                    for k, (span, v) in state.get("addresses", {}).items()})
+                    for k, (span, v) in state.get("addresses", {}).items()},
+                   state.get("patterns"), state.get("conditional"), state.get("ports"))
 
 
 def _expected(decoder, queries: np.ndarray, offset: np.ndarray | None,
@@ -365,6 +532,38 @@ def _expected(decoder, queries: np.ndarray, offset: np.ndarray | None,
     logw = decoder.log_weights(np.clip(queries, 0.0, 1.0), offset, temperature)
     weights = np.exp(logw - logw.max(axis=1, keepdims=True))
     return (weights / weights.sum(axis=1, keepdims=True)).mean(axis=0)
+
+
+def fit_conditional(codec, numeric: dict, outputs: np.ndarray, reference: np.ndarray) -> dict:
+    """CONDITIONAL_NUMBERS present in ``numeric`` -> their quantile maps within each bin of
+    the parent's (calibrated) value: bytes within the flows of the same packet count keep
+    bytes per packet and duration per packet as in training."""
+    conditional = {}
+    rng = np.random.default_rng(0)
+    for name, parent in CONDITIONAL_NUMBERS.items():
+        if name not in numeric or parent not in numeric:
+            continue
+        column, parent_column = numeric[name][0], numeric[parent][0]
+        parent_out = quantile_map(outputs[:, parent_column], *numeric[parent][1:],
+                                  rng.random(len(outputs)))
+        parent_ref = reference[:, parent_column].astype(np.float64)
+        edges = parent_edges(parent_ref, codec.transforms[parent].decode(parent_ref[:, None])[0])
+        bins_out = np.searchsorted(edges, parent_out, side="right")
+        bins_ref = np.searchsorted(edges, parent_ref, side="right")
+        probabilities = np.linspace(0.0, 1.0, GRID)
+        maps = []
+        for b in range(len(edges) + 1):
+            mine, theirs = outputs[bins_out == b, column], reference[bins_ref == b, column]
+            maps.append(None if min(len(mine), len(theirs)) < MIN_BIN_RECORDS else
+                        (np.quantile(mine, probabilities),
+                         np.quantile(theirs.astype(np.float64), probabilities)))
+        conditional[name] = (parent, parent_column, edges, maps)
+    return conditional
+
+
+def _frequencies(values: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(m,) share of ``values`` equal to each of ``classes``."""
+    return np.array([(values == c).mean() for c in classes])
 
 
 def _top(frequencies: np.ndarray, n: int = 4) -> dict:

@@ -210,29 +210,35 @@ class FlowCodec:
             self.feature_slices[name] = slice(start, start + transform.width)
             start += transform.width
         self.width = start
-        # decoding randomness: uniform numbers per record, a column range per sampled field
+        self.calibration = None                      # OutputCalibration, set by calibrate()
+        self._layout_draws()
+        self.reuse_fields = tuple(n for n, t in transforms.items()
+                                  if isinstance(t, ReuseBitsTransform))
+
+    def _layout_draws(self) -> None:
+        """Decoding randomness: uniform numbers per record, a column range per sampled
+        field, then the calibration's."""
         self.draw_slices: dict[str, slice] = {}
         draws = 0
-        for name, transform in transforms.items():
+        for name, transform in self.transforms.items():
             if getattr(transform, "draws", 0):
                 self.draw_slices[name] = slice(draws, draws + transform.draws)
                 draws += transform.draws
         self.transform_draws = draws
-        self.calibration = None                      # OutputCalibration, set by calibrate()
-        self.draws = draws
-        self.reuse_fields = tuple(n for n, t in transforms.items()
-                                  if isinstance(t, ReuseBitsTransform))
+        self.draws = draws + (self.calibration.draws if self.calibration else 0)
 
     def set_calibration(self, calibration) -> None:
         """Decode through ``calibration`` (an ``OutputCalibration`` fitted on this codec's
         model's outputs; None removes it). It draws uniforms after the transforms' own."""
         self.calibration = calibration
-        self.draws = self.transform_draws + (calibration.draws if calibration else 0)
         for name, transform in self.transforms.items():
             if hasattr(transform, "prior_offset"):
                 offset, temperature = (calibration.tokens.get(name, (None, None))
                                        if calibration else (None, None))
                 transform.prior_offset, transform.temperature = offset, temperature
+            if hasattr(transform, "set_range_buckets"):
+                transform.set_range_buckets(calibration.ports.get(name) if calibration else None)
+        self._layout_draws()
 
     # ------------------------------------------------------------------ fit
     @classmethod

@@ -45,6 +45,7 @@ from flowdiff.codec.word2vec import (_scale, distinct_vectors, load_vectors, sav
 log = logging.getLogger(__name__)
 
 PORT_RANGES = ((0, 1024), (1024, 32768), (32768, 49152), (49152, 65536))
+BUCKET_SHIFT = 6                    # ranged-port histogram buckets of 64 ports
 VECTORS_FILE, TABLES_FILE = "tokens.bin", "tokens.json"
 PORT, PROTO = "port", "proto"
 
@@ -167,12 +168,12 @@ class PortTokenTransform:
     """Port <-> [embedding of its token (d), the port's 16 bits] (field transform)."""
 
     name = "word2vec"
-    draws = 1                           # uniform numbers per record used by decode
 
     def __init__(self, embedding: TokenEmbedding):
         self.table = embedding.tables[PORT]
         self.prior_offset = None            # (V,) log-prior offsets of an output calibration
         self.temperature = None             # and its kernel temperature (None: the table's)
+        self.ranged_cdf = None              # range -> (ports, cumulative weights) or None
         self.bits = BitsTransform(16)
         self.dim = self.table.dim
         self.width = self.dim + self.bits.width
@@ -182,6 +183,35 @@ class PortTokenTransform:
         self.range_of = np.array([int(n[6:]) if n.startswith("range:") else -1
                                   for n in self.table.names], dtype=np.int64)  # (V,)
         self.lookup, self.exact = self._lookup_table()
+
+    @property
+    def draws(self) -> int:
+        """Uniform numbers per record used by decode: the token's, and the ranged port's
+        when an output calibration gives the ranges' port distribution."""
+        return 1 if self.ranged_cdf is None else 2
+
+    def ranged_ports(self, ports: np.ndarray) -> np.ndarray:
+        """(n,) ports -> (n,) bool: their token is a range token."""
+        return self.port_of[self.lookup[np.asarray(ports, dtype=np.int64)]] < 0
+
+    def set_range_buckets(self, counts: np.ndarray | None) -> None:
+        """Decode a range token's port by drawing it from ``counts`` ((65536 >> BUCKET_SHIFT,)
+        training records per bucket of ranged ports, uniform within a bucket) instead of
+        from the model's port bits; None: from the bits."""
+        if counts is None:
+            self.ranged_cdf = None
+            return
+        counts = np.asarray(counts, dtype=np.float64)
+        ports = np.arange(65536)
+        candidate = self.ranged_ports(ports)                               # (65536,)
+        per_bucket = np.bincount(ports[candidate] >> BUCKET_SHIFT, minlength=len(counts))
+        weight = np.where(candidate, counts[ports >> BUCKET_SHIFT]
+                          / np.maximum(per_bucket[ports >> BUCKET_SHIFT], 1), 0.0)
+        self.ranged_cdf = {}
+        for r, (low, high) in enumerate(PORT_RANGES):
+            cumulative = np.cumsum(weight[low:high])
+            if cumulative[-1] > 0:
+                self.ranged_cdf[r] = (ports[low:high], cumulative / cumulative[-1])
 
     def _lookup_table(self) -> tuple[np.ndarray, np.ndarray]:
         """(65536,) port -> token row, and (65536,) whether that row gives the port back:
@@ -236,7 +266,17 @@ class PortTokenTransform:
             low, high = np.asarray(PORT_RANGES)[self.range_of[rows[ranged]]].T  # (m,), (m,)
             inside = (from_bits >= low) & (from_bits < high)
             values[ranged] = np.where(inside, from_bits, low + from_bits % (high - low))
+            if self.ranged_cdf is not None and uniforms is not None:
+                self._draw_ranged(values, rows, np.flatnonzero(ranged), uniforms[:, 1])
         return values, 0
+
+    def _draw_ranged(self, values: np.ndarray, rows: np.ndarray, ranged: np.ndarray,
+                     uniforms: np.ndarray) -> None:
+        """Ranged records' ports, in place, drawn from their range's distribution."""
+        for r, (ports, cdf) in self.ranged_cdf.items():
+            mine = ranged[self.range_of[rows[ranged]] == r]
+            picked = np.searchsorted(cdf, uniforms[mine], side="right")
+            values[mine] = ports[np.minimum(picked, len(ports) - 1)]
 
     def state(self) -> dict:
         return {"kind": PORT}
