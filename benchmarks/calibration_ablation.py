@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         if args.cache is not None:
             np.savez(args.cache, reference=reference, fit_outputs=fit_outputs, raw=np.stack(raw))
     started = time.perf_counter()
-    calibration = OutputCalibration.fit(codec, fit_outputs, reference)
+    calibration = OutputCalibration.fit(codec, fit_outputs, reference, horizon=artifact.horizon)
     log.info("calibration fitted in %.0f s", time.perf_counter() - started)
 
     args.out.mkdir(parents=True, exist_ok=True)

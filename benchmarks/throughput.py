@@ -4,7 +4,7 @@
     nice -n 10 python3 benchmarks/throughput.py grid [--streams 1 16 64] [--steps 200 50 10]
 
 ``defaults``: the real daemon (``Service``: generator -> fan-out -> null exporter, metrics
-server on) with the shipped ``configs/serve-benchmark.yaml`` (the packaged model, the
+server on) with the shipped ``configs/serve-benchmark.yaml`` (or ``--config``) (the packaged model, the
 default 16 streams and sampler), pace fast, until ``--records`` records; prints records/s,
 peak RSS and RSS sampled every 100k records (flat = no growth).
 
@@ -45,7 +45,7 @@ def bench_defaults(args) -> dict:
     from flowdiff.config import load_config
     from flowdiff.daemon.service import Service, StopFlag
 
-    cfg = load_config(REPO / "configs" / "serve-benchmark.yaml")
+    cfg = load_config(args.config)
     cfg.serve.max_records = args.records
     cfg.serve.threads = args.threads
     cfg.metrics.listen = "127.0.0.1:0"
@@ -74,7 +74,7 @@ def bench_defaults(args) -> dict:
     samples.append((result.records, rss_mb()))
     predict = registry.get_sample_value("flowdiff_predict_seconds_sum") / max(1, result.turns)
     after_start = [r for n, r in samples if n > 0]
-    row = {"what": "shipped defaults (serve-benchmark.yaml)", "streams": cfg.serve.streams,
+    row = {"what": f"shipped defaults ({Path(args.config).name})", "streams": cfg.serve.streams,
            "sampler": cfg.serve.sampler.kind, "steps": cfg.serve.sampler.steps,
            "threads": args.threads, "records": result.records, "seconds": round(seconds, 1),
            "records_per_s": round(result.records / seconds, 1),
@@ -144,6 +144,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=("defaults", "grid"))
     parser.add_argument("--model", help="artifact directory (default: packaged model)")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "serve-benchmark.yaml",
+                        help="defaults: the serve config (e.g. one that also writes the "
+                             "records to files, to evaluate drift over the same run)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--rss-every", type=int, default=100_000)

@@ -84,7 +84,8 @@ def calibrate_artifact(model_dir: str | Path, data_path: str | Path, *, sampler_
     outputs = rollout_outputs(artifact, sampler, streams, turns, seed)
     calibration = OutputCalibration.fit(artifact.codec, outputs, reference, meta={
         "sampler": {"kind": sampler_kind, "steps": sampler_steps}, "streams": streams,
-        "turns": turns, "seed": seed, "data_file": Path(data_path).name})
+        "turns": turns, "seed": seed, "data_file": Path(data_path).name},
+        horizon=artifact.horizon)
     artifact.codec.set_calibration(calibration)
     artifact.codec.save(Path(model_dir) / CODEC_DIR)
     report = CalibrationReport(artifact=Path(model_dir), outputs=len(outputs),

@@ -303,3 +303,42 @@ def test_ranged_ports_are_drawn_from_the_training_ports_of_their_range(codec_and
     # the same generator gives the same records
     again = calibrated.decode(block, 1.46e9, rng=np.random.default_rng(1)).table
     pd.testing.assert_frame_equal(spread, again)
+
+
+def test_correlated_token_draws_keep_each_draw_uniform_and_lengthen_runs(codec_and_records):
+    """The runs part correlates a token field's consecutive draws (Gaussian AR(1) copula):
+    each draw stays uniform (token frequencies do not move) while consecutive records whose
+    posteriors agree pick the same token more often."""
+    from flowdiff.codec.calibration import ar1_uniforms
+
+    rng = np.random.default_rng(9)
+    independent = rng.random((400, 100))
+    correlated = ar1_uniforms(independent, 0.9)
+    assert abs(correlated.mean() - 0.5) < 0.01 and abs(correlated.var() - 1 / 12) < 0.005
+    assert np.histogram(correlated, bins=10, range=(0, 1))[0].min() > 0.09 * correlated.size
+    lag1 = lambda u: np.corrcoef(u[:, 1:].ravel(), u[:, :-1].ravel())[0, 1]  # noqa: E731
+    assert abs(lag1(independent)) < 0.02 and lag1(correlated) > 0.85
+    assert np.allclose(ar1_uniforms(independent, 0.0), independent)
+
+    codec, table = codec_and_records
+    reference = codec.encode(table)
+    rng = np.random.default_rng(10)
+    outputs = reference.astype(np.float64).copy()
+    start = codec.feature_slices["dstport"].start
+    transform = codec.transforms["dstport"]
+    dim = transform.table.dim
+    # a model torn between web and DNS on every record: independent draws alternate
+    between = (transform.table.scaled[transform.lookup[80]]
+               + transform.table.scaled[transform.lookup[53]]) / 2
+    outputs[:, start:start + dim] = between
+    calibration = OutputCalibration.fit(codec, outputs, reference, horizon=100)
+    report = calibration.meta["argmax_frequencies"]["dstport_runs"]
+    repeats = {float(k): v for k, v in report["repeat"].items()}
+    assert repeats[0.99] > repeats[0.0] + 0.2             # correlation lengthens the runs
+    assert calibration.runs["dstport"] == min(repeats, key=lambda r: abs(repeats[r] - report["training_repeat"]))
+    uniforms = rng.random((2 * 100, codec.draws + calibration.draws))
+    codec_runs = calibration.correlate(uniforms, codec.draw_slices, streams=2)
+    column = codec.draw_slices["dstport"].start
+    untouched = [c for c in range(uniforms.shape[1]) if c != column and
+                 not any(codec.draw_slices[n].start == c for n in calibration.runs)]
+    assert np.array_equal(codec_runs[:, untouched], uniforms[:, untouched])

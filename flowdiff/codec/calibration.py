@@ -345,7 +345,7 @@ class OutputCalibration:
     def __init__(self, numeric: dict, biases: dict, meta: dict | None = None,
                  tokens: dict | None = None, addresses: dict | None = None,
                  patterns: dict | None = None, conditional: dict | None = None,
-                 ports: dict | None = None):
+                 ports: dict | None = None, runs: dict | None = None):
         # field -> (column, model quantiles (GRID,), training quantiles (GRID,))
         self.numeric = {k: (int(c), np.asarray(mq, np.float64), np.asarray(rq, np.float64))
                         for k, (c, mq, rq) in numeric.items()}
@@ -368,15 +368,18 @@ class OutputCalibration:
                             for k, (parent, column, edges, maps) in (conditional or {}).items()}
         # port field -> (65536 >> BUCKET_SHIFT,) training records of ranged ports per bucket
         self.ports = {k: np.asarray(v, np.int64) for k, v in (ports or {}).items()}
+        # token field -> correlation of its consecutive draws (Gaussian AR(1) copula)
+        self.runs = {k: float(v) for k, v in (runs or {}).items()}
         self.meta = dict(meta or {})
         # uniform numbers per record used by ``apply``: one per number field, one per address
         self.draws = len(self.numeric) + len(self.addresses)
 
     @classmethod
     def fit(cls, codec, outputs: np.ndarray, reference: np.ndarray,
-            meta: dict | None = None) -> "OutputCalibration":
-        """``outputs`` (n, F): the model's raw outputs in [0, 1]; ``reference`` (m, F): the
-        encoded training records."""
+            meta: dict | None = None, horizon: int | None = None) -> "OutputCalibration":
+        """``outputs`` (n, F): the model's raw outputs in [0, 1], consecutive records in
+        blocks of ``horizon`` (None: one sequence); ``reference`` (m, F): the encoded
+        training records, in time order."""
         outputs = np.asarray(outputs, dtype=np.float64)
         reference = np.asarray(reference)
         if outputs.ndim != 2 or outputs.shape[1] != codec.width or reference.shape[1:] != (codec.width,):
@@ -454,7 +457,12 @@ class OutputCalibration:
                 values = from_bits(reference[:, start + transform.dim:start + transform.width])
                 values = values[transform.ranged_ports(values)]
                 ports[name] = np.bincount(values >> BUCKET_SHIFT, minlength=65536 >> BUCKET_SHIFT)
-        return cls(numeric, biases, meta, tokens, addresses, patterns, conditional, ports)
+        runs = {}
+        for name, start in token_fields(codec).items():
+            runs[name], report[f"{name}_runs"] = fit_token_runs(
+                codec.transforms[name], tokens[name], outputs[:, start:start + codec.transforms[name].table.dim],
+                reference[:, start:start + codec.transforms[name].table.dim], horizon)
+        return cls(numeric, biases, meta, tokens, addresses, patterns, conditional, ports, runs)
 
     def apply(self, array: np.ndarray, uniforms: np.ndarray | None) -> np.ndarray:
         """(n, F) outputs, (n, draws) uniforms in [0, 1) -> (n, F) calibrated copy."""
@@ -483,13 +491,27 @@ class OutputCalibration:
             out[:, start:stop] = vocabulary.snap(out[:, start:stop], draws)
         return out
 
-    PARTS = ("numbers", "conditional", "patterns", "reuse", "tokens", "ports", "addresses")
+    def correlate(self, uniforms: np.ndarray, draw_slices: dict, streams: int) -> np.ndarray:
+        """(S*H, draws) per-record uniforms, stream-major -> a copy in which each token
+        field's draw is correlated along each stream's H records (``runs``)."""
+        if not self.runs:
+            return uniforms
+        uniforms = np.array(uniforms)
+        for name, rho in self.runs.items():
+            if name in draw_slices and rho > 0:
+                column = draw_slices[name].start
+                uniforms[:, column] = ar1_uniforms(uniforms[:, column].reshape(streams, -1),
+                                                   rho).reshape(-1)
+        return uniforms
+
+    PARTS = ("numbers", "conditional", "patterns", "reuse", "tokens", "runs", "ports", "addresses")
 
     def subset(self, parts) -> "OutputCalibration":
         """A copy with only some of ``PARTS`` (for ablations): numbers = the quantile maps,
         conditional = the numbers mapped within their parent's bins (needs numbers),
         patterns = the bit-pattern decoding, reuse = the arg-max biases, tokens = the token
-        offsets, ports = the ranged ports' distribution, addresses = the snapping."""
+        offsets, runs = the correlated token draws, ports = the ranged ports' distribution,
+        addresses = the snapping."""
         unknown = set(parts) - set(self.PARTS)
         if unknown:
             raise ValueError(f"calibration parts: expected some of {self.PARTS}, got {sorted(unknown)}")
@@ -499,7 +521,8 @@ class OutputCalibration:
                                  self.addresses if "addresses" in parts else {},
                                  self.patterns if "patterns" in parts else {},
                                  self.conditional if {"numbers", "conditional"} <= set(parts) else {},
-                                 self.ports if "ports" in parts else {})
+                                 self.ports if "ports" in parts else {},
+                                 self.runs if "runs" in parts else {})
 
     def state(self) -> dict:
         return {"numeric": {k: [c, mq.tolist(), rq.tolist()] for k, (c, mq, rq) in self.numeric.items()},
@@ -510,6 +533,7 @@ class OutputCalibration:
                 "patterns": {k: [a, b, v.tolist(), w.tolist()]
                              for k, (a, b, v, w) in self.patterns.items()},
                 "ports": {k: v.tolist() for k, v in self.ports.items()},
+                "runs": dict(self.runs),
                 "conditional": {k: [parent, column, edges.tolist(),
                                     [None if m is None else [m[0].tolist(), m[1].tolist()]
                                      for m in maps]]
@@ -523,7 +547,8 @@ class OutputCalibration:
                    state.get("tokens"),
                    {k: (span, AddressVocabulary.from_state(v))
                     for k, (span, v) in state.get("addresses", {}).items()},
-                   state.get("patterns"), state.get("conditional"), state.get("ports"))
+                   state.get("patterns"), state.get("conditional"), state.get("ports"),
+                   state.get("runs"))
 
 
 def _expected(decoder, queries: np.ndarray, offset: np.ndarray | None,
@@ -559,6 +584,50 @@ def fit_conditional(codec, numeric: dict, outputs: np.ndarray, reference: np.nda
                          np.quantile(theirs.astype(np.float64), probabilities)))
         conditional[name] = (parent, parent_column, edges, maps)
     return conditional
+
+
+RUN_RHOS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)   # token draw correlations tried
+RUN_SAMPLE = 20_000         # consecutive model outputs used for the run fit
+
+
+def ar1_uniforms(uniforms: np.ndarray, rho: float) -> np.ndarray:
+    """(S, H) independent uniforms -> (S, H) uniforms, each still uniform, whose normal
+    scores follow an AR(1) with correlation ``rho`` along H (a Gaussian copula)."""
+    from scipy.special import ndtr, ndtri
+
+    z = ndtri(np.clip(uniforms, 1e-12, 1 - 1e-12))                         # (S, H)
+    out = np.empty_like(z)
+    out[:, 0] = z[:, 0]
+    scale = np.sqrt(1.0 - rho * rho)
+    for t in range(1, z.shape[1]):
+        out[:, t] = rho * out[:, t - 1] + scale * z[:, t]
+    return ndtr(out)
+
+
+def fit_token_runs(transform, token: tuple, outputs: np.ndarray, reference: np.ndarray,
+                   horizon: int | None) -> tuple[float, dict]:
+    """The draw correlation (one of RUN_RHOS) whose decoded tokens repeat the previous
+    record's as often as training's do. Independent draws from each record's kernel
+    posterior break the runs of one service a real trace has (a burst of web flows);
+    correlated draws pick the same token wherever consecutive posteriors agree, and each
+    draw stays uniform, so the token frequencies do not move."""
+    decoder = transform.table.decoder
+    offset, temperature = token
+    rows = decoder.exact.rows(np.ascontiguousarray(reference, dtype=np.float32))
+    target = float((rows[1:] == rows[:-1]).mean())
+    block = horizon or len(outputs)
+    n = min(len(outputs), max(block, RUN_SAMPLE // block * block))
+    queries = np.clip(outputs[:n], 0.0, 1.0).astype(np.float32)
+    independent = np.random.default_rng(0).random((n // block, block))
+    rates = {}
+    for rho in RUN_RHOS:
+        drawn = decoder.decode(queries[:independent.size],
+                               ar1_uniforms(independent, rho).reshape(-1), offset, temperature)
+        drawn = drawn.reshape(-1, block)
+        rates[rho] = float((drawn[:, 1:] == drawn[:, :-1]).mean())
+    best = min(RUN_RHOS, key=lambda rho: (abs(rates[rho] - target), rho))
+    return best, {"training_repeat": round(target, 4), "rho": best,
+                  "repeat": {str(k): round(v, 4) for k, v in rates.items()}}
 
 
 def _frequencies(values: np.ndarray, classes: np.ndarray) -> np.ndarray:

@@ -353,6 +353,7 @@ class FlowCodec:
         uniforms = (np.concatenate([rng.random((horizon, self.draws)) for rng in rngs])
                     if self.draws else None)                                # (S*H, draws)
         if self.calibration is not None:
+            uniforms = self.calibration.correlate(uniforms, self.draw_slices, n_streams)
             array = self.calibration.apply(array, uniforms[:, self.transform_draws:])
         history = dict(history or {})
         columns: dict[str, np.ndarray] = {}
