@@ -18,14 +18,36 @@ records, and undoes them before decoding:
 * **tokens** (``word2vec`` ports and protocol, decoded by sampling the kernel posterior of
   flowdiff.codec.kernel): a log-prior offset per token, fitted (EM-style fixed point) so that
   the expected token frequencies over the model's outputs match the training ones.
+* **conditional numbers** (``CONDITIONAL_NUMBERS``: bytes and duration within the packet
+  count): mapped like the numbers, but within each bin of the (calibrated) packet count,
+  against the training records of that bin. Mapping pkt and byt one by one gives each the
+  right marginal and wrong bytes per packet (which the repair then clamps, moving byt);
+  within the bin the pair keeps training's bytes per packet, and one-packet flows keep
+  their zero duration.
+* **patterns** (small ``bits`` fields: the TCP flags): thresholding each bit invents masks
+  and loses rare ones (SYN alone); the 8 outputs are decoded jointly as the training mask
+  with the highest score ``-PATTERN_SCALE * distance^2 + bias``, the biases fitted so the
+  masks come at training frequencies.
+* **runs** (token draws): the token of each record is drawn from its own kernel posterior;
+  drawn independently, consecutive records rarely keep the same service, as real bursts
+  do. The draws of a token field are correlated along each stream (a Gaussian AR(1)
+  copula; each draw stays uniform, so frequencies do not move), with the correlation
+  whose token repeat rate is nearest training's.
+* **ports** (range tokens of ``word2vec`` ports): a model writes a rare port's 16 bits as a
+  common service port's (80), so every ephemeral port came out as the range start + 80. A
+  range token's port is drawn instead from training's ranged ports of that range (a
+  histogram of 64-port buckets, uniform within a bucket).
 * **addresses** (the 32 bits of ``reuse_bits`` fields): a model writes a frequent host's 32
   bits with a few of them off, which decodes to an address nobody uses (the heavy hitters
-  dissolve into thousands of invented hosts). The training addresses seen at least
-  ``ADDRESS_MIN_COUNT`` times form a vocabulary; an output whose rounded bits are not in it
-  moves to a vocabulary address (sampled by ``count * exp(-d^2 / 2 tau^2)`` over the soft
-  bit distance d, tau = ``ADDRESS_TAU``) when that is at most ``threshold`` further than its
-  own rounded bits. The threshold is fitted so the share of records on vocabulary addresses
-  matches the training share; the rest keep their own (new) address.
+  dissolve into thousands of invented hosts). The addresses training's 'new'-coded records
+  use at least ``ADDRESS_MIN_COUNT`` times form a vocabulary; an output whose rounded bits
+  are not in it moves to a vocabulary address (sampled by ``count * exp(offset - d^2 / 2
+  tau^2)`` over the soft bit distance d, tau = ``ADDRESS_TAU``) when that is at most
+  ``threshold`` further than its own rounded bits. The threshold is fitted so the share of
+  records on vocabulary addresses matches the training share; the rest keep their own
+  (new) address. The per-address offsets are fitted (as the token offsets) so the snapped
+  records land on each address as often as training's 'new' records do; without them the
+  kernel piles them onto the few hosts nearest the model's average bits.
 * **arg-max blocks** (the reuse code of ``reuse_bits`` addresses, ``onehot`` fields): an
   additive bias per class, fitted so that the arg-max class frequencies over the model's
   outputs match the training frequencies (prior correction).
