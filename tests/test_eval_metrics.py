@@ -12,7 +12,8 @@ from flowdiff import schema
 from flowdiff.eval import marginals, structure, temporal, validity
 from flowdiff.eval.compare import EvalConfig, RealReference, compare, headline
 from flowdiff.eval.discriminative import (DiscriminativeConfig, DiscriminativeError,
-                                          discriminative_score)
+                                          discriminative_score, window_feature_names,
+                                          window_features)
 from flowdiff.eval.drift import drift, segment_bounds
 
 LN2 = math.log(2)
@@ -176,6 +177,19 @@ def test_discriminative_is_seeded():
 
 
 # ----------------------------------------------------------------------------- drift
+def test_window_feature_names_follow_the_feature_columns():
+    """benchmarks/window_features.py labels each column by these names: one per column, and
+    the repeat column of srcip is the share of consecutive equal srcips in the window."""
+    table = synthetic_trace(1000, seed=3)
+    features = window_features(table, 50)
+    names = window_feature_names(table.columns)
+    assert features.shape == (20, len(names)) and len(set(names)) == len(names)
+    srcip = table["srcip"].to_numpy()[:50]
+    assert features[0, names.index("srcip_repeat")] == pytest.approx((srcip[1:] == srcip[:-1]).mean())
+    narrow = table.drop(columns=["flags", "td"])
+    assert window_features(narrow, 50).shape[1] == len(window_feature_names(narrow.columns))
+
+
 def test_segment_bounds():
     assert segment_bounds(250, 100) == [(0, 100), (100, 200), (200, 250)]
     assert segment_bounds(240, 100) == [(0, 100), (100, 240)]

@@ -71,6 +71,22 @@ def window_features(table: pd.DataFrame, window: int) -> np.ndarray:
     return np.column_stack(cols).astype(np.float64)  # (N, F)
 
 
+def window_feature_names(columns) -> list[str]:
+    """The names of ``window_features``' columns, in order, for a table with ``columns``."""
+    names = []
+    for values in ["iat"] + [c for c in ("td", "pkt", "byt") if c in columns]:
+        names += [f"{values}_mean", f"{values}_std", f"{values}_median"]
+    names += ["share_tcp", "share_udp", "share_icmp"]
+    for c in ("srcip", "dstip", "srcport", "dstport"):
+        if c in columns:
+            names += [f"{c}_distinct_share", f"{c}_repeat"]
+            if c.endswith("port"):
+                names.append(f"{c}_below_1024")
+    if "flags" in columns:
+        names += [f"flag_{name}" for name in ("fin", "syn", "rst", "psh", "ack")]
+    return names
+
+
 def _common_columns(real: pd.DataFrame, synthetic: pd.DataFrame) -> list[str]:
     return [c for c in real.columns if c in synthetic.columns]
 
