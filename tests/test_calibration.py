@@ -138,6 +138,13 @@ def test_flowdiff_calibrate_writes_the_calibration_into_the_artifact(tiny_model,
     assert calibration["meta"]["sampler"] == {"kind": "conditional", "steps": 3}
     assert calibration["meta"]["records"] == 2 * 3 * 8          # streams x turns x horizon
     assert set(calibration["biases"]) >= {"srcip", "dstip"}
+    # every part is fitted on a real artifact: flags patterns, bytes/duration within the
+    # packet count, ranged ports, token runs, address offsets
+    assert set(calibration["patterns"]) == {"flags"} and set(calibration["conditional"]) == {"byt", "td"}
+    assert set(calibration["ports"]) == {"srcport", "dstport"}
+    assert set(calibration["runs"]) == {"srcport", "dstport", "proto"}
+    assert all(0.0 <= rho < 1.0 for rho in calibration["runs"].values())
+    assert {"offsets", "threshold"} <= set(calibration["addresses"]["srcip"][1])
     # generating from the calibrated artifact works and is reproducible
     runs = []
     for name in ("x", "y"):
