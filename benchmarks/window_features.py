@@ -4,7 +4,8 @@ score's classifier (flowdiff.eval.discriminative) trained on each feature alone.
     python benchmarks/window_features.py --real heldout.parquet --synthetic synthetic.parquet
 
 Prints, per feature, the held-out accuracy of a classifier that sees only that feature
-(0.5 = no help) and the feature's median over real and synthetic windows, strongest first;
+(0.5 = no help) and the feature's median over the real and synthetic training windows,
+strongest first;
 then the accuracy with all features (what ``flowdiff eval`` reports as 0.5 + score).
 Same windows, split and classifier as the score.
 """
@@ -24,37 +25,24 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=15, help="features to print")
     args = p.parse_args(argv)
 
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    from flowdiff.eval.discriminative import (DiscriminativeConfig, _common_columns, _pick,
-                                              window_feature_names, window_features)
+    from flowdiff.eval.discriminative import (DiscriminativeConfig, classifier_accuracy,
+                                              window_split)
     from flowdiff.eval.inputs import read_table
 
     config = DiscriminativeConfig()
-    real, synthetic = read_table(args.real), read_table(args.synthetic)
-    columns = _common_columns(real, synthetic)
-    x_real = window_features(real[columns], config.window)
-    x_syn = window_features(synthetic[columns], config.window)
-    n = min(len(x_real), len(x_syn), config.max_windows)
-    x_real, x_syn = _pick(x_real, n, config.seed), _pick(x_syn, n, config.seed)
-    n_train = int(round(n * (1 - config.test_fraction)))
-    y_train = np.r_[np.zeros(n_train), np.ones(n_train)]
-    y_test = np.r_[np.zeros(n - n_train), np.ones(n - n_train)]
-
-    def accuracy(features) -> float:
-        clf = HistGradientBoostingClassifier(max_iter=100, random_state=config.seed)
-        clf.fit(np.vstack([x_real[:n_train, features], x_syn[:n_train, features]]), y_train)
-        test = np.vstack([x_real[n_train:, features], x_syn[n_train:, features]])
-        return float((clf.predict(test) == y_test).mean())
-
-    names = window_feature_names(columns)
-    rows = sorted(((accuracy([i]), name, np.median(x_real[:, i]), np.median(x_syn[:, i]))
-                   for i, name in enumerate(names)), reverse=True)
-    print(f"{n} windows of {config.window} records per side; accuracy with one feature:")
+    split = window_split(read_table(args.real), read_table(args.synthetic), config)
+    n_train = len(split["y_train"]) // 2
+    real_windows = split["x_train"][:n_train]
+    synthetic_windows = split["x_train"][n_train:]
+    rows = sorted(((classifier_accuracy(split, config, [i]), name,
+                    np.median(real_windows[:, i]), np.median(synthetic_windows[:, i]))
+                   for i, name in enumerate(split["names"])), reverse=True)
+    print(f"{split['windows']} windows of {config.window} records per side; accuracy with "
+          f"one feature:")
     print(f"{'feature':<24} {'accuracy':>8} {'real median':>12} {'synthetic median':>17}")
     for acc, name, r, s in rows[:args.top]:
         print(f"{name:<24} {acc:8.3f} {r:12.4g} {s:17.4g}")
-    print(f"all {len(names)} features: accuracy {accuracy(list(range(len(names)))):.3f}")
+    print(f"all {len(split['names'])} features: accuracy {classifier_accuracy(split, config):.3f}")
     return 0
 
 

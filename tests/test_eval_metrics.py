@@ -12,7 +12,7 @@ from flowdiff import schema
 from flowdiff.eval import marginals, structure, temporal, validity
 from flowdiff.eval.compare import EvalConfig, RealReference, compare, headline
 from flowdiff.eval.discriminative import (DiscriminativeConfig, DiscriminativeError,
-                                          discriminative_score, window_feature_names,
+                                          discriminative_score, labelled_window_features,
                                           window_features)
 from flowdiff.eval.drift import drift, segment_bounds
 
@@ -181,13 +181,13 @@ def test_window_feature_names_follow_the_feature_columns():
     """benchmarks/window_features.py labels each column by these names: one per column, and
     the repeat column of srcip is the share of consecutive equal srcips in the window."""
     table = synthetic_trace(1000, seed=3)
-    features = window_features(table, 50)
-    names = window_feature_names(table.columns)
+    names, features = labelled_window_features(table, 50)
     assert features.shape == (20, len(names)) and len(set(names)) == len(names)
+    assert np.array_equal(features, window_features(table, 50))
     srcip = table["srcip"].to_numpy()[:50]
     assert features[0, names.index("srcip_repeat")] == pytest.approx((srcip[1:] == srcip[:-1]).mean())
-    narrow = table.drop(columns=["flags", "td"])
-    assert window_features(narrow, 50).shape[1] == len(window_feature_names(narrow.columns))
+    narrow_names, narrow = labelled_window_features(table.drop(columns=["flags", "td"]), 50)
+    assert narrow.shape[1] == len(narrow_names) and "td_mean" not in narrow_names
 
 
 def test_segment_bounds():

@@ -48,43 +48,38 @@ def _distinct_share(w: np.ndarray) -> np.ndarray:
     return (1 + (s[:, 1:] != s[:, :-1]).sum(axis=1)) / w.shape[1]
 
 
-def window_features(table: pd.DataFrame, window: int) -> np.ndarray:
-    """(N, F) feature matrix, one row per window of consecutive records."""
-    cols: list[np.ndarray] = []
+def labelled_window_features(table: pd.DataFrame, window: int
+                              ) -> tuple[list[str], np.ndarray]:
+    """(F feature names, (N, F) feature matrix), one row per window of consecutive records."""
+    cols: dict[str, np.ndarray] = {}
     ts = table["ts"].to_numpy(float)
-    iat = np.log1p(np.maximum(np.diff(ts, prepend=ts[0]), 0))
-    for values in [iat] + [np.log1p(np.maximum(table[c].to_numpy(float), 0))
-                           for c in ("td", "pkt", "byt") if c in table.columns]:
+    numbers = {"iat": np.log1p(np.maximum(np.diff(ts, prepend=ts[0]), 0))}
+    numbers.update({c: np.log1p(np.maximum(table[c].to_numpy(float), 0))
+                    for c in ("td", "pkt", "byt") if c in table.columns})
+    for name, values in numbers.items():
         w = _windows(values, window)  # (N, W)
-        cols += [w.mean(axis=1), w.std(axis=1), np.median(w, axis=1)]
+        cols.update({f"{name}_mean": w.mean(axis=1), f"{name}_std": w.std(axis=1),
+                     f"{name}_median": np.median(w, axis=1)})
     proto = _windows(table["proto"].to_numpy(np.int64), window)  # (N, W)
-    cols += [(proto == p).mean(axis=1) for p in (TCP, UDP, ICMP)]
+    cols.update({f"share_{name}": (proto == p).mean(axis=1)
+                 for name, p in (("tcp", TCP), ("udp", UDP), ("icmp", ICMP))})
     for c in ("srcip", "dstip", "srcport", "dstport"):
         if c in table.columns:
             w = _windows(table[c].to_numpy(np.int64), window)
-            cols += [_distinct_share(w), (w[:, 1:] == w[:, :-1]).mean(axis=1)]
+            cols[f"{c}_distinct_share"] = _distinct_share(w)
+            cols[f"{c}_repeat"] = (w[:, 1:] == w[:, :-1]).mean(axis=1)
             if c.endswith("port"):
-                cols.append((w < 1024).mean(axis=1))
+                cols[f"{c}_below_1024"] = (w < 1024).mean(axis=1)
     if "flags" in table.columns:
         flags = _windows(table["flags"].to_numpy(np.int64), window)
-        cols += [((flags & bit) > 0).mean(axis=1) for bit in (1, 2, 4, 8, 16)]
-    return np.column_stack(cols).astype(np.float64)  # (N, F)
+        cols.update({f"flag_{name}": ((flags & bit) > 0).mean(axis=1)
+                     for name, bit in (("fin", 1), ("syn", 2), ("rst", 4), ("psh", 8), ("ack", 16))})
+    return list(cols), np.column_stack(list(cols.values())).astype(np.float64)  # (N, F)
 
 
-def window_feature_names(columns) -> list[str]:
-    """The names of ``window_features``' columns, in order, for a table with ``columns``."""
-    names = []
-    for values in ["iat"] + [c for c in ("td", "pkt", "byt") if c in columns]:
-        names += [f"{values}_mean", f"{values}_std", f"{values}_median"]
-    names += ["share_tcp", "share_udp", "share_icmp"]
-    for c in ("srcip", "dstip", "srcport", "dstport"):
-        if c in columns:
-            names += [f"{c}_distinct_share", f"{c}_repeat"]
-            if c.endswith("port"):
-                names.append(f"{c}_below_1024")
-    if "flags" in columns:
-        names += [f"flag_{name}" for name in ("fin", "syn", "rst", "psh", "ack")]
-    return names
+def window_features(table: pd.DataFrame, window: int) -> np.ndarray:
+    """(N, F) feature matrix, one row per window of consecutive records."""
+    return labelled_window_features(table, window)[1]
 
 
 def _common_columns(real: pd.DataFrame, synthetic: pd.DataFrame) -> list[str]:
@@ -97,10 +92,14 @@ def _pick(x: np.ndarray, n: int, seed: int) -> np.ndarray:
     return x[np.sort(rng.choice(len(x), n, replace=False))]
 
 
-def discriminative_score(real: pd.DataFrame, synthetic: pd.DataFrame,
-                         config: DiscriminativeConfig = DiscriminativeConfig()) -> dict:
+def window_split(real: pd.DataFrame, synthetic: pd.DataFrame,
+                 config: DiscriminativeConfig = DiscriminativeConfig()) -> dict:
+    """The score's data: both traces' windows (equal numbers, at most ``max_windows``,
+    picked at random but kept in time order), the earlier ``1 - test_fraction`` of each
+    side to train on, the rest to test on. Keys: names, x_train, y_train, x_test, y_test
+    (y = 1: synthetic), windows (per side)."""
     columns = _common_columns(real, synthetic)
-    x_real = window_features(real[columns], config.window)
+    names, x_real = labelled_window_features(real[columns], config.window)
     x_syn = window_features(synthetic[columns], config.window)
     n = min(len(x_real), len(x_syn), config.max_windows)
     if n < MIN_WINDOWS:
@@ -112,21 +111,36 @@ def discriminative_score(real: pd.DataFrame, synthetic: pd.DataFrame,
     if n_train < 1 or n_train >= n:
         raise DiscriminativeError(f"test_fraction {config.test_fraction} leaves no windows "
                                   f"to train or to test on ({n} per side)")
-    x_train = np.vstack([x_real[:n_train], x_syn[:n_train]])  # (2 n_train, F)
-    x_test = np.vstack([x_real[n_train:], x_syn[n_train:]])  # (2 (n - n_train), F)
-    y_train = np.r_[np.zeros(n_train), np.ones(n_train)]
-    y_test = np.r_[np.zeros(n - n_train), np.ones(n - n_train)]
+    return {"names": names, "windows": n,
+            "x_train": np.vstack([x_real[:n_train], x_syn[:n_train]]),  # (2 n_train, F)
+            "x_test": np.vstack([x_real[n_train:], x_syn[n_train:]]),   # (2 (n - n_train), F)
+            "y_train": np.r_[np.zeros(n_train), np.ones(n_train)],
+            "y_test": np.r_[np.zeros(n - n_train), np.ones(n - n_train)]}
+
+
+def classifier_accuracy(split: dict, config: DiscriminativeConfig = DiscriminativeConfig(),
+                        features: list[int] | None = None) -> float:
+    """Held-out accuracy of the score's classifier on ``window_split``'s data (only the
+    ``features`` columns, if given)."""
     try:  # the eval extra (pip install 'flowdiff[eval]'): the base install serves without it
         from sklearn.ensemble import HistGradientBoostingClassifier
     except ModuleNotFoundError as exc:
         raise DiscriminativeError("the discriminative score needs scikit-learn: pip install "
                                   "'flowdiff[eval]'") from exc
+    chosen = slice(None) if features is None else features
     classifier = HistGradientBoostingClassifier(max_iter=100, random_state=config.seed)
     # A few thousand windows: one thread is faster than OpenMP's start-up and spinning,
     # and leaves the other cores to the daemon.
     with threadpool_limits(limits=config.threads, user_api="openmp"):
-        classifier.fit(x_train, y_train)
-        accuracy = float((classifier.predict(x_test) == y_test).mean())
+        classifier.fit(split["x_train"][:, chosen], split["y_train"])
+        predicted = classifier.predict(split["x_test"][:, chosen])
+    return float((predicted == split["y_test"]).mean())
+
+
+def discriminative_score(real: pd.DataFrame, synthetic: pd.DataFrame,
+                         config: DiscriminativeConfig = DiscriminativeConfig()) -> dict:
+    split = window_split(real, synthetic, config)
+    accuracy = classifier_accuracy(split, config)
     return {"score": abs(accuracy - 0.5), "accuracy": accuracy,
             "classifier": "HistGradientBoostingClassifier", "window": config.window,
-            "windows_per_side": int(n), "test_windows": int(len(y_test))}
+            "windows_per_side": int(split["windows"]), "test_windows": int(len(split["y_test"]))}
