@@ -61,6 +61,7 @@ from __future__ import annotations
 import numpy as np
 
 from flowdiff.codec.tokens import BUCKET_SHIFT
+from flowdiff.codec.transforms import BitsTransform
 
 GRID = 1025                 # quantile grid points (probabilities k / (GRID - 1))
 BIAS_ROUNDS = 500           # fixed-point rounds of the arg-max bias fit
@@ -102,16 +103,15 @@ def pattern_fields(codec) -> dict[str, tuple[int, int]]:
 
 
 def to_bits(values: np.ndarray, width: int) -> np.ndarray:
-    """(n,) unsigned integers -> (n, width) float bits, most significant first."""
-    shifts = np.arange(width - 1, -1, -1, dtype=np.int64)
-    return ((np.asarray(values, np.int64)[:, None] >> shifts) & 1).astype(np.float64)
+    """(n,) unsigned integers -> (n, width) float bits, most significant first (the
+    ``bits`` transform's encoding)."""
+    return BitsTransform(width).encode(np.asarray(values, np.int64)).astype(np.float64)
 
 
 def from_bits(bits: np.ndarray) -> np.ndarray:
-    """(n, width) bits (rounded at 0.5) -> (n,) unsigned integers."""
-    width = np.shape(bits)[1]
-    weights = (1 << np.arange(width - 1, -1, -1, dtype=np.int64))
-    return ((np.asarray(bits) > 0.5).astype(np.int64) * weights).sum(axis=1)
+    """(n, width) bits (rounded at 0.5) -> (n,) unsigned integers (the ``bits`` transform's
+    decoding)."""
+    return BitsTransform(np.shape(bits)[1]).decode(bits)[0]
 
 
 def pattern_scores(bits: np.ndarray, patterns: np.ndarray) -> np.ndarray:
@@ -166,14 +166,12 @@ ADDRESS_CHUNK = 4096
 
 def address_bits(values: np.ndarray) -> np.ndarray:
     """(n,) IPv4 integers -> (n, 32) float bits, most significant first."""
-    shifts = np.arange(31, -1, -1, dtype=np.int64)
-    return ((np.asarray(values, np.int64)[:, None] >> shifts) & 1).astype(np.float64)
+    return to_bits(values, 32)
 
 
 def bits_address(bits: np.ndarray) -> np.ndarray:
     """(n, 32) bits (rounded at 0.5) -> (n,) IPv4 integers."""
-    weights = (1 << np.arange(31, -1, -1, dtype=np.int64))
-    return ((np.asarray(bits) > 0.5).astype(np.int64) * weights).sum(axis=1)
+    return from_bits(bits)
 
 
 class AddressVocabulary:
@@ -382,6 +380,7 @@ class OutputCalibration:
         # field -> (start, stop, patterns (m,) values, bias (m,))
         self.patterns = {k: (int(a), int(b), np.asarray(v, np.int64), np.asarray(w, np.float64))
                          for k, (a, b, v, w) in (patterns or {}).items()}
+        self._pattern_bits = {k: to_bits(v, b - a) for k, (a, b, v, _w) in self.patterns.items()}
         # number -> (parent, parent column, edges (B-1,), [(model q, training q) or None] * B)
         self.conditional = {k: (parent, int(column), np.asarray(edges, np.float64),
                                 [None if m is None else (np.asarray(m[0], np.float64),
@@ -502,8 +501,8 @@ class OutputCalibration:
                 if pair is not None and len(rows):
                     draw = draws[name] if np.isscalar(draws[name]) else draws[name][rows]
                     out[rows, column] = quantile_map(raw[rows, column], *pair, draw)
-        for start, stop, values, bias in self.patterns.values():
-            vectors = to_bits(values, stop - start)
+        for name, (start, stop, _values, bias) in self.patterns.items():
+            vectors = self._pattern_bits[name]                               # (m, width)
             chosen = (pattern_scores(out[:, start:stop], vectors) + bias).argmax(axis=1)
             out[:, start:stop] = vectors[chosen]
         for start, stop, bias in self.biases.values():
