@@ -4,10 +4,8 @@ name to --shard and gives each shard its own state directory."""
 
 from __future__ import annotations
 
-import shutil
-
-import pytest
-from test_systemd import HARDENING, UNIT, assert_verifies_with_low_exposure, directives
+from test_systemd import (HARDENING, UNIT, assert_verifies_with_low_exposure,
+                          copy_for_this_machine, directives, needs_systemd_analyze)
 
 from flowdiff.daemon.shard import parse_shard
 
@@ -26,13 +24,8 @@ def test_template_runs_the_instance_as_its_shard_with_its_own_state():
         assert found[name] == base[name], name
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason="systemd-analyze not installed (apt-get install systemd)")
+@needs_systemd_analyze
 def test_systemd_analyze_verify_is_clean_on_an_instance(tmp_path):
-    flowdiff = shutil.which("flowdiff")
-    if flowdiff is None:
-        pytest.skip("the flowdiff entry point is not installed (pip install -e .)")
-    (tmp_path / TEMPLATE.name).write_text(
-        TEMPLATE.read_text().replace("/usr/local/bin/flowdiff", flowdiff))
+    copy_for_this_machine(TEMPLATE, tmp_path)
     instance = tmp_path / "flowdiff@0-of-2.service"  # loaded from the template beside it
     assert_verifies_with_low_exposure(instance)
