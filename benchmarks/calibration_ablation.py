@@ -62,6 +62,8 @@ def main(argv=None) -> int:
     from flowdiff.daemon.generator import StreamGenerator
     from flowdiff.model import make_sampler
 
+    for directory in {args.out, *([args.cache.parent] if args.cache else [])}:
+        directory.mkdir(parents=True, exist_ok=True)   # before the rollouts, not after them
     artifact = load_artifact(args.model)
     codec = artifact.codec
     codec.set_calibration(None)
@@ -78,7 +80,6 @@ def main(argv=None) -> int:
     calibration = OutputCalibration.fit(codec, fit_outputs, reference, horizon=artifact.horizon)
     log.info("calibration fitted in %.0f s", time.perf_counter() - started)
 
-    args.out.mkdir(parents=True, exist_ok=True)
     parts_ = OutputCalibration.PARTS
     variants = {"none": None, **{part: (part,) for part in parts_}, "all": parts_,
                 **{f"all-{part}": tuple(p for p in parts_ if p != part) for part in parts_}}

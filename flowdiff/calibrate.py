@@ -10,7 +10,6 @@ artifact. Seeded: the same artifact, trace and settings give the same calibratio
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -36,12 +35,9 @@ class CalibrationReport:
 def artifact_split(artifact, data_path: str | Path):
     """(training part, validation part) of the trace as the artifact's training config
     split it (hold-out dropped)."""
-    from flowdiff.config import DataConfig
-    from flowdiff.training import read_trace, split_trace
+    from flowdiff.training import artifact_data_config, read_trace, split_trace
 
-    saved = artifact.meta.get("config", {}).get("data", {})
-    known = {f.name for f in dataclasses.fields(DataConfig)}
-    data = DataConfig(**{k: v for k, v in saved.items() if k in known})
+    data = artifact_data_config(artifact)
     _used, train_part, val_part = split_trace(data, read_trace(data, data_path), data_path)
     return train_part, val_part
 

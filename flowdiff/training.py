@@ -76,8 +76,39 @@ def split_trace(data: DataConfig, table: pd.DataFrame, data_path: str | Path = "
     return table, table.iloc[:cut], table.iloc[cut:]
 
 
+def artifact_data_config(artifact) -> DataConfig:
+    """The data section an artifact was trained with (its split: hold-out, validation)."""
+    saved = artifact.meta.get("config", {}).get("data", {})
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    return DataConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+def _from_artifact(cfg: Config, init_from: str | Path) -> tuple[Config, Artifact]:
+    """(cfg with the artifact's data, window, codec and model sections, the artifact): a run
+    that continues training an artifact keeps its split, window and codec and starts from its
+    weights; only the train section of ``cfg`` applies. The codec's output calibration is
+    dropped (it was fitted on the old weights' outputs: run ``flowdiff calibrate`` again)."""
+    from flowdiff.artifact import load_artifact
+    from flowdiff.config import WindowConfig
+
+    base = load_artifact(init_from)
+    saved = base.meta.get("config", {})
+    stride = saved.get("window", {}).get("stride", cfg.window.stride)
+    base.codec.set_calibration(None)
+    cfg = dataclasses.replace(cfg, data=artifact_data_config(base), codec=base.codec.config,
+                              model=base.model.cfg,
+                              window=WindowConfig(context=base.context, horizon=base.horizon,
+                                                  stride=stride))
+    log.info("continuing %s (%s steps): its data split, window, codec and weights; the "
+             "train section of %s", init_from, base.meta.get("steps"), cfg.source)
+    return cfg, base
+
+
 def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
-                work_dir: str | Path | None = None, resume: bool = False) -> TrainingReport:
+                work_dir: str | Path | None = None, resume: bool = False,
+                init_from: str | Path | None = None) -> TrainingReport:
+    """Train an artifact on ``data_path``; with ``init_from`` (an artifact directory),
+    continue training that artifact instead of starting from a new codec and new weights."""
     from flowdiff.codec import CodecConfig, FlowCodec
     from flowdiff.model import DiffusionTS, ModelConfig, TrainConfig, distributed, train
     from flowdiff.model.rng import scoped_torch_seed
@@ -87,6 +118,9 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
 
     data_path, out_dir = Path(data_path), Path(out_dir)
     work_dir = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
+    base = None
+    if init_from is not None:
+        cfg, base = _from_artifact(cfg, init_from)
     train_cfg = cfg.train or TrainConfig()
     window = cfg.window
     ranks, _device = distributed.setup(resolve_device(train_cfg.device))  # torchrun: join
@@ -96,8 +130,11 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
         raise ValueError(f"{data_path}: {len(train_part)} training records, fewer than one "
                          f"window of {window.length} (context + horizon); use more data "
                          "(data.max_rows) or a smaller window")
-    codec = distributed.from_main(  # rank 0 fits, every rank encodes with the same codec
-        ranks, lambda: FlowCodec.fit(train_part, cfg.codec or CodecConfig(), seed=train_cfg.seed))
+    if base is not None:
+        codec = base.codec
+    else:
+        codec = distributed.from_main(  # rank 0 fits, every rank encodes with the same codec
+            ranks, lambda: FlowCodec.fit(train_part, cfg.codec or CodecConfig(), seed=train_cfg.seed))
     encoded_train = codec.encode(train_part)  # (n_train, F)
     train_windows = WindowDataset(encoded_train, window.length, window.stride)
     val_windows = None
@@ -106,8 +143,11 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
         val_windows = WindowDataset(encoded_val, window.length, window.stride)
     model_cfg = dataclasses.replace(cfg.model or ModelConfig(), seq_len=window.length,
                                     feature_size=codec.width)
-    with scoped_torch_seed(train_cfg.seed):  # the initial weights: same seed, same model (every rank)
-        model = DiffusionTS(model_cfg)
+    if base is not None:
+        model = base.model
+    else:
+        with scoped_torch_seed(train_cfg.seed):  # the initial weights: same seed, same model (every rank)
+            model = DiffusionTS(model_cfg)
     log.info("training on %d records (%d windows of %d, %d features), %d parameters, "
              "%d steps", len(train_part), len(train_windows), window.length, codec.width,
              model.num_parameters(), train_cfg.steps)
@@ -129,7 +169,13 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
             "codec": codec.config.to_dict(), "model": model_cfg.to_dict(),
             "train": train_cfg.to_dict()},
         "source_config": cfg.source,
+        "total_train_seconds": round(result.total_seconds, 1),
     }
+    if base is not None:  # the training before this run, so the whole budget stays visible
+        earlier = base.meta.get("total_train_seconds", base.meta.get("train_seconds", 0.0))
+        meta["init_from"] = {key: base.meta.get(key) for key in
+                             ("steps", "train_seconds", "source_config", "data_sha256", "init_from")}
+        meta["total_train_seconds"] = round(earlier + result.total_seconds, 1)
     from flowdiff import __version__
     meta["flowdiff_version"] = __version__
     artifact = Artifact(model=model, codec=codec, context=window.context,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowdiff.model import (CheckpointError, DiffusionTS, ModelConfig, TrainConfig, load_checkpoint,
+from flowdiff.model import (CheckpointError, ConfigError, DiffusionTS, ModelConfig, TrainConfig, load_checkpoint,
                             make_sampler, train)
 from flowdiff.timeseries.series import sliding_windows
 
@@ -185,6 +185,38 @@ def test_predict_mode_training_is_seeded_and_uses_the_given_fraction(sine_window
     train(DiffusionTS(CFG), sine_windows, None, small_train_cfg(steps=5, checkpoint_every=5, val_every=0),
           tmp_path / "c")
     assert horizons == [None] * 5                  # predict_fraction 0: unconditional only
+
+
+def test_low_noise_share_draws_that_share_of_timesteps_from_the_lowest_fraction(
+        sine_windows, tmp_path, monkeypatch):
+    """low_noise_share p, low_noise_fraction f: each row's t is uniform over the lowest
+    round(f T) timesteps with probability p, else uniform over all T; seeded."""
+    drawn = []
+    original = DiffusionTS.loss
+
+    def spy(self, x0, generator=None, horizon=None, *, t=None, noise=None):
+        drawn.append(t.clone())
+        return original(self, x0, generator, horizon, t=t, noise=noise)
+
+    monkeypatch.setattr(DiffusionTS, "loss", spy)
+
+    def run(name, **changes):
+        drawn.clear()
+        train(DiffusionTS(CFG), sine_windows, None,
+              small_train_cfg(steps=40, checkpoint_every=40, val_every=0, **changes),
+              tmp_path / name)
+        return torch.cat(drawn)
+
+    only_low = run("all", low_noise_share=1.0, low_noise_fraction=0.1)   # T = 50: t in 0..4
+    assert len(only_low) == 40 * 32 and int(only_low.max()) == 4 and int(only_low.min()) == 0
+    half = run("half", low_noise_share=0.5, low_noise_fraction=0.1)
+    # P(t < 5) = 0.5 + 0.5 * 5 / 50 = 0.55 over 1,280 draws (sd 0.014); the rest spans all T
+    assert abs(float((half < 5).float().mean()) - 0.55) < 0.05 and int(half.max()) >= 45
+    assert torch.equal(half, run("again", low_noise_share=0.5, low_noise_fraction=0.1))
+    with pytest.raises(ConfigError, match="train.low_noise_share"):
+        TrainConfig.from_dict({"low_noise_share": 1.5})
+    with pytest.raises(ConfigError, match="train.low_noise_fraction"):
+        TrainConfig.from_dict({"low_noise_fraction": 0.0})
 
 
 def test_predict_mode_training_needs_a_horizon_inside_the_window(sine_windows, tmp_path):

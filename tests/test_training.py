@@ -120,3 +120,55 @@ train: {{steps: 3, batch_size: 8, grad_accum: 1, warmup: 1, checkpoint_every: 3,
     assert run_train(["--kind", "timeseries", "--config", str(config),
                       "--out", str(tmp_path / "ts")]) == 0
     assert (tmp_path / "ts" / "checkpoint.pt").exists()
+
+
+def test_init_from_continues_an_artifact_with_its_split_codec_and_weights(artifact_dir, tmp_path):
+    """``--init-from``: only the config's train section applies; the data split, window, codec
+    and starting weights are the artifact's; the stale output calibration is dropped; the
+    metadata keeps the earlier training (steps, seconds) so the whole budget stays visible."""
+    import shutil
+
+    import numpy as np
+
+    from conftest import shared_file
+
+    from flowdiff.cli import main
+
+    data = shared_file("ugr16/ugr16_sample_20k.csv")
+    base_dir = tmp_path / "base"
+    shutil.copytree(artifact_dir, base_dir)
+    assert main(["calibrate", "--model", str(base_dir), "--data", str(data), "--streams", "2",
+                 "--turns", "2", "--steps", "2"]) == 0
+    config = tmp_path / "finetune.yaml"   # no data section: max_rows 1500 comes from the artifact
+    config.write_text("train: {steps: 3, batch_size: 8, grad_accum: 1, warmup: 0, lr: 1.0e-7,\n"
+                      "        min_lr: 0.0, checkpoint_every: 3, val_every: 0, log_every: 1,\n"
+                      "        ema_decay: 0.0, ema_every: 1, device: cpu, num_threads: 1,\n"
+                      "        low_noise_share: 0.5}\n")
+    assert run_train(["--data", str(data), "--config", str(config), "--init-from",
+                      str(base_dir), "--out", str(tmp_path / "tuned")]) == 0
+
+    base, tuned = load_artifact(base_dir), load_artifact(tmp_path / "tuned")
+    assert base.codec.calibration is not None and tuned.codec.calibration is None
+    rows = torch.rand(40, base.codec.width).numpy()
+    base.codec.set_calibration(None)
+    assert base.codec.decode(rows, start_ts=0.0).table.equals(
+        tuned.codec.decode(rows, start_ts=0.0).table)                  # the same codec
+    diffs = [float((a - b).abs().max()) for a, b in
+             zip(base.model.state_dict().values(), tuned.model.state_dict().values())]
+    assert 0.0 < max(diffs) < 1e-3     # 3 steps at lr 1e-7 (EMA = the weights) from the base ones
+    meta = read_manifest(tmp_path / "tuned")["meta"]
+    assert meta["train_records"] == 1200 and meta["steps"] == 3
+    assert meta["config"]["train"]["low_noise_share"] == 0.5
+    assert meta["init_from"]["steps"] == 30
+    assert np.isclose(meta["total_train_seconds"],
+                      meta["init_from"]["train_seconds"] + meta["train_seconds"], atol=0.2)
+    assert (tmp_path / "tuned" / "denoise_curve.json").exists()
+
+
+def test_init_from_a_missing_artifact_exits_2(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("train: {steps: 1}\n")
+    assert run_train(["--data", "x.csv", "--config", str(config), "--init-from",
+                      str(tmp_path / "nothing"), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "--init-from" in err and "nothing" in err

@@ -1,6 +1,7 @@
 """``flowdiff train``: trace -> self-contained model artifact.
 
     flowdiff train --data TRACE --config configs/train-ugr16-cpu.yaml --out MODEL_DIR
+    flowdiff train --data TRACE --config configs/finetune-low-noise.yaml --init-from MODEL_DIR --out MODEL_DIR
     flowdiff train --kind timeseries --data stock_data.csv --config CFG --out DIR
     torchrun --nproc_per_node 2 -m flowdiff train --data TRACE --config CFG --out MODEL_DIR
 """
@@ -27,12 +28,23 @@ def register(subparsers) -> None:
                              "(default: MODEL_DIR.work)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the work directory's checkpoint")
+    parser.add_argument("--init-from", metavar="MODEL_DIR",
+                        help="continue training this artifact: keep its data split, window, "
+                             "codec and model, start from its weights, and take only the train "
+                             "section of --config (steps, learning rate, low-noise share). The "
+                             "output is uncalibrated: run flowdiff calibrate on it after. "
+                             "--out may be the same directory")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from flowdiff.model import distributed
 
+    if args.kind == "timeseries" and args.init_from:
+        import sys
+
+        print("--init-from: continues a flow artifact; not with --kind timeseries", file=sys.stderr)
+        return 2
     try:
         if args.kind == "timeseries":
             return _train_timeseries(args)
@@ -44,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 def _train_flows(args: argparse.Namespace) -> int:
     import sys
 
+    from flowdiff.artifact import ArtifactError
     from flowdiff.config import ConfigError, load_config
     from flowdiff.model import distributed
 
@@ -59,7 +72,12 @@ def _train_flows(args: argparse.Namespace) -> int:
         return 2
     from flowdiff.training import train_flows
 
-    report = train_flows(cfg, data, args.out, work_dir=args.work, resume=args.resume)
+    try:
+        report = train_flows(cfg, data, args.out, work_dir=args.work, resume=args.resume,
+                             init_from=args.init_from)
+    except ArtifactError as exc:
+        print(f"--init-from: {exc}", file=sys.stderr)
+        return 2
     if not distributed.current().is_main:
         return 0
     val = "n/a" if report.val_loss is None else f"{report.val_loss:.4f}"

@@ -121,6 +121,8 @@ class TrainConfig(Checked):
     num_threads: int = 0              # torch CPU threads; 0 = leave torch's default
     predict_fraction: float = 0.0     # share of micro-batches trained in predict mode
     predict_horizon: int = 0          # H: those keep the first L - H steps clean, noise the last H
+    low_noise_share: float = 0.0      # share of training windows whose t is drawn from ...
+    low_noise_fraction: float = 0.05  # ... the lowest fraction of the T timesteps (the rest: all T)
 
     def predict_problems(self, seq_len: int) -> list[tuple[str, str]]:
         """Cross-check with the model's window length (``flowdiff config check`` knows it
@@ -161,6 +163,10 @@ class TrainConfig(Checked):
              f"a number in [0, 1], got {self.predict_fraction}"),
             ("predict_horizon", self.predict_horizon >= 0,
              f"an integer >= 0, got {self.predict_horizon}"),
+            ("low_noise_share", 0.0 <= self.low_noise_share <= 1.0,
+             f"a number in [0, 1], got {self.low_noise_share}"),
+            ("low_noise_fraction", 0.0 < self.low_noise_fraction <= 1.0,
+             f"a number in (0, 1], got {self.low_noise_fraction}"),
         ])
 
     def to_dict(self) -> dict[str, Any]:

@@ -229,12 +229,26 @@ class _Run:
         """Loss of this rank's windows x0 (b, L, F). Alone: model.loss draws (t, noise) for
         the batch. Data-parallel: (t, noise) are drawn for the global batch (b * N rows, from
         the generator every rank holds alike) and this rank keeps its ``rows``."""
-        if self.module is None:
+        if self.module is None and self.cfg.low_noise_share == 0.0:
             return self.model.loss(x0, self.noise_generator, horizon)
         n_global = x0.shape[0] * self.ranks.world_size
-        t = randint_rows(n_global, self.model.cfg.timesteps, self.noise_generator)[rows]  # (b,)
+        t = self.draw_timesteps(n_global)[rows]                                         # (b,)
         noise = randn_like_rows((n_global, *x0.shape[1:]), self.noise_generator)[rows]    # (b, L, F)
+        if self.module is None:
+            return self.model.loss(x0, horizon=horizon, t=t, noise=noise)
         return self.module(x0, t.to(self.device), noise.to(self.device), horizon)
+
+    def draw_timesteps(self, n: int) -> torch.Tensor:
+        """t (n,) for a global batch: uniform over the T timesteps, except that each row is,
+        with probability low_noise_share, drawn uniformly from the lowest low_noise_fraction
+        of them instead (where the denoiser must beat its own input, docs/model.md)."""
+        total = self.model.cfg.timesteps
+        t = randint_rows(n, total, self.noise_generator)
+        if self.cfg.low_noise_share > 0.0:
+            low = torch.rand(n, generator=self.noise_generator) < self.cfg.low_noise_share
+            low_t = randint_rows(n, low_noise_timesteps(self.cfg, total), self.noise_generator)
+            t = torch.where(low, low_t, t)
+        return t
 
     def draw_horizon(self) -> int | None:
         """predict_horizon for a predict-mode micro-batch (probability predict_fraction), else
@@ -258,6 +272,11 @@ class _Run:
                     "(step %d) and reduced lr to %.3g", bad_in_a_row, self.step, lr)
         self.log_event({"event": "nan_restore", "step": self.step, "bad_in_a_row": bad_in_a_row,
                         "lr": lr})
+
+
+def low_noise_timesteps(cfg: TrainConfig, total: int) -> int:
+    """How many of the lowest timesteps low-noise draws come from (at least 1)."""
+    return max(1, round(cfg.low_noise_fraction * total))
 
 
 def train(model: DiffusionTS, train_windows: Dataset | np.ndarray | torch.Tensor,
