@@ -83,15 +83,38 @@ def artifact_data_config(artifact) -> DataConfig:
     return DataConfig(**{k: v for k, v in saved.items() if k in known})
 
 
+def _continued_model(base, cfg: Config) -> None:
+    """Give the artifact's model the parameterization written in the config's model section,
+    the one model key a continued run may change (the network and its weights carry over,
+    e.g. edm -> edm-prior); any other model key written there is an error."""
+    written = sorted(key.split(".", 1)[1] for key in cfg.lines if key.startswith("model."))
+    others = [key for key in written if key != "parameterization"]
+    if others:
+        raise ValueError(f"--init-from: {cfg.source} sets model keys {', '.join(others)}; a "
+                         "continued run keeps the artifact's model and may change only "
+                         "model.parameterization")
+    if "parameterization" not in written or cfg.model is None \
+            or cfg.model.parameterization == base.model.cfg.parameterization:
+        return
+    from flowdiff.model import DiffusionTS
+
+    model = DiffusionTS(dataclasses.replace(base.model.cfg,
+                                            parameterization=cfg.model.parameterization))
+    model.load_state_dict(base.model.state_dict())
+    base.model = model
+
+
 def _from_artifact(cfg: Config, init_from: str | Path) -> tuple[Config, Artifact]:
     """(cfg with the artifact's data, window, codec and model sections, the artifact): a run
     that continues training an artifact keeps its split, window and codec and starts from its
-    weights; only the train section of ``cfg`` applies. The codec's output calibration is
-    dropped (it was fitted on the old weights' outputs: run ``flowdiff calibrate`` again)."""
+    weights; the train section of ``cfg`` applies, and of its model section (if any) only the
+    parameterization. The codec's output calibration is dropped (it was fitted on the old
+    weights' outputs: run ``flowdiff calibrate`` again)."""
     from flowdiff.artifact import load_artifact
     from flowdiff.config import WindowConfig
 
     base = load_artifact(init_from)
+    _continued_model(base, cfg)
     saved = base.meta.get("config", {})
     stride = saved.get("window", {}).get("stride", cfg.window.stride)
     base.codec.set_calibration(None)
@@ -148,6 +171,11 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
     else:
         with scoped_torch_seed(train_cfg.seed):  # the initial weights: same seed, same model (every rank)
             model = DiffusionTS(model_cfg)
+    if model_cfg.parameterization == "edm-prior" and model.prior is None:
+        from flowdiff.model.prior import MarginalPrior
+
+        model.set_prior(MarginalPrior.fit(encoded_train, codec.feature_slices))
+        log.info("marginal prior of the training records: %s", model.prior.summary())
     log.info("training on %d records (%d windows of %d, %d features), %d parameters, "
              "%d steps", len(train_part), len(train_windows), window.length, codec.width,
              model.num_parameters(), train_cfg.steps)

@@ -172,3 +172,33 @@ def test_init_from_a_missing_artifact_exits_2(tmp_path, capsys):
                       str(tmp_path / "nothing"), "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
     assert "--init-from" in err and "nothing" in err
+
+
+def test_init_from_may_switch_to_edm_prior_and_nothing_else_of_the_model(artifact_dir, tmp_path):
+    """A continued run's config may change model.parameterization only: the network and its
+    weights carry over; an edm-prior artifact carries the prior fitted on its training rows."""
+    from conftest import shared_file
+
+    from flowdiff.model import make_sampler
+
+    data = shared_file("ugr16/ugr16_sample_20k.csv")
+    config = tmp_path / "prior.yaml"
+    train_section = ("train: {steps: 2, batch_size: 8, grad_accum: 1, warmup: 0, "
+                     "checkpoint_every: 2, val_every: 0, device: cpu, num_threads: 1}\n")
+    config.write_text("model: {parameterization: edm-prior}\n" + train_section)
+    assert run_train(["--data", str(data), "--config", str(config), "--init-from",
+                      str(artifact_dir), "--out", str(tmp_path / "prior")]) == 0
+    base, art = load_artifact(artifact_dir), load_artifact(tmp_path / "prior")
+    assert art.model.cfg.parameterization == "edm-prior"
+    assert art.model.cfg.to_dict() == {**base.model.cfg.to_dict(), "parameterization": "edm-prior"}
+    assert art.model.prior is not None and art.model.prior.width == art.codec.width
+    assert len(art.model.prior.binary_cols) > 0          # address and flag bits, among others
+    gens = [torch.Generator().manual_seed(0)]
+    out = art.model.predict(torch.rand(1, art.context, art.codec.width), art.horizon,
+                            make_sampler("conditional", steps=2), gens)
+    assert out.shape == (1, art.horizon, art.codec.width) and torch.isfinite(out).all()
+
+    config.write_text("model: {parameterization: edm-prior, d_model: 32}\n" + train_section)
+    with pytest.raises(ValueError, match="sets model keys d_model"):
+        run_train(["--data", str(data), "--config", str(config), "--init-from",
+                   str(artifact_dir), "--out", str(tmp_path / "bad")])

@@ -3,7 +3,8 @@
 Contents (only tensors and plain Python values, loadable with torch.load(weights_only=True)):
 ``format``, ``model_config`` (ModelConfig as a dict), ``model`` (the weights to sample with:
 the EMA weights when saved by the trainer) and ``extra`` (caller's plain dict, e.g. the
-scaler, the training state for --resume, metrics). Writes are atomic (temp file + rename).
+scaler, the training state for --resume, metrics), and for an ``edm-prior`` model ``prior``
+(its ``MarginalPrior`` as tensors). Writes are atomic (temp file + rename).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from flowdiff.atomic import atomic_file
 from flowdiff.model.config import ConfigError, ModelConfig
 from flowdiff.model.diffusion_ts import DiffusionTS
+from flowdiff.model.prior import MarginalPrior
 
 FORMAT = "flowdiff-diffusion-ts/1"
 
@@ -36,8 +38,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 def save_checkpoint(path: str | os.PathLike, model: DiffusionTS, extra: dict | None = None) -> None:
     """Save ``model``'s current weights, its config and ``extra`` (plain values/tensors only)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_torch_save({"format": FORMAT, "model_config": model.cfg.to_dict(), "model": state,
-                       "extra": dict(extra or {})}, path)
+    raw = {"format": FORMAT, "model_config": model.cfg.to_dict(), "model": state,
+           "extra": dict(extra or {})}
+    if model.prior is not None:
+        raw["prior"] = model.prior.to_state()
+    atomic_torch_save(raw, path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -72,4 +77,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
         model.load_state_dict(raw["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the stored model_config: {exc}") from exc
+    if cfg.parameterization == "edm-prior":
+        if "prior" not in raw:
+            raise CheckpointError(f"{path}: an edm-prior model without its 'prior' entry")
+        try:
+            model.set_prior(MarginalPrior.from_state(raw["prior"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: unreadable 'prior' entry: {exc}") from exc
     return model.to(device).eval(), raw["extra"]

@@ -22,7 +22,7 @@ def _failed(checks: list[tuple[str, bool, str]]) -> list[tuple[str, str]]:
     return [(name, expected) for name, ok, expected in checks if not ok]
 
 
-PARAMETERIZATIONS = ("x0", "edm")
+PARAMETERIZATIONS = ("x0", "edm", "edm-prior")
 LOSSES = ("l1", "l2")
 LOSS_WEIGHTINGS = ("dts", "edm")
 
@@ -46,7 +46,7 @@ class ModelConfig(Checked):
     cosine_s: float = 0.008           # cosine schedule offset
     fourier_loss: bool = True         # add the Fourier term to the L1 loss
     fourier_weight: float = -1.0      # w_ff; -1 means sqrt(L) / 5 (the reference)
-    parameterization: str = "x0"      # x0 (network output is x0_hat) | edm (preconditioned)
+    parameterization: str = "x0"      # x0 (network output is x0_hat) | edm (preconditioned) | edm-prior
     sigma_data: float = 0.5           # edm: assumed std of the data in model space [-1, 1]
     loss: str = "l1"                  # l1 | l2: element-wise distance (and of the Fourier term)
     loss_weighting: str = "dts"       # dts: w_t of Diffusion-TS | edm: 1 / c_out(t)^p (p = 1, 2)

@@ -46,9 +46,26 @@ class DiffusionTS(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def prior(self):
+        """The marginal prior of an ``edm-prior`` model (None until set)."""
+        return self.precondition.prior
+
+    def set_prior(self, prior) -> None:
+        """Set the ``MarginalPrior`` (fitted on training rows) an ``edm-prior`` model
+        denoises with; saved in its checkpoints."""
+        if self.cfg.parameterization != "edm-prior":
+            raise ValueError(f"set_prior: the model's parameterization is "
+                             f"{self.cfg.parameterization!r}, not edm-prior")
+        if prior.width != self.cfg.feature_size:
+            raise ValueError(f"set_prior: prior fitted on {prior.width} features, the model has "
+                             f"{self.cfg.feature_size}")
+        self.precondition.prior = prior
+
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Model space: x_t (B, L, F), t (B,) long -> x0_hat (B, L, F), unclipped
-        (the network's output, preconditioned when cfg.parameterization is ``edm``)."""
+        (the network's output, preconditioned when cfg.parameterization is ``edm`` or
+        ``edm-prior``)."""
         return self.precondition(self.network, x_t, t)
 
     def _check_windows(self, x: torch.Tensor, name: str, length: int | None = None) -> None:

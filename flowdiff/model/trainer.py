@@ -308,6 +308,10 @@ def _train(model: DiffusionTS, train_windows, val_windows, train_cfg: TrainConfi
     problems = cfg.predict_problems(seq_len)
     if problems:
         raise ConfigError("train", [f"train.{key}: {message}" for key, message in problems])
+    if model.cfg.parameterization == "edm-prior" and model.prior is None:
+        raise ConfigError("model", ["model.parameterization: edm-prior needs the data's marginal "
+                                    "prior before training: model.set_prior(MarginalPrior.fit("
+                                    "training rows, feature groups))"])
     ranks, device = distributed.setup(resolve_device(cfg.device))
     plan = distributed.plan(device, cfg.precision, cfg.compile)
     for note in plan.notes if ranks.is_main else ():

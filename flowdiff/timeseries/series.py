@@ -151,6 +151,11 @@ def train_on_csv(csv: str | os.PathLike, model_cfg: ModelConfig, train_cfg: Trai
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes
         write_json_atomic(prepared.scaler.to_dict(), out_dir / SCALER_NAME)
     model = DiffusionTS(model_cfg)
+    if model_cfg.parameterization == "edm-prior":   # the marginal of each training column
+        from flowdiff.model.prior import MarginalPrior
+
+        windows = prepared.train_windows
+        model.set_prior(MarginalPrior.fit(np.concatenate([windows[:, 0], windows[-1, 1:]])))
     extra = {"scaler": prepared.scaler.to_dict(), "source": str(csv), "train_fraction": train_fraction}
     return train(model, prepared.train_windows, prepared.val_windows, train_cfg, out_dir,
                  resume=resume, extra=extra)

@@ -1,0 +1,137 @@
+"""The data's own marginal prior as the denoiser's skip (parameterization ``edm-prior``).
+
+EDM's skip, c_skip x~ = sd^2 / (sigma^2 + sd^2) x~, is E[x0 | x~] when x0 ~ N(0, sd^2)
+(x~ = x_t / sqrt(abar_t) = x0 + sigma eps). ``edm-prior`` replaces that Gaussian by the
+training data's marginal, group by group of features, and keeps EDM's c_in and c_out:
+
+    x0_hat = E_prior[x0 | x~] + c_out F(c_in x~, t)
+
+with, per group (fitted on training rows in model space [-1, 1]):
+
+- a binary feature (every training value is -1 or +1, e.g. an address or flag bit):
+  E = tanh(x~ / sigma^2 + logit / 2), logit = log(p / (1 - p)) of the value +1;
+- a group whose training rows take at most ``MAX_ATOMS`` distinct values (a token's
+  word2vec vector, one-hot columns): the posterior over those atoms, softmax of
+  log frequency + (x~ . a - |a|^2 / 2) / sigma^2, and its mean;
+- any other feature (a number): the same over a ``HISTOGRAM_BINS``-bin histogram of its
+  training values (bin centres, log counts).
+
+So at low noise the skip alone returns each bit and token exactly and pulls numbers towards
+where training values lie: x0_hat beats its noisy input without the network having to
+resolve noise of 1 % of the range. The network models what the marginal cannot know: the
+dependence across features and time. At high noise the skip tends to the marginal mean.
+The prior is fitted once from the training rows (``MarginalPrior.fit``) and saved in the
+checkpoint (``to_state`` / ``from_state``), so an artifact stays self-contained.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+
+MAX_ATOMS = 1024        # a group with at most this many distinct training rows is exact
+HISTOGRAM_BINS = 400    # bins over [-1, 1] for the other features (width 0.005)
+_EMPTY_BIN_LOG = -30.0  # log weight of a histogram bin no training value fell into
+
+
+class MarginalPrior:
+    """E[x0 | x~] under the training marginal; see the module docstring. Plain tensors, not
+    an nn.Module: the model's state_dict (and its shape) does not depend on the data."""
+
+    def __init__(self, width: int, binary_cols: torch.Tensor, binary_logit: torch.Tensor,
+                 joint: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                 hist_cols: torch.Tensor, hist_centers: torch.Tensor, hist_logw: torch.Tensor):
+        self.width = width
+        self.binary_cols, self.binary_logit = binary_cols.long(), binary_logit.float()
+        self.joint = [(cols.long(), atoms.float(), logw.float()) for cols, atoms, logw in joint]
+        self.hist_cols = hist_cols.long()
+        self.hist_centers, self.hist_logw = hist_centers.float(), hist_logw.float()
+        covered = torch.cat([self.binary_cols, self.hist_cols, *[c for c, _a, _w in self.joint]])
+        if sorted(covered.tolist()) != list(range(width)):
+            raise ValueError(f"MarginalPrior: the groups must cover each of the {width} "
+                             "features exactly once")
+
+    @classmethod
+    def fit(cls, rows: np.ndarray, groups: Mapping[str, slice] | None = None) -> "MarginalPrior":
+        """From training rows (N, F) in [0, 1] (data space, as the trainer's windows) and
+        feature groups (name -> slice, e.g. a codec's ``feature_slices``; default: one group
+        per feature)."""
+        x = np.asarray(rows, dtype=np.float64) * 2.0 - 1.0                    # model space
+        if x.ndim != 2 or len(x) == 0:
+            raise ValueError(f"MarginalPrior.fit: expected rows (N, F) with N > 0, got {x.shape}")
+        width = x.shape[1]
+        groups = groups or {str(i): slice(i, i + 1) for i in range(width)}
+        binary_cols, binary_logit, joint, hist_cols = [], [], [], []
+        for part in groups.values():
+            cols = np.arange(width)[part]
+            binary = np.all((x[:, cols] == -1.0) | (x[:, cols] == 1.0), axis=0)
+            for col in cols[binary]:
+                p = float(np.clip((x[:, col] > 0).mean(), 1e-6, 1 - 1e-6))
+                binary_cols.append(int(col))
+                binary_logit.append(np.log(p / (1.0 - p)))
+            rest = cols[~binary]
+            if len(rest) == 0:
+                continue
+            atoms, counts = np.unique(x[:, rest], axis=0, return_counts=True)
+            if len(atoms) <= MAX_ATOMS:
+                joint.append((torch.as_tensor(rest), torch.as_tensor(atoms),
+                              torch.as_tensor(np.log(counts / counts.sum()))))
+            else:
+                hist_cols.extend(int(c) for c in rest)
+        centers, logw = [], []
+        edges = np.linspace(-1.0, 1.0, HISTOGRAM_BINS + 1)
+        for col in hist_cols:
+            counts, _ = np.histogram(np.clip(x[:, col], -1.0, 1.0), bins=edges)
+            with np.errstate(divide="ignore"):
+                logw.append(np.where(counts > 0, np.log(counts / counts.sum()), _EMPTY_BIN_LOG))
+            centers.append((edges[:-1] + edges[1:]) / 2.0)
+        shape = (len(hist_cols), HISTOGRAM_BINS)
+        return cls(width, torch.as_tensor(binary_cols, dtype=torch.long),
+                   torch.as_tensor(binary_logit), joint,
+                   torch.as_tensor(hist_cols, dtype=torch.long),
+                   torch.as_tensor(np.array(centers)).reshape(shape),
+                   torch.as_tensor(np.array(logw)).reshape(shape))
+
+    def __call__(self, x_tilde: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x_tilde (B, L, F) = x_t / sqrt(abar_t), sigma (B,) -> E[x0 | x~] (B, L, F)."""
+        if x_tilde.shape[-1] != self.width:
+            raise ValueError(f"MarginalPrior: fitted on {self.width} features, got "
+                             f"{x_tilde.shape[-1]}")
+        dev, dtype = x_tilde.device, x_tilde.dtype
+        inv_var = (1.0 / sigma.to(dev, dtype) ** 2)[:, None, None]                 # (B, 1, 1)
+        out = torch.empty_like(x_tilde)
+        cols = self.binary_cols.to(dev)
+        out[..., cols] = torch.tanh(x_tilde[..., cols] * inv_var
+                                    + self.binary_logit.to(dev, dtype) / 2.0)
+        for cols, atoms, logw in self.joint:
+            cols, atoms = cols.to(dev), atoms.to(dev, dtype)
+            scores = (x_tilde[..., cols] @ atoms.T - (atoms ** 2).sum(-1) / 2.0) * inv_var
+            out[..., cols] = torch.softmax(logw.to(dev, dtype) + scores, dim=-1) @ atoms
+        if len(self.hist_cols):
+            cols, centers = self.hist_cols.to(dev), self.hist_centers.to(dev, dtype)  # (H, K)
+            value = x_tilde[..., cols].unsqueeze(-1)                                # (B, L, H, 1)
+            scores = (value * centers - centers ** 2 / 2.0) * inv_var[..., None]
+            weights = torch.softmax(self.hist_logw.to(dev, dtype) + scores, dim=-1)
+            out[..., cols] = (weights * centers).sum(-1)
+        return out
+
+    def to_state(self) -> dict:
+        """Tensors and plain values only (checkpoints load with weights_only=True)."""
+        return {"width": self.width, "binary_cols": self.binary_cols,
+                "binary_logit": self.binary_logit,
+                "joint": [{"cols": c, "atoms": a, "logw": w} for c, a, w in self.joint],
+                "hist_cols": self.hist_cols, "hist_centers": self.hist_centers,
+                "hist_logw": self.hist_logw}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "MarginalPrior":
+        return cls(int(state["width"]), state["binary_cols"], state["binary_logit"],
+                   [(g["cols"], g["atoms"], g["logw"]) for g in state["joint"]],
+                   state["hist_cols"], state["hist_centers"], state["hist_logw"])
+
+    def summary(self) -> str:
+        return (f"{len(self.binary_cols)} binary features, {len(self.joint)} groups of "
+                f"{sum(len(a) for _c, a, _w in self.joint)} atoms, {len(self.hist_cols)} "
+                f"features on {HISTOGRAM_BINS}-bin histograms")
