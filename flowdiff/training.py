@@ -174,7 +174,7 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
     if model_cfg.parameterization == "edm-prior" and model.prior is None:
         from flowdiff.model.prior import MarginalPrior
 
-        model.set_prior(MarginalPrior.fit(encoded_train, codec.feature_slices))
+        model.set_prior(MarginalPrior.fit(encoded_train, codec.feature_parts))
         log.info("marginal prior of the training records: %s", model.prior.summary())
     log.info("training on %d records (%d windows of %d, %d features), %d parameters, "
              "%d steps", len(train_part), len(train_windows), window.length, codec.width,

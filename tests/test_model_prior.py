@@ -22,23 +22,27 @@ def gaussian_posterior_mean(x_tilde: np.ndarray, sigma: float, atoms: np.ndarray
     return (like[..., None] * atoms[None]).sum(1) / like.sum(1, keepdims=True)
 
 
+GROUPS = {"mixed": slice(0, 2), "token": slice(2, 4)}   # (bit, number), a 2-dim token
+
+
 def rows_with(rng, n=4000):
-    """Data-space rows [0, 1]: a bit set 25 % of the time, a 2-dim token from 3 vectors
-    (frequencies .5/.3/.2), and a bimodal number."""
+    """Data-space rows [0, 1]: a bit set 25 % of the time and a bimodal number (one group of
+    more than MAX_ATOMS distinct rows: the bit on its own, the number on a histogram), then
+    a 2-dim token from 3 vectors (frequencies .5/.3/.2, its own group: exact atoms)."""
     bit = (rng.random(n) < 0.25).astype(float)
-    vocab = np.array([[0.1, 0.9], [0.5, 0.5], [0.8, 0.2]])
-    token = vocab[rng.choice(3, n, p=[0.5, 0.3, 0.2])]
     number = np.clip(np.where(rng.random(n) < 0.5, rng.normal(0.3, 0.02, n),
                               rng.normal(0.7, 0.02, n)), 0, 1)
-    return np.column_stack([bit, token, number]), vocab
+    vocab = np.array([[0.1, 0.9], [0.5, 0.5], [0.8, 0.2]])
+    token = vocab[rng.choice(3, n, p=[0.5, 0.3, 0.2])]
+    return np.column_stack([bit, number, token]), vocab
 
 
 def test_posterior_mean_matches_bayes_for_bits_tokens_and_numbers():
     rng = np.random.default_rng(0)
     rows, vocab = rows_with(rng)
-    prior = MarginalPrior.fit(rows, {"bit": slice(0, 1), "token": slice(1, 3), "number": slice(3, 4)})
+    prior = MarginalPrior.fit(rows, GROUPS)
     assert prior.binary_cols.tolist() == [0] and len(prior.joint) == 1
-    assert prior.hist_cols.tolist() == [3] and prior.hist_centers.shape == (1, HISTOGRAM_BINS)
+    assert prior.hist_cols.tolist() == [1] and prior.hist_centers.shape == (1, HISTOGRAM_BINS)
     x = rows * 2 - 1                                                           # model space
     for sigma in (0.01, 0.1, 0.5, 3.0):
         x_tilde = x[:64] + sigma * rng.standard_normal((64, 4))
@@ -47,22 +51,32 @@ def test_posterior_mean_matches_bayes_for_bits_tokens_and_numbers():
         p1 = (x[:, 0] > 0).mean()
         bit = gaussian_posterior_mean(x_tilde[:, :1], sigma, np.array([[-1.0], [1.0]]),
                                       np.array([1 - p1, p1]))
-        atoms, counts = np.unique(x[:, 1:3], axis=0, return_counts=True)
-        token = gaussian_posterior_mean(x_tilde[:, 1:3], sigma, atoms, counts / counts.sum())
-        counts, edges = np.histogram(x[:, 3], bins=HISTOGRAM_BINS, range=(-1, 1))
-        number = gaussian_posterior_mean(x_tilde[:, 3:], sigma, ((edges[:-1] + edges[1:]) / 2)[:, None],
-                                         counts / counts.sum())
+        atoms, counts = np.unique(x[:, 2:4], axis=0, return_counts=True)
+        token = gaussian_posterior_mean(x_tilde[:, 2:4], sigma, atoms, counts / counts.sum())
+        counts, edges = np.histogram(x[:, 1], bins=HISTOGRAM_BINS, range=(-1, 1))
+        number = gaussian_posterior_mean(x_tilde[:, 1:2], sigma,
+                                         ((edges[:-1] + edges[1:]) / 2)[:, None], counts / counts.sum())
         np.testing.assert_allclose(got[:, :1], bit, atol=2e-4)
-        np.testing.assert_allclose(got[:, 1:3], token, atol=2e-4)
-        np.testing.assert_allclose(got[:, 3:], number, atol=2e-3)   # float32 over 400 bins
-    # low noise: bits and tokens come back exactly, numbers closer than the noisy input
+        np.testing.assert_allclose(got[:, 2:4], token, atol=2e-4)
+        np.testing.assert_allclose(got[:, 1:2], number, atol=2e-3)   # float32 over 400 bins
+    # low noise: the bit and the token come back exactly, the number closer than the input
     x_tilde = x[:512] + 0.01 * rng.standard_normal((512, 4))
     out = prior(torch.tensor(x_tilde, dtype=torch.float32)[None], torch.tensor([0.01])).numpy()[0]
-    np.testing.assert_allclose(out[:, :3], x[:512, :3], atol=1e-5)
-    assert np.abs(out[:, 3] - x[:512, 3]).mean() < np.abs(x_tilde[:, 3] - x[:512, 3]).mean()
+    np.testing.assert_allclose(out[:, [0, 2, 3]], x[:512, [0, 2, 3]], atol=1e-5)
+    assert np.abs(out[:, 1] - x[:512, 1]).mean() < np.abs(x_tilde[:, 1] - x[:512, 1]).mean()
     # high noise: the marginal mean
     far = prior(torch.zeros(1, 1, 4), torch.tensor([1e3])).numpy()[0, 0]
-    np.testing.assert_allclose(far[:3], x[:, :3].mean(0), atol=0.02)
+    np.testing.assert_allclose(far, x.mean(0), atol=0.02)
+
+
+def test_a_group_with_few_distinct_rows_is_one_joint_posterior():
+    """A one-hot code: its rows jointly (so the posterior mean is a mixture of codes, not
+    of independent bits)."""
+    codes = np.eye(3)[np.random.default_rng(4).choice(3, 600, p=[0.6, 0.3, 0.1])]
+    prior = MarginalPrior.fit(codes, {"code": slice(0, 3)})
+    assert len(prior.binary_cols) == 0 and [len(a) for _c, a, _w in prior.joint] == [3]
+    far = prior(torch.zeros(1, 1, 3), torch.tensor([1e3])).numpy()[0, 0]
+    np.testing.assert_allclose((far + 1) / 2, codes.mean(0), atol=1e-3)   # code frequencies
 
 
 def test_groups_must_cover_every_feature_once_and_fit_checks_its_input():
@@ -87,7 +101,7 @@ def test_edm_prior_is_the_prior_mean_plus_c_out_times_the_network(tmp_path):
     t = torch.tensor([0, 7, 19])
     with pytest.raises(RuntimeError, match="no marginal prior"):
         model.denoise(x_t, t)
-    prior = MarginalPrior.fit(rows, {"bit": slice(0, 1), "token": slice(1, 3), "n": slice(3, 4)})
+    prior = MarginalPrior.fit(rows, GROUPS)
     model.set_prior(prior)
     pc = model.precondition
     abar = model.process.alphas_cumprod[t][:, None, None]

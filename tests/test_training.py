@@ -192,7 +192,12 @@ def test_init_from_may_switch_to_edm_prior_and_nothing_else_of_the_model(artifac
     assert art.model.cfg.parameterization == "edm-prior"
     assert art.model.cfg.to_dict() == {**base.model.cfg.to_dict(), "parameterization": "edm-prior"}
     assert art.model.prior is not None and art.model.prior.width == art.codec.width
-    assert len(art.model.prior.binary_cols) > 0          # address and flag bits, among others
+    parts = art.codec.feature_parts      # the prior's groups: fields, addresses and ports split
+    assert parts["srcip.code"].stop == parts["srcip.bits"].start == art.codec.feature_slices["srcip"].stop - 32
+    assert sum(p.stop - p.start for p in parts.values()) == art.codec.width
+    assert "srcport.vector" in parts and parts["srcport.bits"].stop - parts["srcport.bits"].start == 16
+    code = list(range(parts["srcip.code"].start, parts["srcip.code"].stop))
+    assert any(cols.tolist() == code for cols, _atoms, _w in art.model.prior.joint)  # codes jointly
     gens = [torch.Generator().manual_seed(0)]
     out = art.model.predict(torch.rand(1, art.context, art.codec.width), art.horizon,
                             make_sampler("conditional", steps=2), gens)

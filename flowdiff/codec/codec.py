@@ -210,6 +210,13 @@ class FlowCodec:
             self.feature_slices[name] = slice(start, start + transform.width)
             start += transform.width
         self.width = start
+        self.feature_parts: dict[str, slice] = {}    # fields split where a transform has parts
+        for name, transform in transforms.items():
+            start = self.feature_slices[name].start
+            for part, width in getattr(transform, "parts", ((None, transform.width),)):
+                key = name if part is None else f"{name}.{part}"
+                self.feature_parts[key] = slice(start, start + width)
+                start += width
         self.calibration = None                      # OutputCalibration, set by calibrate()
         self._layout_draws()
         self.reuse_fields = tuple(n for n, t in transforms.items()

@@ -39,6 +39,7 @@ class ReuseBitsTransform:
         self.depth = int(depth)                                             # K
         self.bits = BitsTransform(32)
         self.width = self.depth + 1 + self.bits.width
+        self.parts = (("code", self.depth + 1), ("bits", self.bits.width))  # one-hot code, address bits
 
     def fit(self, column: np.ndarray) -> "ReuseBitsTransform":
         self.bits.fit(column)

@@ -177,6 +177,7 @@ class PortTokenTransform:
         self.bits = BitsTransform(16)
         self.dim = self.table.dim
         self.width = self.dim + self.bits.width
+        self.parts = (("vector", self.dim), ("bits", self.bits.width))    # token vector, port bits
         # token row -> its port (service) or -1 (range token), and its range or -1
         self.port_of = np.array([-1 if n.startswith("range:") else int(n)
                                  for n in self.table.names], dtype=np.int64)   # (V,)

@@ -8,13 +8,17 @@ training data's marginal, group by group of features, and keeps EDM's c_in and c
 
 with, per group (fitted on training rows in model space [-1, 1]):
 
-- a binary feature (every training value is -1 or +1, e.g. an address or flag bit):
-  E = tanh(x~ / sigma^2 + logit / 2), logit = log(p / (1 - p)) of the value +1;
-- a group whose training rows take at most ``MAX_ATOMS`` distinct values (a token's
-  word2vec vector, one-hot columns): the posterior over those atoms, softmax of
+- a group whose training rows take at most ``MAX_ATOMS`` distinct values (a one-hot code,
+  a flag mask, a token's word2vec vector): the posterior over those atoms, softmax of
   log frequency + (x~ . a - |a|^2 / 2) / sigma^2, and its mean;
-- any other feature (a number): the same over a ``HISTOGRAM_BINS``-bin histogram of its
-  training values (bin centres, log counts).
+- in a larger group, each binary feature (every training value -1 or +1, e.g. an address
+  bit) on its own: E = tanh(x~ / sigma^2 + logit / 2), logit = log(p / (1 - p)) of +1; the
+  other features together as atoms as above if they take at most ``MAX_ATOMS`` values;
+- any other feature (a number): the posterior over a ``HISTOGRAM_BINS``-bin histogram of
+  its training values (bin centres, log counts).
+
+Groups come from the caller (``FlowCodec.feature_parts``: fields, with an address split
+into its reuse code and its bits and a port into its token vector and its bits).
 
 So at low noise the skip alone returns each bit and token exactly and pulls numbers towards
 where training values lie: x0_hat beats its noisy input without the network having to
@@ -66,6 +70,11 @@ class MarginalPrior:
         binary_cols, binary_logit, joint, hist_cols = [], [], [], []
         for part in groups.values():
             cols = np.arange(width)[part]
+            atoms, counts = np.unique(x[:, cols], axis=0, return_counts=True)
+            if len(atoms) <= MAX_ATOMS:   # the whole group jointly (a one-hot code, a flag mask)
+                joint.append((torch.as_tensor(cols), torch.as_tensor(atoms),
+                              torch.as_tensor(np.log(counts / counts.sum()))))
+                continue
             binary = np.all((x[:, cols] == -1.0) | (x[:, cols] == 1.0), axis=0)
             for col in cols[binary]:
                 p = float(np.clip((x[:, col] > 0).mean(), 1e-6, 1 - 1e-6))
