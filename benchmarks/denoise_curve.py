@@ -28,6 +28,12 @@ import numpy as np
 import torch
 
 
+class ZeroNetwork(torch.nn.Module):
+    """F = 0: x0_hat is the preconditioning's skip alone."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
 
 def csv_windows(csv: Path, seq_len: int, train_fraction: float, split: str
                 ) -> tuple[np.ndarray, dict[str, slice]]:
@@ -73,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--t", type=int, nargs="+",
                         help="timesteps (default: fractions 0, 0.002, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.9 of T)")
     parser.add_argument("--max-windows", type=int, default=1024, help="evenly spaced subset")
+    parser.add_argument("--skip-only", action="store_true",
+                        help="score the preconditioning's skip alone, with the network's output "
+                             "F set to 0: c_skip x~ for edm, the marginal prior's posterior mean "
+                             "for edm-prior (what the model gets without its network)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
@@ -101,11 +111,15 @@ def main(argv: list[str] | None = None) -> int:
 
         groups = dict(FlowCodec.load(args.artifact / "codec").feature_slices)
     windows = spread_subset(windows, args.max_windows)
+    if args.skip_only:
+        if model.cfg.parameterization == "x0":
+            parser.error("--skip-only: an x0 model has no skip (its x0_hat is the network's output)")
+        model.network = ZeroNetwork()
     total = model.cfg.timesteps
     timesteps = args.t or default_timesteps(total)
     curve = denoising_curve(model, windows, timesteps, groups, seed=args.seed)
-    print(f"{checkpoint}: parameterization {model.cfg.parameterization}, "
-          f"trained steps {extra.get('train_state', {}).get('step')}")
+    print(f"{checkpoint}: parameterization {model.cfg.parameterization}"
+          f"{' (skip only, F = 0)' if args.skip_only else ''}, trained steps {extra.get('train_state', {}).get('step')}")
     print(curve.table())
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": str(checkpoint), "parameterization": model.cfg.parameterization,
