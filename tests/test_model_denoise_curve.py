@@ -99,3 +99,25 @@ def test_benchmark_cli_writes_table_json_and_png(windows, tmp_path, monkeypatch,
     assert (tmp_path / "out" / "denoise_curve.png").exists()
     assert "trained steps 7" in capsys.readouterr().out
 
+
+
+def test_benchmark_skip_only_scores_the_edm_prior_skip_alone(tmp_path, monkeypatch, capsys):
+    """--skip-only (F = 0): an edm-prior model's x0_hat is its marginal prior's posterior mean,
+    which returns binary features exactly at low noise whatever the network is."""
+    from flowdiff.model.prior import MarginalPrior
+
+    rng = np.random.default_rng(0)
+    bits = (rng.random((40, TINY.seq_len, TINY.feature_size)) < 0.3).astype(np.float32)
+    model = DiffusionTS(ModelConfig(**{**TINY.to_dict(), "parameterization": "edm-prior"}))
+    model.set_prior(MarginalPrior.fit(bits.reshape(-1, TINY.feature_size)))
+    save_checkpoint(tmp_path / "prior.pt", model.eval())
+    np.save(tmp_path / "bits.npy", bits)
+    monkeypatch.setattr(sys, "argv", ["denoise_curve.py", "--checkpoint", str(tmp_path / "prior.pt"),
+                                      "--windows", str(tmp_path / "bits.npy"), "--t", "0", "5",
+                                      "--skip-only", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(REPO / "benchmarks" / "denoise_curve.py"), run_name="__main__")
+    assert done.value.code == 0
+    ratio = json.loads((tmp_path / "out" / "denoise_curve.json").read_text())["ratio"]["all"]
+    assert ratio[0] < 1e-3 and ratio[1] < 1e-3
+    assert "skip only, F = 0" in capsys.readouterr().out
