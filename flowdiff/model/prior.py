@@ -49,6 +49,16 @@ def _as_slice(cols: torch.Tensor) -> slice | torch.Tensor:
     return cols
 
 
+def _atoms(x: np.ndarray, cols: np.ndarray) -> tuple | None:
+    """(cols, distinct rows (A, d), log frequencies (A,)) of x's columns ``cols``, or None
+    when they take more than MAX_ATOMS distinct values."""
+    atoms, counts = np.unique(x[:, cols], axis=0, return_counts=True)
+    if len(atoms) > MAX_ATOMS:
+        return None
+    return (torch.as_tensor(cols), torch.as_tensor(atoms),
+            torch.as_tensor(np.log(counts / counts.sum())))
+
+
 class MarginalPrior:
     """E[x0 | x~] under the training marginal; see the module docstring. Plain tensors, not
     an nn.Module: the model's state_dict (and its shape) does not depend on the data."""
@@ -71,7 +81,7 @@ class MarginalPrior:
     @classmethod
     def fit(cls, rows: np.ndarray, groups: Mapping[str, slice] | None = None) -> "MarginalPrior":
         """From training rows (N, F) in [0, 1] (data space, as the trainer's windows) and
-        feature groups (name -> slice, e.g. a codec's ``feature_slices``; default: one group
+        feature groups (name -> slice, e.g. a codec's ``feature_parts``; default: one group
         per feature)."""
         x = np.asarray(rows, dtype=np.float64) * 2.0 - 1.0                    # model space
         if x.ndim != 2 or len(x) == 0:
@@ -81,10 +91,9 @@ class MarginalPrior:
         binary_cols, binary_logit, joint, hist_cols = [], [], [], []
         for part in groups.values():
             cols = np.arange(width)[part]
-            atoms, counts = np.unique(x[:, cols], axis=0, return_counts=True)
-            if len(atoms) <= MAX_ATOMS:   # the whole group jointly (a one-hot code, a flag mask)
-                joint.append((torch.as_tensor(cols), torch.as_tensor(atoms),
-                              torch.as_tensor(np.log(counts / counts.sum()))))
+            whole = _atoms(x, cols)
+            if whole is not None:   # the whole group jointly (a one-hot code, a flag mask)
+                joint.append(whole)
                 continue
             binary = np.all((x[:, cols] == -1.0) | (x[:, cols] == 1.0), axis=0)
             for col in cols[binary]:
@@ -92,12 +101,9 @@ class MarginalPrior:
                 binary_cols.append(int(col))
                 binary_logit.append(np.log(p / (1.0 - p)))
             rest = cols[~binary]
-            if len(rest) == 0:
-                continue
-            atoms, counts = np.unique(x[:, rest], axis=0, return_counts=True)
-            if len(atoms) <= MAX_ATOMS:
-                joint.append((torch.as_tensor(rest), torch.as_tensor(atoms),
-                              torch.as_tensor(np.log(counts / counts.sum()))))
+            others = _atoms(x, rest) if len(rest) else None
+            if others is not None:
+                joint.append(others)
             else:
                 hist_cols.extend(int(c) for c in rest)
         centers, logw = [], []
