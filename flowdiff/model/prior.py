@@ -73,6 +73,7 @@ class MarginalPrior:
         self.hist_centers, self.hist_logw = hist_centers.float(), hist_logw.float()
         self._tables: dict = {}   # (sigma, device, dtype) -> histogram posterior-mean table
         self._joint_parts = [_as_slice(cols) for cols, _a, _w in self.joint]   # codec parts: views
+        self._half_norms = [(atoms ** 2).sum(-1) / 2.0 for _c, atoms, _w in self.joint]  # |a|^2 / 2
         covered = torch.cat([self.binary_cols, self.hist_cols, *[c for c, _a, _w in self.joint]])
         if sorted(covered.tolist()) != list(range(width)):
             raise ValueError(f"MarginalPrior: the groups must cover each of the {width} "
@@ -131,9 +132,10 @@ class MarginalPrior:
         cols = self.binary_cols.to(dev)
         out[..., cols] = torch.tanh(x_tilde[..., cols] * inv_var
                                     + self.binary_logit.to(dev, dtype) / 2.0)
-        for part, (_cols, atoms, logw) in zip(self._joint_parts, self.joint):
+        for part, half_norm, (_cols, atoms, logw) in zip(self._joint_parts, self._half_norms,
+                                                         self.joint):
             atoms = atoms.to(dev, dtype)
-            scores = (x_tilde[..., part] @ atoms.T - (atoms ** 2).sum(-1) / 2.0) * inv_var
+            scores = (x_tilde[..., part] @ atoms.T - half_norm.to(dev, dtype)) * inv_var
             out[..., part] = torch.softmax(logw.to(dev, dtype) + scores, dim=-1) @ atoms
         if len(self.hist_cols):
             cols = self.hist_cols.to(dev)
