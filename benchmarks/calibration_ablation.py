@@ -20,6 +20,7 @@ The artifact itself is not changed.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -45,6 +46,9 @@ def main(argv=None) -> int:
     p.add_argument("--fit-streams", type=int, default=16)
     p.add_argument("--fit-turns", type=int, default=30)
     p.add_argument("--fit-seed", type=int, default=0)
+    p.add_argument("--regime-windows", type=int, default=200,
+                   help="training windows the starting-noise correlation is fitted on, as "
+                        "flowdiff calibrate does (0: independent noise)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cache", type=Path, default=None,
                    help="keep the reference and both rollouts' raw outputs in this .npz and "
@@ -71,13 +75,16 @@ def main(argv=None) -> int:
     if args.cache is not None and args.cache.exists():
         cached = np.load(args.cache)
         reference, fit_outputs, raw = cached["reference"], cached["fit_outputs"], list(cached["raw"])
+        regimes = json.loads(str(cached["regimes"])) if "regimes" in cached else {}
         log.info("reference and rollouts read from %s", args.cache)
     else:
-        reference, fit_outputs, raw = rollouts(artifact, sampler, args)
+        reference, fit_outputs, raw, regimes = rollouts(artifact, sampler, args)
         if args.cache is not None:
-            np.savez(args.cache, reference=reference, fit_outputs=fit_outputs, raw=np.stack(raw))
+            np.savez(args.cache, reference=reference, fit_outputs=fit_outputs, raw=np.stack(raw),
+                     regimes=json.dumps(regimes))
     started = time.perf_counter()
     calibration = OutputCalibration.fit(codec, fit_outputs, reference, horizon=artifact.horizon)
+    calibration.regimes = regimes
     log.info("calibration fitted in %.0f s", time.perf_counter() - started)
 
     parts_ = OutputCalibration.PARTS
@@ -102,16 +109,26 @@ def main(argv=None) -> int:
 
 def rollouts(artifact, sampler, args):
     """(encoded training reference, the fit rollout's outputs, the evaluation rollout's
-    per-turn outputs)."""
-    from flowdiff.calibrate import rollout_outputs, training_reference
+    per-turn outputs, the starting-noise correlation {part: rho} both rollouts used)."""
+    from flowdiff.calibrate import fit_regimes, rollout_outputs, training_reference
+    from flowdiff.model.regimes import correlation_vector
     from flowdiff.daemon.generator import StreamGenerator
     from flowdiff.model import make_sampler
 
     reference = training_reference(artifact, args.data)
-    fit_outputs = rollout_outputs(artifact, sampler, args.fit_streams, args.fit_turns, args.fit_seed)
+    regimes = {}
+    if args.regime_windows > 0:
+        regimes, _report = fit_regimes(artifact, reference, sampler, args.regime_windows,
+                                       args.fit_seed)
+        log.info("starting-noise correlation: %s", json.dumps(regimes))
+    fit_outputs = rollout_outputs(artifact, sampler, args.fit_streams, args.fit_turns,
+                                  args.fit_seed, regimes)
 
+    correlation = (correlation_vector(regimes, artifact.codec.feature_parts, artifact.codec.width)
+                   if regimes else None)
     gen = StreamGenerator(artifact.model, artifact.codec, sampler, context=artifact.context,
-                          horizon=artifact.horizon, streams=args.streams, seed=args.seed)
+                          horizon=artifact.horizon, streams=args.streams, seed=args.seed,
+                          noise_correlation=correlation)
     gen.start_unconditional(make_sampler("ddim", steps=args.steps), start_ts=args.start_ts)
     turns = math.ceil(args.records / (args.streams * artifact.horizon))
     started = time.perf_counter()
@@ -124,7 +141,7 @@ def rollouts(artifact, sampler, args):
     log.info("rollout: %d turns in %.0f s (%.0f records/s model only)", turns, seconds,
              turns * args.streams * artifact.horizon / seconds)
 
-    return reference, fit_outputs, raw
+    return reference, fit_outputs, raw, regimes
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ class CalibrationReport:
     reference: int          # encoded training records
     seconds: float
     argmax_frequencies: dict
+    regimes: dict           # codec part -> starting-noise correlation over the horizon
 
 
 def artifact_split(artifact, data_path: str | Path):
@@ -50,13 +51,41 @@ def training_reference(artifact, data_path: str | Path) -> np.ndarray:
     return artifact.codec.encode(train_part)
 
 
-def rollout_outputs(artifact, sampler, streams: int, turns: int, seed: int) -> np.ndarray:
-    """Raw model outputs (streams * turns * H, F) of a daemon-like rollout."""
+def regime_windows(artifact, reference: np.ndarray, count: int) -> np.ndarray:
+    """``count`` windows (count, C + H, F) of the encoded training records, evenly spaced."""
+    length = artifact.context + artifact.horizon
+    if len(reference) < length + 1:
+        raise ValueError(f"regime fit: {len(reference)} training records, fewer than one "
+                         f"window of {length}")
+    starts = np.linspace(0, len(reference) - length, count).astype(int)
+    return np.stack([reference[s:s + length] for s in starts])
+
+
+def fit_regimes(artifact, reference: np.ndarray, sampler, windows: int, seed: int
+                ) -> tuple[dict, dict]:
+    """The starting-noise correlation per codec part (``flowdiff.model.regimes``) fitted on
+    ``windows`` windows of the training records: ({part: rho}, report)."""
+    from flowdiff.model.regimes import fit_regime_correlation
+
+    return fit_regime_correlation(artifact.model, regime_windows(artifact, reference, windows),
+                                  artifact.horizon, artifact.codec.feature_parts, sampler, seed)
+
+
+def rollout_outputs(artifact, sampler, streams: int, turns: int, seed: int,
+                    regimes: dict | None = None) -> np.ndarray:
+    """Raw model outputs (streams * turns * H, F) of a daemon-like rollout (with the
+    starting-noise correlation ``regimes``, {part: rho}, if given)."""
     from flowdiff.daemon.generator import StreamGenerator
     from flowdiff.model import make_sampler
 
+    correlation = None
+    if regimes:
+        from flowdiff.model.regimes import correlation_vector
+
+        correlation = correlation_vector(regimes, artifact.codec.feature_parts, artifact.codec.width)
     gen = StreamGenerator(artifact.model, artifact.codec, sampler, context=artifact.context,
-                          horizon=artifact.horizon, streams=streams, seed=seed)
+                          horizon=artifact.horizon, streams=streams, seed=seed,
+                          noise_correlation=correlation)
     gen.start_unconditional(make_sampler("ddim", steps=sampler.steps), start_ts=0.0)
     outputs = []
     for turn in range(turns):
@@ -67,7 +96,9 @@ def rollout_outputs(artifact, sampler, streams: int, turns: int, seed: int) -> n
 
 def calibrate_artifact(model_dir: str | Path, data_path: str | Path, *, sampler_kind: str,
                        sampler_steps: int, streams: int = 16, turns: int = 30,
-                       seed: int = 0) -> CalibrationReport:
+                       seed: int = 0, regime_windows: int = 200) -> CalibrationReport:
+    """regime_windows: training windows the starting-noise correlation is fitted on
+    (0: independent noise, no regimes)."""
     from flowdiff.artifact import CODEC_DIR, load_artifact
     from flowdiff.codec.calibration import OutputCalibration
     from flowdiff.model import make_sampler
@@ -77,16 +108,23 @@ def calibrate_artifact(model_dir: str | Path, data_path: str | Path, *, sampler_
     artifact.codec.set_calibration(None)       # the reference encodes without it anyway
     reference = training_reference(artifact, data_path)
     sampler = make_sampler(sampler_kind, steps=sampler_steps)
-    outputs = rollout_outputs(artifact, sampler, streams, turns, seed)
+    regimes, regime_report = {}, {}
+    if regime_windows > 0:
+        regimes, regime_report = fit_regimes(artifact, reference, sampler, regime_windows, seed)
+        log.info("starting-noise correlation per codec part: %s", json.dumps(regimes))
+    outputs = rollout_outputs(artifact, sampler, streams, turns, seed, regimes)
     calibration = OutputCalibration.fit(artifact.codec, outputs, reference, meta={
         "sampler": {"kind": sampler_kind, "steps": sampler_steps}, "streams": streams,
-        "turns": turns, "seed": seed, "data_file": Path(data_path).name},
+        "turns": turns, "seed": seed, "data_file": Path(data_path).name,
+        "regime_windows": regime_windows, "regime_fit": regime_report},
         horizon=artifact.horizon)
+    calibration.regimes = regimes
     artifact.codec.set_calibration(calibration)
     artifact.codec.save(Path(model_dir) / CODEC_DIR)
     report = CalibrationReport(artifact=Path(model_dir), outputs=len(outputs),
                                reference=len(reference),
                                seconds=round(time.perf_counter() - started, 1),
-                               argmax_frequencies=calibration.meta["argmax_frequencies"])
+                               argmax_frequencies=calibration.meta["argmax_frequencies"],
+                               regimes=regimes)
     log.info("calibrated %s: %s", model_dir, json.dumps(report.argmax_frequencies))
     return report

@@ -365,7 +365,8 @@ class OutputCalibration:
     def __init__(self, numeric: dict, biases: dict, meta: dict | None = None,
                  tokens: dict | None = None, addresses: dict | None = None,
                  patterns: dict | None = None, conditional: dict | None = None,
-                 ports: dict | None = None, runs: dict | None = None):
+                 ports: dict | None = None, runs: dict | None = None,
+                 regimes: dict | None = None):
         # field -> (column, model quantiles (GRID,), training quantiles (GRID,))
         self.numeric = {k: (int(c), np.asarray(mq, np.float64), np.asarray(rq, np.float64))
                         for k, (c, mq, rq) in numeric.items()}
@@ -391,6 +392,10 @@ class OutputCalibration:
         self.ports = {k: np.asarray(v, np.int64) for k, v in (ports or {}).items()}
         # token field -> correlation of its consecutive draws (Gaussian AR(1) copula)
         self.runs = {k: float(v) for k, v in (runs or {}).items()}
+        # codec part -> correlation of the model's starting noise over the horizon
+        # (flowdiff.model.regimes; fitted by ``flowdiff calibrate`` before the rollout the
+        # rest is fitted on, so it shapes the model's outputs, not their decoding)
+        self.regimes = {k: float(v) for k, v in (regimes or {}).items()}
         self.meta = dict(meta or {})
         # uniform numbers per record used by ``apply``: one per number field, one per address
         self.draws = len(self.numeric) + len(self.addresses)
@@ -543,7 +548,7 @@ class OutputCalibration:
                                  self.patterns if "patterns" in parts else {},
                                  self.conditional if {"numbers", "conditional"} <= set(parts) else {},
                                  self.ports if "ports" in parts else {},
-                                 self.runs if "runs" in parts else {})
+                                 self.runs if "runs" in parts else {}, self.regimes)
 
     def state(self) -> dict:
         return {"numeric": {k: [c, mq.tolist(), rq.tolist()] for k, (c, mq, rq) in self.numeric.items()},
@@ -555,6 +560,7 @@ class OutputCalibration:
                              for k, (a, b, v, w) in self.patterns.items()},
                 "ports": {k: v.tolist() for k, v in self.ports.items()},
                 "runs": dict(self.runs),
+                "regimes": dict(self.regimes),
                 "conditional": {k: [parent, column, edges.tolist(),
                                     [None if m is None else [m[0].tolist(), m[1].tolist()]
                                      for m in maps]]
@@ -569,7 +575,7 @@ class OutputCalibration:
                    {k: (span, AddressVocabulary.from_state(v))
                     for k, (span, v) in state.get("addresses", {}).items()},
                    state.get("patterns"), state.get("conditional"), state.get("ports"),
-                   state.get("runs"))
+                   state.get("runs"), state.get("regimes"))
 
 
 def _expected(decoder, queries: np.ndarray, offset: np.ndarray | None,

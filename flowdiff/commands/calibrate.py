@@ -19,8 +19,10 @@ def register(subparsers) -> None:
                     "field's output distribution onto the training one: quantile maps (also "
                     "of bytes and duration within the packet count), flag-mask and arg-max "
                     "biases, token offsets and draw correlations, ephemeral-port and address "
-                    "distributions. About 3.5 minutes for the packaged model on one core. "
-                    "Fit it for the sampler you serve with.")
+                    "distributions; first, the starting noise's correlation over the "
+                    "horizon per codec part, so that the model's windows vary as real "
+                    "windows do (regimes). About 7 minutes for the packaged model on one "
+                    "core. Fit it for the sampler you serve with.")
     parser.add_argument("--model", required=True, metavar="DIR", help="artifact directory")
     parser.add_argument("--data", required=True, metavar="TRACE",
                         help="the trace the artifact was trained on")
@@ -31,6 +33,9 @@ def register(subparsers) -> None:
     parser.add_argument("--turns", type=int, default=30,
                         help="predict turns of the rollout (30: streams x turns x horizon "
                              "output steps)")
+    parser.add_argument("--regime-windows", type=int, default=200, metavar="N",
+                        help="training windows the starting-noise correlation (regimes) is "
+                             "fitted on (200; 0 = independent noise, no regimes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
@@ -52,14 +57,22 @@ def run(args: argparse.Namespace) -> int:
     if args.turns < 1:
         print(f"--turns: expected an integer >= 1, got {args.turns}", file=sys.stderr)
         return 2
+    if args.regime_windows != 0 and args.regime_windows < 2:
+        print(f"--regime-windows: expected 0 or an integer >= 2, got {args.regime_windows}",
+              file=sys.stderr)
+        return 2
     torch.set_num_threads(1)
     from flowdiff.calibrate import calibrate_artifact
 
     report = calibrate_artifact(args.model, args.data, sampler_kind=cfg.serve.sampler.kind,
                                 sampler_steps=cfg.serve.sampler.steps,
-                                streams=args.streams, turns=args.turns, seed=args.seed)
+                                streams=args.streams, turns=args.turns, seed=args.seed,
+                                regime_windows=args.regime_windows)
     print(f"calibrated {report.artifact}: {report.outputs} model output steps against "
           f"{report.reference} training records, {report.seconds:.0f} s")
+    if report.regimes:
+        print("  starting-noise correlation (regimes): " + ", ".join(
+            f"{part} {rho:.3f}" for part, rho in report.regimes.items()))
     for field, freq in report.argmax_frequencies.items():
         if "training" in freq:
             print(f"  {field}: class frequencies training {freq['training']} model "

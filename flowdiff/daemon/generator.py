@@ -47,10 +47,23 @@ class Turn:
     decode_seeds: list[int]  # per stream: seed of the codec's sampled decoding this turn
 
 
+def calibrated_correlation(codec) -> torch.Tensor | None:
+    """(F,) starting-noise correlation of the codec calibration's ``regimes``, or None."""
+    regimes = getattr(codec.calibration, "regimes", None)
+    if not regimes:
+        return None
+    from flowdiff.model.regimes import correlation_vector
+
+    return correlation_vector(regimes, codec.feature_parts, codec.width)
+
+
 class StreamGenerator:
     def __init__(self, model, codec, sampler, *, context: int, horizon: int, streams: int,
                  seed: int, device: str = "cpu", timeline: str = "shared",
-                 first_stream: int = 0):
+                 first_stream: int = 0, noise_correlation: torch.Tensor | None = None):
+        """noise_correlation (F,): the horizon's starting-noise correlation
+        (``flowdiff.model.regimes``); default: the codec calibration's fitted ``regimes``
+        (none: independent noise)."""
         self.model = model
         self.codec = codec
         self.sampler = sampler
@@ -69,6 +82,9 @@ class StreamGenerator:
         self.clocks = torch.zeros(streams, dtype=torch.float64)  # (S,) last ts per stream
         self.history = codec.empty_history(streams)  # reuse field -> (S, K) recent addresses
         self.turns = 0
+        if noise_correlation is None:
+            noise_correlation = calibrated_correlation(codec)
+        self.noise_correlation = noise_correlation
 
     # ------------------------------------------------------------ starting points
     def start_unconditional(self, sampler, start_ts: float) -> None:
@@ -134,7 +150,8 @@ class StreamGenerator:
     def predict(self) -> torch.Tensor:
         """The model half of a turn: the next H encoded steps of every stream (S, H, F) in
         [0, 1], appended to the contexts (the oldest H steps drop out). Not decoded."""
-        new = self.model.predict(self.contexts, self.horizon, self.sampler, self.rngs)
+        new = self.model.predict(self.contexts, self.horizon, self.sampler, self.rngs,
+                                 noise_correlation=self.noise_correlation)
         new = new.detach().clamp(0.0, 1.0)  # (S, H, F)
         self.contexts = torch.cat([self.contexts, new], dim=1)[:, -self.context:, :]  # (S, C, F)
         return new

@@ -15,6 +15,7 @@ from flowdiff.model.diffusion import DiffusionProcess
 from flowdiff.model.network import DiffusionTSNetwork
 from flowdiff.model.parameterization import Preconditioning
 from flowdiff.model.rng import Generators, check_generators, randint_rows, randn_like_rows
+from flowdiff.model.regimes import correlated_start
 from flowdiff.model.samplers import Sampler, run_sampler
 
 
@@ -124,9 +125,10 @@ class DiffusionTS(nn.Module):
 
     @torch.no_grad()
     def infill(self, observed: torch.Tensor, mask: torch.Tensor, sampler: Sampler,
-               generator: Generators) -> torch.Tensor:
+               generator: Generators, x_start: torch.Tensor | None = None) -> torch.Tensor:
         """Fill the unobserved entries. observed (B, L, F) in [0, 1], mask (B, L, F) bool
-        True = observed -> (B, L, F); result[mask] == observed[mask] exactly."""
+        True = observed -> (B, L, F); result[mask] == observed[mask] exactly. x_start: the
+        sampler's starting noise x_T (default: drawn from ``generator``)."""
         self._check_windows(observed, "infill: observed")
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != observed.shape:
             raise ValueError(f"infill: mask must be a bool tensor of shape {tuple(observed.shape)}, got "
@@ -140,13 +142,16 @@ class DiffusionTS(nn.Module):
         mask = mask.to(self.device)
         target = to_model_space(observed).masked_fill(~mask, 0.0)                # (B, L, F)
         x = run_sampler(self.denoise, self.process, sampler, tuple(observed.shape), generator,
-                        self.device, target=target, mask=mask)
+                        self.device, target=target, mask=mask, x_start=x_start)
         return torch.where(mask, observed, to_data_space(x))
 
     def predict(self, context: torch.Tensor, horizon: int, sampler: Sampler,
-                generator: Generators) -> torch.Tensor:
+                generator: Generators, noise_correlation: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Continue context (B, C, F) in [0, 1] by ``horizon`` steps -> (B, horizon, F).
-        C + horizon must equal cfg.seq_len."""
+        C + horizon must equal cfg.seq_len. noise_correlation (F,) in [0, 1): the starting
+        noise of feature f is correlated by rho_f across the horizon's steps
+        (``flowdiff.model.regimes``); None: independent (the plain sampler)."""
         if not isinstance(horizon, int) or not 1 <= horizon < self.cfg.seq_len:
             raise ValueError(f"predict: horizon must be an integer in [1, {self.cfg.seq_len - 1}], "
                              f"got {horizon!r}")
@@ -157,4 +162,9 @@ class DiffusionTS(nn.Module):
                                                 device=self.device)], dim=1)       # (B, L, F)
         mask = torch.zeros_like(observed, dtype=torch.bool)
         mask[:, :n_context] = True
-        return self.infill(observed, mask, sampler, generator)[:, n_context:]      # (B, H, F)
+        x_start = None
+        if noise_correlation is not None:
+            check_generators(generator, batch)
+            x_start = correlated_start(tuple(observed.shape), generator, self.device, horizon,
+                                       noise_correlation)
+        return self.infill(observed, mask, sampler, generator, x_start)[:, n_context:]  # (B, H, F)

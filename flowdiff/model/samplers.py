@@ -278,9 +278,13 @@ def process_sigmas(process: DiffusionProcess) -> torch.Tensor:
 
 def run_sampler(denoise: Denoiser, process: DiffusionProcess, sampler: Sampler,
                 shape: tuple[int, int, int], generators: Generators, device: torch.device,
-                target: torch.Tensor | None = None, mask: torch.Tensor | None = None
-                ) -> torch.Tensor:
+                target: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                x_start: torch.Tensor | None = None) -> torch.Tensor:
     """The one sampling loop. Returns x_0 (B, L, F) in [-1, 1] model space.
+
+    x_start (B, L, F): the starting noise x_T (default: standard normal drawn from
+    ``generators``; ``flowdiff.model.regimes.correlated_start`` correlates it over the
+    horizon).
 
     target, mask (B, L, F): observation (model space) and True where observed; then the
     observed entries are replaced by q_sample(target, t) after every step and by target at
@@ -291,7 +295,7 @@ def run_sampler(denoise: Denoiser, process: DiffusionProcess, sampler: Sampler,
                            "or kind 'ddim'/'ddpm' for unconditional sampling")
     sampler.set_timesteps(process.timesteps)
     batch = shape[0]
-    x = randn_like_rows(shape, generators, device)                           # (B, L, F) = x_T
+    x = randn_like_rows(shape, generators, device) if x_start is None else x_start  # x_T
     for t_grid, t_next in sampler.pairs:
         x, t = sampler.churn(process, x, t_grid, generators)                  # t_hat >= t_grid
         if mask is not None and sampler.clean_observation:
