@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--fit-turns", type=int, default=30)
     p.add_argument("--fit-seed", type=int, default=0)
     p.add_argument("--regime-windows", type=int, default=200,
-                   help="training windows the starting-noise correlation is fitted on, as "
+                   help="training windows the starting-noise regimes are fitted on, as "
                         "flowdiff calibrate does (0: independent noise)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cache", type=Path, default=None,
@@ -111,7 +111,7 @@ def rollouts(artifact, sampler, args):
     """(encoded training reference, the fit rollout's outputs, the evaluation rollout's
     per-turn outputs, the starting-noise correlation {part: rho} both rollouts used)."""
     from flowdiff.calibrate import fit_regimes, rollout_outputs, training_reference
-    from flowdiff.model.regimes import correlation_vector
+    from flowdiff.model.regimes import HorizonNoise
     from flowdiff.daemon.generator import StreamGenerator
     from flowdiff.model import make_sampler
 
@@ -120,15 +120,15 @@ def rollouts(artifact, sampler, args):
     if args.regime_windows > 0:
         regimes, _report = fit_regimes(artifact, reference, sampler, args.regime_windows,
                                        args.fit_seed)
-        log.info("starting-noise correlation: %s", json.dumps(regimes))
+        log.info("starting-noise regimes: %s", json.dumps(regimes))
     fit_outputs = rollout_outputs(artifact, sampler, args.fit_streams, args.fit_turns,
                                   args.fit_seed, regimes)
 
-    correlation = (correlation_vector(regimes, artifact.codec.feature_parts, artifact.codec.width)
-                   if regimes else None)
+    noise = (HorizonNoise.from_parts(regimes, artifact.codec.feature_parts, artifact.codec.width)
+             if regimes else None)
     gen = StreamGenerator(artifact.model, artifact.codec, sampler, context=artifact.context,
                           horizon=artifact.horizon, streams=args.streams, seed=args.seed,
-                          noise_correlation=correlation)
+                          noise=noise)
     gen.start_unconditional(make_sampler("ddim", steps=args.steps), start_ts=args.start_ts)
     turns = math.ceil(args.records / (args.streams * artifact.horizon))
     started = time.perf_counter()

@@ -30,7 +30,7 @@ class CalibrationReport:
     reference: int          # encoded training records
     seconds: float
     argmax_frequencies: dict
-    regimes: dict           # codec part -> starting-noise correlation over the horizon
+    regimes: dict           # correlation / persistence -> codec part -> value
 
 
 def artifact_split(artifact, data_path: str | Path):
@@ -63,29 +63,30 @@ def regime_windows(artifact, reference: np.ndarray, count: int) -> np.ndarray:
 
 def fit_regimes(artifact, reference: np.ndarray, sampler, windows: int, seed: int
                 ) -> tuple[dict, dict]:
-    """The starting-noise correlation per codec part (``flowdiff.model.regimes``) fitted on
-    ``windows`` windows of the training records: ({part: rho}, report)."""
-    from flowdiff.model.regimes import fit_regime_correlation
+    """The starting noise's correlation and persistence per codec part
+    (``flowdiff.model.regimes``) fitted on ``windows`` windows of the training records:
+    ({"correlation": {part: rho}, "persistence": {part: phi}}, report)."""
+    from flowdiff.model.regimes import fit_horizon_noise
 
-    return fit_regime_correlation(artifact.model, regime_windows(artifact, reference, windows),
-                                  artifact.horizon, artifact.codec.feature_parts, sampler, seed)
+    return fit_horizon_noise(artifact.model, regime_windows(artifact, reference, windows),
+                             artifact.horizon, artifact.codec.feature_parts, sampler, seed)
 
 
 def rollout_outputs(artifact, sampler, streams: int, turns: int, seed: int,
                     regimes: dict | None = None) -> np.ndarray:
     """Raw model outputs (streams * turns * H, F) of a daemon-like rollout (with the
-    starting-noise correlation ``regimes``, {part: rho}, if given)."""
+    starting-noise ``regimes`` of ``fit_regimes``, if given)."""
     from flowdiff.daemon.generator import StreamGenerator
     from flowdiff.model import make_sampler
 
-    correlation = None
+    noise = None
     if regimes:
-        from flowdiff.model.regimes import correlation_vector
+        from flowdiff.model.regimes import HorizonNoise
 
-        correlation = correlation_vector(regimes, artifact.codec.feature_parts, artifact.codec.width)
+        noise = HorizonNoise.from_parts(regimes, artifact.codec.feature_parts, artifact.codec.width)
     gen = StreamGenerator(artifact.model, artifact.codec, sampler, context=artifact.context,
                           horizon=artifact.horizon, streams=streams, seed=seed,
-                          noise_correlation=correlation)
+                          noise=noise)
     gen.start_unconditional(make_sampler("ddim", steps=sampler.steps), start_ts=0.0)
     outputs = []
     for turn in range(turns):
@@ -111,7 +112,7 @@ def calibrate_artifact(model_dir: str | Path, data_path: str | Path, *, sampler_
     regimes, regime_report = {}, {}
     if regime_windows > 0:
         regimes, regime_report = fit_regimes(artifact, reference, sampler, regime_windows, seed)
-        log.info("starting-noise correlation per codec part: %s", json.dumps(regimes))
+        log.info("starting-noise regimes per codec part: %s", json.dumps(regimes))
     outputs = rollout_outputs(artifact, sampler, streams, turns, seed, regimes)
     calibration = OutputCalibration.fit(artifact.codec, outputs, reference, meta={
         "sampler": {"kind": sampler_kind, "steps": sampler_steps}, "streams": streams,

@@ -392,10 +392,12 @@ class OutputCalibration:
         self.ports = {k: np.asarray(v, np.int64) for k, v in (ports or {}).items()}
         # token field -> correlation of its consecutive draws (Gaussian AR(1) copula)
         self.runs = {k: float(v) for k, v in (runs or {}).items()}
-        # codec part -> correlation of the model's starting noise over the horizon
-        # (flowdiff.model.regimes; fitted by ``flowdiff calibrate`` before the rollout the
-        # rest is fitted on, so it shapes the model's outputs, not their decoding)
-        self.regimes = {k: float(v) for k, v in (regimes or {}).items()}
+        # "correlation" / "persistence" -> codec part -> the model's starting-noise
+        # dependence over the horizon (flowdiff.model.regimes; fitted by ``flowdiff
+        # calibrate`` before the rollout the rest is fitted on: it shapes the model's
+        # outputs, not their decoding)
+        self.regimes = {kind: {k: float(v) for k, v in values.items()}
+                        for kind, values in (regimes or {}).items()}
         self.meta = dict(meta or {})
         # uniform numbers per record used by ``apply``: one per number field, one per address
         self.draws = len(self.numeric) + len(self.addresses)
@@ -560,7 +562,7 @@ class OutputCalibration:
                              for k, (a, b, v, w) in self.patterns.items()},
                 "ports": {k: v.tolist() for k, v in self.ports.items()},
                 "runs": dict(self.runs),
-                "regimes": dict(self.regimes),
+                "regimes": {kind: dict(values) for kind, values in self.regimes.items()},
                 "conditional": {k: [parent, column, edges.tolist(),
                                     [None if m is None else [m[0].tolist(), m[1].tolist()]
                                      for m in maps]]

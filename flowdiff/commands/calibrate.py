@@ -19,10 +19,10 @@ def register(subparsers) -> None:
                     "field's output distribution onto the training one: quantile maps (also "
                     "of bytes and duration within the packet count), flag-mask and arg-max "
                     "biases, token offsets and draw correlations, ephemeral-port and address "
-                    "distributions; first, the starting noise's correlation over the "
-                    "horizon per codec part, so that the model's windows vary as real "
-                    "windows do (regimes). About 7 minutes for the packaged model on one "
-                    "core. Fit it for the sampler you serve with.")
+                    "distributions; first, the starting noise's persistence and correlation "
+                    "over the horizon per codec part, so that the model's consecutive records "
+                    "resemble each other and its windows vary as real ones do (regimes). "
+                    "About 10 minutes for the packaged model on one core. Fit it for the sampler you serve with.")
     parser.add_argument("--model", required=True, metavar="DIR", help="artifact directory")
     parser.add_argument("--data", required=True, metavar="TRACE",
                         help="the trace the artifact was trained on")
@@ -34,8 +34,9 @@ def register(subparsers) -> None:
                         help="predict turns of the rollout (30: streams x turns x horizon "
                              "output steps)")
     parser.add_argument("--regime-windows", type=int, default=200, metavar="N",
-                        help="training windows the starting-noise correlation (regimes) is "
-                             "fitted on (200; 0 = independent noise, no regimes)")
+                        help="training windows the starting noise's persistence and "
+                             "correlation (regimes) are fitted on (200; 0 = independent noise, "
+                             "no regimes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
@@ -70,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
                                 regime_windows=args.regime_windows)
     print(f"calibrated {report.artifact}: {report.outputs} model output steps against "
           f"{report.reference} training records, {report.seconds:.0f} s")
-    if report.regimes:
-        print("  starting-noise correlation (regimes): " + ", ".join(
-            f"{part} {rho:.3f}" for part, rho in report.regimes.items()))
+    for kind, values in report.regimes.items():
+        print(f"  starting-noise {kind} (regimes): " + ", ".join(
+            f"{part} {value:.3f}" for part, value in values.items()))
     for field, freq in report.argmax_frequencies.items():
         if "training" in freq:
             print(f"  {field}: class frequencies training {freq['training']} model "

@@ -47,22 +47,22 @@ class Turn:
     decode_seeds: list[int]  # per stream: seed of the codec's sampled decoding this turn
 
 
-def calibrated_correlation(codec) -> torch.Tensor | None:
-    """(F,) starting-noise correlation of the codec calibration's ``regimes``, or None."""
+def calibrated_noise(codec):
+    """The codec calibration's fitted ``regimes`` as a ``HorizonNoise``, or None."""
     regimes = getattr(codec.calibration, "regimes", None)
     if not regimes:
         return None
-    from flowdiff.model.regimes import correlation_vector
+    from flowdiff.model.regimes import HorizonNoise
 
-    return correlation_vector(regimes, codec.feature_parts, codec.width)
+    return HorizonNoise.from_parts(regimes, codec.feature_parts, codec.width)
 
 
 class StreamGenerator:
     def __init__(self, model, codec, sampler, *, context: int, horizon: int, streams: int,
                  seed: int, device: str = "cpu", timeline: str = "shared",
-                 first_stream: int = 0, noise_correlation: torch.Tensor | None = None):
-        """noise_correlation (F,): the horizon's starting-noise correlation
-        (``flowdiff.model.regimes``); default: the codec calibration's fitted ``regimes``
+                 first_stream: int = 0, noise=None):
+        """noise: the horizon's starting-noise dependence (a ``HorizonNoise``,
+        ``flowdiff.model.regimes``); default: the codec calibration's fitted ``regimes``
         (none: independent noise)."""
         self.model = model
         self.codec = codec
@@ -82,9 +82,7 @@ class StreamGenerator:
         self.clocks = torch.zeros(streams, dtype=torch.float64)  # (S,) last ts per stream
         self.history = codec.empty_history(streams)  # reuse field -> (S, K) recent addresses
         self.turns = 0
-        if noise_correlation is None:
-            noise_correlation = calibrated_correlation(codec)
-        self.noise_correlation = noise_correlation
+        self.noise = calibrated_noise(codec) if noise is None else noise
 
     # ------------------------------------------------------------ starting points
     def start_unconditional(self, sampler, start_ts: float) -> None:
@@ -151,7 +149,7 @@ class StreamGenerator:
         """The model half of a turn: the next H encoded steps of every stream (S, H, F) in
         [0, 1], appended to the contexts (the oldest H steps drop out). Not decoded."""
         new = self.model.predict(self.contexts, self.horizon, self.sampler, self.rngs,
-                                 noise_correlation=self.noise_correlation)
+                                 noise=self.noise)
         new = new.detach().clamp(0.0, 1.0)  # (S, H, F)
         self.contexts = torch.cat([self.contexts, new], dim=1)[:, -self.context:, :]  # (S, C, F)
         return new

@@ -15,7 +15,7 @@ from flowdiff.model.diffusion import DiffusionProcess
 from flowdiff.model.network import DiffusionTSNetwork
 from flowdiff.model.parameterization import Preconditioning
 from flowdiff.model.rng import Generators, check_generators, randint_rows, randn_like_rows
-from flowdiff.model.regimes import correlated_start
+from flowdiff.model.regimes import HorizonNoise, correlated_start
 from flowdiff.model.samplers import Sampler, run_sampler
 
 
@@ -146,12 +146,10 @@ class DiffusionTS(nn.Module):
         return torch.where(mask, observed, to_data_space(x))
 
     def predict(self, context: torch.Tensor, horizon: int, sampler: Sampler,
-                generator: Generators, noise_correlation: torch.Tensor | None = None
-                ) -> torch.Tensor:
+                generator: Generators, noise: HorizonNoise | None = None) -> torch.Tensor:
         """Continue context (B, C, F) in [0, 1] by ``horizon`` steps -> (B, horizon, F).
-        C + horizon must equal cfg.seq_len. noise_correlation (F,) in [0, 1): the starting
-        noise of feature f is correlated by rho_f across the horizon's steps
-        (``flowdiff.model.regimes``); None: independent (the plain sampler)."""
+        C + horizon must equal cfg.seq_len. noise: the starting noise's dependence over the
+        horizon's steps (``flowdiff.model.regimes``); None: independent (the plain sampler)."""
         if not isinstance(horizon, int) or not 1 <= horizon < self.cfg.seq_len:
             raise ValueError(f"predict: horizon must be an integer in [1, {self.cfg.seq_len - 1}], "
                              f"got {horizon!r}")
@@ -163,8 +161,8 @@ class DiffusionTS(nn.Module):
         mask = torch.zeros_like(observed, dtype=torch.bool)
         mask[:, :n_context] = True
         x_start = None
-        if noise_correlation is not None:
+        if noise is not None:
             check_generators(generator, batch)
             x_start = correlated_start(tuple(observed.shape), generator, self.device, horizon,
-                                       noise_correlation)
+                                       noise)
         return self.infill(observed, mask, sampler, generator, x_start)[:, n_context:]  # (B, H, F)
