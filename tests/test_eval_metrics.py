@@ -190,6 +190,34 @@ def test_window_feature_names_follow_the_feature_columns():
     assert narrow.shape[1] == len(narrow_names) and "td_mean" not in narrow_names
 
 
+def test_window_features_benchmark_spread_shows_burst_persistence(tmp_path, capsys):
+    """benchmarks/window_features.py --spread: a bursty trace's window features correlate
+    from one window to the next; the same records shuffled do not."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    real = synthetic_trace(4000, seed=3, burst=400)             # host pairs in 400-record bursts
+    flat = shuffled(real, seed=4)
+    real.to_parquet(tmp_path / "real.parquet")
+    flat.to_parquet(tmp_path / "flat.parquet")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "window_features.py"
+    argv = sys.argv
+    sys.argv = [str(script), "--real", str(tmp_path / "real.parquet"), "--synthetic",
+                str(tmp_path / "flat.parquet"), "--top", "3", "--spread"]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("share_udp "))
+    sd_real, sd_flat, lag1_real, lag1_flat = (float(v) for v in row.split()[1:5])
+    assert lag1_real > 0.5 and abs(lag1_flat) < 0.3 and sd_real > 2 * sd_flat
+    assert "median sd ratio synthetic / real" in out
+
+
 def test_segment_bounds():
     assert segment_bounds(250, 100) == [(0, 100), (100, 200), (200, 250)]
     assert segment_bounds(240, 100) == [(0, 100), (100, 240)]
