@@ -15,6 +15,7 @@ from flowdiff.eval.discriminative import (DiscriminativeConfig, DiscriminativeEr
                                           discriminative_score, labelled_window_features,
                                           window_features)
 from flowdiff.eval.drift import drift, segment_bounds
+from flowdiff.eval.temporal import host_pair_error, host_pair_rates
 
 LN2 = math.log(2)
 
@@ -216,6 +217,23 @@ def test_window_features_benchmark_spread_shows_burst_persistence(tmp_path, caps
     sd_real, sd_flat, lag1_real, lag1_flat = (float(v) for v in row.split()[1:5])
     assert lag1_real > 0.5 and abs(lag1_flat) < 0.3 and sd_real > 2 * sd_flat
     assert "median sd ratio synthetic / real" in out
+
+
+def test_host_pair_rates_count_repeated_and_reversed_conversations():
+    table = schema.conform(pd.DataFrame({
+        "ts": 1.46e9 + np.arange(7.0), "td": 0.0, "srcport": 1, "dstport": 2, "proto": 6,
+        "pkt": 1, "byt": 60, "flags": 0x10,
+        "srcip": [1, 1, 2, 1, 1, 5, 5],
+        "dstip": [2, 2, 1, 3, 3, 6, 7]}))
+    # pairs of consecutive records: same pair, reversed, new, same pair, new, src only
+    rates = host_pair_rates(table)
+    assert rates["dst_given_src"] == pytest.approx(2 / 3)    # src repeats 3 times, dst too twice
+    assert rates["reversed"] == pytest.approx(1 / 6)
+    assert rates["pair"] == pytest.approx(3 / 6)
+    assert host_pair_error(rates, rates) == 0.0
+    flipped = dict(rates, reversed=rates["reversed"] + 0.3)
+    assert host_pair_error(rates, flipped) == pytest.approx(0.1)
+    assert host_pair_rates(table.drop(columns=["dstip"])) is None
 
 
 def test_segment_bounds():

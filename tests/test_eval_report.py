@@ -89,7 +89,7 @@ def test_evaluate_identical_traces_scores_zero(ugr16_sample, tmp_path):
     result = evaluate(real, {"copy": real.copy()}, config)
     row = result["synthetics"]["copy"]["headline"]
     for key in ("jsd_mean", "emd_ts", "emd_sf_max", "correlation_diff", "dependence_error",
-                "fps_acf_diff", "discriminative"):
+                "host_pair_error", "fps_acf_diff", "discriminative"):
         assert row[key] == pytest.approx(0.0, abs=1e-12), key
     assert row["violation_fraction"] == result["real"]["validity"]["violation_fraction"]
     files = write_report(result, real, {"copy": real}, tmp_path / "r", plots=False)

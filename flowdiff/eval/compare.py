@@ -95,6 +95,7 @@ def headline(metrics: dict) -> dict[str, float | None]:
     row["dstport_jsd_udp"] = s["dstport_jsd_udp"]
     row["violation_fraction"] = metrics["validity"]["violation_fraction"]
     row["dependence_error"] = t["dependence_error"]
+    row["host_pair_error"] = t["host_pair_error"]
     row["fps_emd_sf"] = t["fps_emd_scale_free"]
     row["fps_acf_diff"] = t["fps_acf_diff"]
     row["discriminative"] = metrics["discriminative"]["score"]

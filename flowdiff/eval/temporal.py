@@ -5,6 +5,8 @@ Temporal dependence is how often a record repeats a key of the records just befo
 whose key occurs among the previous k records. Keys: dstip, srcip and the five-tuple.
 A trace that is shuffled keeps every marginal but loses these repeats; the error is the
 mean absolute difference of the real and synthetic rates over keys and both measures.
+Host pairs (``host_pair_rates``) measure whether consecutive records share a conversation:
+the same two hosts, in the same or the swapped direction.
 """
 
 from __future__ import annotations
@@ -53,6 +55,32 @@ def dependence_error(real_rates: dict, synthetic_rates: dict) -> float | None:
     return float(np.mean(diffs)) if diffs else None
 
 
+def host_pair_rates(table: pd.DataFrame) -> dict[str, float] | None:
+    """How consecutive records share their hosts (None without srcip and dstip):
+    ``dst_given_src``: of the records that repeat the previous srcip, the share that also
+    repeat its dstip (real traffic repeats the conversation, not one end of it);
+    ``reversed``: share of records that are the previous record's hosts swapped (srcip =
+    previous dstip, dstip = previous srcip: the two directions of one conversation);
+    ``pair``: share whose unordered host pair equals the previous record's."""
+    if not fields.has(table, "srcip", "dstip") or len(table) < 2:
+        return None
+    src, dst = table["srcip"].to_numpy(np.int64), table["dstip"].to_numpy(np.int64)
+    same_src, same_dst = src[1:] == src[:-1], dst[1:] == dst[:-1]
+    swapped = (src[1:] == dst[:-1]) & (dst[1:] == src[:-1])
+    return {"dst_given_src": float(same_dst[same_src].mean()) if same_src.any() else float("nan"),
+            "reversed": float(swapped.mean()),
+            "pair": float(((same_src & same_dst) | swapped).mean())}
+
+
+def host_pair_error(real_rates: dict | None, synthetic_rates: dict | None) -> float | None:
+    """Mean absolute difference of the three ``host_pair_rates``."""
+    if not real_rates or not synthetic_rates:
+        return None
+    diffs = [abs(real_rates[k] - synthetic_rates[k]) for k in real_rates]
+    diffs = [d for d in diffs if np.isfinite(d)]
+    return float(np.mean(diffs)) if diffs else None
+
+
 def flows_per_second(table: pd.DataFrame, bin_seconds: float = 1.0) -> np.ndarray:
     """(T,) record counts per time bin from the first record to the last."""
     t = fields.relative_time(table)
@@ -79,6 +107,9 @@ def temporal_metrics(real: pd.DataFrame, synthetic: pd.DataFrame, k: int = 10,
     out = {"dependence_error": dependence_error(real_rates, syn_rates),
            "dependence": {"real": real_rates, "synthetic": syn_rates, "k": k},
            "iat_emd": None, "iat_emd_scale_free": None}
+    pairs_real, pairs_syn = host_pair_rates(real), host_pair_rates(synthetic)
+    out["host_pairs"] = {"real": pairs_real, "synthetic": pairs_syn}
+    out["host_pair_error"] = host_pair_error(pairs_real, pairs_syn)
     if len(real) > 1 and len(synthetic) > 1:
         r, s = fields.inter_arrival(real), fields.inter_arrival(synthetic)
         out["iat_emd"] = marginals.emd_raw(r, s)
