@@ -18,6 +18,21 @@ def shared_file(relative: str) -> Path:
     return path
 
 
+def generate_twice(model: Path, tmp_path: Path, records: int) -> list[bytes]:
+    """The bytes of two seeded ``flowdiff generate`` runs of ``model`` (3 conditional
+    steps), to check that generation reproduces."""
+    from flowdiff.cli import main
+
+    runs = []
+    for name in ("x", "y"):
+        path = tmp_path / f"{name}.jsonl"
+        assert main(["generate", "--model", str(model), "--records", str(records), "--seed", "3",
+                     "--start-ts", "1460390400", "--sampler", "conditional", "--steps", "3",
+                     "--out", str(path)]) == 0
+        runs.append(path.read_bytes())
+    return runs
+
+
 @pytest.fixture
 def ugr16_sample() -> Path:
     return shared_file("ugr16/ugr16_sample_20k.csv")

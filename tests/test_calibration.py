@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import generate_twice
+
 from flowdiff.cli import main
 from flowdiff.codec import FlowCodec
 from flowdiff.codec.calibration import OutputCalibration, fit_biases, fit_token_offsets
@@ -146,13 +148,7 @@ def test_flowdiff_calibrate_writes_the_calibration_into_the_artifact(tiny_model,
     assert all(0.0 <= rho < 1.0 for rho in calibration["runs"].values())
     assert {"offsets", "threshold"} <= set(calibration["addresses"]["srcip"][1])
     # generating from the calibrated artifact works and is reproducible
-    runs = []
-    for name in ("x", "y"):
-        path = tmp_path / f"{name}.jsonl"
-        assert main(["generate", "--model", str(model), "--records", "40", "--seed", "3",
-                     "--start-ts", "1460390400", "--sampler", "conditional", "--steps", "3",
-                     "--out", str(path)]) == 0
-        runs.append(path.read_bytes())
+    runs = generate_twice(model, tmp_path, 40)                      # generation stays seeded
     assert runs[0] == runs[1] and runs[0].count(b"\n") == 40
     assert main(["calibrate", "--model", str(model), "--data", str(ugr16_sample),
                  "--turns", "0"]) == 2

@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import generate_twice
 
 from flowdiff.cli import main
 from flowdiff.model import make_sampler
@@ -156,13 +157,7 @@ def test_calibrate_fits_regimes_that_serve_and_generate_use(tiny_model, ugr16_sa
     expected = HorizonNoise.from_parts(regimes, artifact.codec.feature_parts, artifact.codec.width)
     assert torch.equal(gen.noise.correlation, expected.correlation)
     assert torch.equal(gen.noise.persistence, expected.persistence)
-    runs = []
-    for name in ("x", "y"):                                          # generation stays seeded
-        path = tmp_path / f"{name}.jsonl"
-        assert main(["generate", "--model", str(model), "--records", "24", "--seed", "3",
-                     "--start-ts", "1460390400", "--sampler", "conditional", "--steps", "3",
-                     "--out", str(path)]) == 0
-        runs.append(path.read_bytes())
+    runs = generate_twice(model, tmp_path, 24)                      # generation stays seeded
     assert runs[0] == runs[1] and runs[0].count(b"\n") == 24
     # --regime-windows 0: no regimes, independent noise
     assert main(["calibrate", "--model", str(model), "--data", str(ugr16_sample), "--turns", "2",
