@@ -111,24 +111,18 @@ def rollouts(artifact, sampler, args):
     """(encoded training reference, the fit rollout's outputs, the evaluation rollout's
     per-turn outputs, the starting-noise correlation {part: rho} both rollouts used)."""
     from flowdiff.calibrate import fit_regimes, rollout_outputs, training_reference
-    from flowdiff.model.regimes import HorizonNoise
-    from flowdiff.daemon.generator import StreamGenerator
+    from flowdiff.daemon.generator import StreamGenerator, horizon_noise
     from flowdiff.model import make_sampler
 
     reference = training_reference(artifact, args.data)
-    regimes = {}
-    if args.regime_windows > 0:
-        regimes, _report = fit_regimes(artifact, reference, sampler, args.regime_windows,
-                                       args.fit_seed)
-        log.info("starting-noise regimes: %s", json.dumps(regimes))
+    regimes, _report = fit_regimes(artifact, reference, sampler, args.regime_windows,
+                                   args.fit_seed)
     fit_outputs = rollout_outputs(artifact, sampler, args.fit_streams, args.fit_turns,
                                   args.fit_seed, regimes)
 
-    noise = (HorizonNoise.from_parts(regimes, artifact.codec.feature_parts, artifact.codec.width)
-             if regimes else None)
     gen = StreamGenerator(artifact.model, artifact.codec, sampler, context=artifact.context,
                           horizon=artifact.horizon, streams=args.streams, seed=args.seed,
-                          noise=noise)
+                          noise=horizon_noise(artifact.codec, regimes))
     gen.start_unconditional(make_sampler("ddim", steps=args.steps), start_ts=args.start_ts)
     turns = math.ceil(args.records / (args.streams * artifact.horizon))
     started = time.perf_counter()

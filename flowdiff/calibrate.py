@@ -65,28 +65,29 @@ def fit_regimes(artifact, reference: np.ndarray, sampler, windows: int, seed: in
                 ) -> tuple[dict, dict]:
     """The starting noise's correlation and persistence per codec part
     (``flowdiff.model.regimes``) fitted on ``windows`` windows of the training records:
-    ({"correlation": {part: rho}, "persistence": {part: phi}}, report)."""
+    ({"correlation": {part: rho}, "persistence": {part: phi}}, report); ({}, {}) for
+    ``windows`` 0 (independent noise)."""
     from flowdiff.model.regimes import fit_horizon_noise
 
-    return fit_horizon_noise(artifact.model, regime_windows(artifact, reference, windows),
-                             artifact.horizon, artifact.codec.feature_parts, sampler, seed)
+    if windows == 0:
+        return {}, {}
+    regimes, report = fit_horizon_noise(
+        artifact.model, regime_windows(artifact, reference, windows), artifact.horizon,
+        artifact.codec.feature_parts, sampler, seed)
+    log.info("starting-noise regimes per codec part: %s", json.dumps(regimes))
+    return regimes, report
 
 
 def rollout_outputs(artifact, sampler, streams: int, turns: int, seed: int,
                     regimes: dict | None = None) -> np.ndarray:
     """Raw model outputs (streams * turns * H, F) of a daemon-like rollout (with the
     starting-noise ``regimes`` of ``fit_regimes``, if given)."""
-    from flowdiff.daemon.generator import StreamGenerator
+    from flowdiff.daemon.generator import StreamGenerator, horizon_noise
     from flowdiff.model import make_sampler
 
-    noise = None
-    if regimes:
-        from flowdiff.model.regimes import HorizonNoise
-
-        noise = HorizonNoise.from_parts(regimes, artifact.codec.feature_parts, artifact.codec.width)
     gen = StreamGenerator(artifact.model, artifact.codec, sampler, context=artifact.context,
                           horizon=artifact.horizon, streams=streams, seed=seed,
-                          noise=noise)
+                          noise=horizon_noise(artifact.codec, regimes))
     gen.start_unconditional(make_sampler("ddim", steps=sampler.steps), start_ts=0.0)
     outputs = []
     for turn in range(turns):
@@ -109,10 +110,7 @@ def calibrate_artifact(model_dir: str | Path, data_path: str | Path, *, sampler_
     artifact.codec.set_calibration(None)       # the reference encodes without it anyway
     reference = training_reference(artifact, data_path)
     sampler = make_sampler(sampler_kind, steps=sampler_steps)
-    regimes, regime_report = {}, {}
-    if regime_windows > 0:
-        regimes, regime_report = fit_regimes(artifact, reference, sampler, regime_windows, seed)
-        log.info("starting-noise regimes per codec part: %s", json.dumps(regimes))
+    regimes, regime_report = fit_regimes(artifact, reference, sampler, regime_windows, seed)
     outputs = rollout_outputs(artifact, sampler, streams, turns, seed, regimes)
     calibration = OutputCalibration.fit(artifact.codec, outputs, reference, meta={
         "sampler": {"kind": sampler_kind, "steps": sampler_steps}, "streams": streams,

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
                     "distributions; first, the starting noise's persistence and correlation "
                     "over the horizon per codec part, so that the model's consecutive records "
                     "resemble each other and its windows vary as real ones do (regimes). "
-                    "About 10 minutes for the packaged model on one core. Fit it for the sampler you serve with.")
+                    "About 10 minutes for the packaged model on one core. Fit it for the "
+                    "sampler you serve with.")
     parser.add_argument("--model", required=True, metavar="DIR", help="artifact directory")
     parser.add_argument("--data", required=True, metavar="TRACE",
                         help="the trace the artifact was trained on")

@@ -47,9 +47,9 @@ class Turn:
     decode_seeds: list[int]  # per stream: seed of the codec's sampled decoding this turn
 
 
-def calibrated_noise(codec):
-    """The codec calibration's fitted ``regimes`` as a ``HorizonNoise``, or None."""
-    regimes = getattr(codec.calibration, "regimes", None)
+def horizon_noise(codec, regimes: dict | None):
+    """``regimes`` ({"correlation" / "persistence": {codec part: value}}, as a calibration
+    stores them) as a ``HorizonNoise`` over the codec's features; None when empty."""
     if not regimes:
         return None
     from flowdiff.model.regimes import HorizonNoise
@@ -82,7 +82,9 @@ class StreamGenerator:
         self.clocks = torch.zeros(streams, dtype=torch.float64)  # (S,) last ts per stream
         self.history = codec.empty_history(streams)  # reuse field -> (S, K) recent addresses
         self.turns = 0
-        self.noise = calibrated_noise(codec) if noise is None else noise
+        if noise is None:
+            noise = horizon_noise(codec, getattr(codec.calibration, "regimes", None))
+        self.noise = noise
 
     # ------------------------------------------------------------ starting points
     def start_unconditional(self, sampler, start_ts: float) -> None:
