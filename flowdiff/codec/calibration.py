@@ -64,8 +64,7 @@ from flowdiff.codec.tokens import BUCKET_SHIFT
 from flowdiff.codec.transforms import BitsTransform
 
 GRID = 1025                 # quantile grid points (probabilities k / (GRID - 1))
-BIAS_ROUNDS = 500           # fixed-point rounds of the arg-max bias fit
-BIAS_STEP = 0.2             # step of round r: BIAS_STEP / sqrt(1 + r)
+BIAS_SWEEPS = 20            # coordinate sweeps of the arg-max bias fit
 BIAS_LIMIT = 4.0            # |bias| bound (outputs lie in [0, 1])
 EPS = 1e-6
 
@@ -343,21 +342,37 @@ def fit_token_offsets(decoder, queries: np.ndarray, target: np.ndarray,
     return offset
 
 
-def fit_biases(outputs: np.ndarray, target: np.ndarray) -> np.ndarray:
+def fit_biases(outputs: np.ndarray, target: np.ndarray, limit: float = BIAS_LIMIT
+               ) -> np.ndarray:
     """(n, m) outputs, (m,) target class frequencies -> (m,) biases with which
-    ``argmax(outputs + bias)`` has about the target frequencies."""
+    ``argmax(outputs + bias)`` has about the target frequencies.
+
+    Coordinate sweeps: the most frequent target class keeps bias 0 (the arg-max only sees
+    differences); every other class in turn, rarest last, gets the bias that makes it win on
+    exactly its target share of the rows, the others' biases held (a quantile of the margin
+    it needs to win). A model's outputs sit near the one-hot corners, so each class wins by
+    almost the same margin everywhere: a gradient step on the frequencies barely moves until
+    it crosses that margin and then flips every row at once; the quantile lands inside it."""
     outputs = np.asarray(outputs, dtype=np.float64)
-    m = outputs.shape[1]
-    log_target = np.log(np.asarray(target, dtype=np.float64) + EPS)
+    target = np.asarray(target, dtype=np.float64)
+    n, m = outputs.shape
+    anchor = int(np.argmax(target))
     bias = np.zeros(m)
-    best, best_error = bias.copy(), np.inf
-    for step in range(BIAS_ROUNDS):
-        observed = np.bincount((outputs + bias).argmax(axis=1), minlength=m) / len(outputs)
-        error = np.abs(observed - np.exp(log_target)).sum()
+    scores = outputs.copy()                                              # (n, m) outputs + bias
+    best, best_error = bias.copy(), np.abs(np.bincount(scores.argmax(axis=1), minlength=m) / n
+                                           - target).sum()
+    for _sweep in range(BIAS_SWEEPS):
+        for j in np.argsort(-target, kind="stable"):
+            if j == anchor:
+                continue
+            scores[:, j] = -np.inf
+            margin = scores.max(axis=1) - outputs[:, j]                  # (n,) j wins above it
+            bias[j] = -limit if target[j] <= 0 else np.clip(np.quantile(margin, target[j]),
+                                                            -limit, limit)
+            scores[:, j] = outputs[:, j] + bias[j]
+        error = np.abs(np.bincount(scores.argmax(axis=1), minlength=m) / n - target).sum()
         if error < best_error:
             best, best_error = bias.copy(), error
-        bias = np.clip(bias + BIAS_STEP / np.sqrt(1.0 + step) * (log_target - np.log(observed + EPS)),
-                       -BIAS_LIMIT, BIAS_LIMIT)
     return best
 
 
@@ -424,7 +439,7 @@ class OutputCalibration:
             values, counts = np.unique(from_bits(reference[:, start:stop]), return_counts=True)
             vectors = to_bits(values, stop - start)
             scores = pattern_scores(outputs[:, start:stop], vectors)
-            bias = fit_biases(scores, counts / counts.sum())
+            bias = fit_biases(scores, counts / counts.sum(), PATTERN_SCALE * (stop - start))
             patterns[name] = (start, stop, values, bias)
             order = np.argsort(-counts)
             report[name] = {"patterns": [int(v) for v in values[order[:4]]],
