@@ -30,6 +30,19 @@ def test_bias_fit_brings_argmax_frequencies_to_the_target():
     assert np.abs(after - target).sum() < 0.01
 
 
+def test_bias_fit_splits_outputs_at_the_one_hot_corners():
+    # a trained model's one-hot outputs: each row a corner plus a little noise, so every
+    # class wins by about the same margin (~0.98) on every row; the fit must land inside it
+    rng = np.random.default_rng(2)
+    classes = rng.choice(4, size=20_000, p=[0.7, 0.2, 0.07, 0.03])
+    outputs = np.eye(4)[classes] + rng.uniform(-0.01, 0.01, size=(20_000, 4))
+    target = np.array([0.5, 0.3, 0.15, 0.05])
+    bias = fit_biases(np.clip(outputs, 0, 1), target)
+    after = np.bincount((np.clip(outputs, 0, 1) + bias).argmax(1), minlength=4) / len(outputs)
+    assert np.abs(after - target).sum() < 0.01
+    assert bias[0] == 0.0                        # the most frequent target class is the anchor
+
+
 def test_token_offsets_match_expected_frequencies():
     vectors = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     decoder = KernelDecoder(vectors, counts=np.array([10, 10, 10]), temperature=0.5)
