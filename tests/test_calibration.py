@@ -58,15 +58,17 @@ def test_token_offsets_match_expected_frequencies():
     assert np.abs(np.bincount(drawn, minlength=3) / len(drawn) - target).sum() < 0.05
 
 
-@pytest.fixture(scope="module")
-def codec_and_records():
+@pytest.fixture(scope="module", params=["reuse_bits", "reuse_pair_bits"])
+def codec_and_records(request):
     from conftest import shared_file
 
+    from flowdiff.codec import CodecConfig
     from flowdiff.ingest import read_flows
 
     table, _ = read_flows(shared_file("ugr16/ugr16_sample_20k.csv"))
     table = table.iloc[:4000].reset_index(drop=True)
-    return FlowCodec.fit(table), table
+    config = CodecConfig(fields={"srcip": request.param, "dstip": request.param})
+    return FlowCodec.fit(table, config), table
 
 
 def _skewed_outputs(codec, reference, seed=0):
@@ -80,7 +82,7 @@ def _skewed_outputs(codec, reference, seed=0):
         outputs[rng.random(len(outputs)) < 0.05, col] = 1.0          # a mass on the edge
     for name in codec.reuse_fields:
         start = codec.feature_slices[name].start
-        stop = start + codec.transforms[name].depth + 1
+        stop = start + codec.transforms[name].code_width
         block = 0.4 * outputs[:, start:stop] + rng.uniform(0, 0.1, (len(outputs), stop - start))
         block[:, 0] += 0.45                                          # 'new' mostly wins
         repeated = outputs[:, start:stop].argmax(1) > 0
@@ -111,7 +113,7 @@ def test_calibration_maps_numbers_and_reuse_codes_onto_the_training_distribution
         assert (np.diff(marginal[untied, col][order]) >= -1e-12).all(), name
     for name in codec.reuse_fields:
         start = codec.feature_slices[name].start
-        stop = start + codec.transforms[name].depth + 1
+        stop = start + codec.transforms[name].code_width
         real = (reference[:, start:stop].argmax(1) == 0).mean()
         assert (outputs[:, start:stop].argmax(1) == 0).mean() > real + 0.2
         assert abs((mapped[:, start:stop].argmax(1) == 0).mean() - real) < 0.01

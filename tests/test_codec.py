@@ -2,7 +2,8 @@
 
 ``codec`` is the default codec (quantile numbers, reuse fields, port tokens with ranges);
 ``netshare_codec`` is flowdiff 0.1's (log-min-max numbers, plain bits, NetShare's word2vec
-with nearest-neighbour decoding), still a config choice and what old artifacts load as."""
+with nearest-neighbour decoding), still a config choice and what old artifacts load as;
+``pair_codec`` the default with ``reuse_pair_bits`` addresses (codes into both fields)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ NETSHARE = {"fields": {"ts": "log_minmax", "td": "log_minmax", "pkt": "log_minma
                        "byt": "log_minmax", "srcip": "bits", "dstip": "bits",
                        "srcport": "word2vec_nearest", "dstport": "word2vec_nearest",
                        "proto": "word2vec_nearest"}}
+PAIR = {"fields": {"srcip": "reuse_pair_bits", "dstip": "reuse_pair_bits"}}
 
 
 def load_ugr16(path, nrows=None) -> pd.DataFrame:
@@ -45,11 +47,11 @@ def _sample(path) -> pd.DataFrame:
     return load_ugr16(path)
 
 
-@functools.lru_cache(maxsize=2)
-def _codec(path, netshare: bool) -> FlowCodec:
+@functools.lru_cache(maxsize=3)
+def _codec(path, netshare: bool, pair: bool = False) -> FlowCodec:
     """Fit once per test session (each test gets table copies it cannot spoil)."""
-    return FlowCodec.fit(_sample(path), CodecConfig.from_dict(NETSHARE if netshare else {}),
-                         seed=0)
+    config = NETSHARE if netshare else PAIR if pair else {}
+    return FlowCodec.fit(_sample(path), CodecConfig.from_dict(config), seed=0)
 
 
 @pytest.fixture
@@ -65,6 +67,14 @@ def codec(ugr16_sample) -> FlowCodec:
 @pytest.fixture
 def netshare_codec(ugr16_sample) -> FlowCodec:
     return _codec(ugr16_sample, True)
+
+
+@pytest.fixture
+def pair_codec(ugr16_sample) -> FlowCodec:
+    return _codec(ugr16_sample, False, True)
+
+
+FIXTURES = {"default": "codec", "netshare": "netshare_codec", "pair": "pair_codec"}
 
 
 def assert_valid(decoded: pd.DataFrame, codec: FlowCodec) -> None:
@@ -85,9 +95,9 @@ def assert_valid(decoded: pd.DataFrame, codec: FlowCodec) -> None:
 
 
 # ---------------------------------------------------------------------------- round trip
-@pytest.mark.parametrize("which", ["default", "netshare"])
+@pytest.mark.parametrize("which", ["default", "netshare", "pair"])
 def test_round_trip_is_exact_on_training_data(table, which, request):
-    codec = request.getfixturevalue("codec" if which == "default" else "netshare_codec")
+    codec = request.getfixturevalue(FIXTURES[which])
     x = codec.encode(table)
     assert x.dtype == np.float32 and x.shape == (len(table), codec.width)
     result = codec.decode(x, start_ts=float(table["ts"].iloc[0]))
@@ -105,7 +115,7 @@ def test_round_trip_is_exact_on_training_data(table, which, request):
     # td: UGR'16 stores some durations with float noise (312.92400000000004); decoding
     # gives the millisecond value
     np.testing.assert_allclose(decoded["td"], table["td"], rtol=0, atol=1e-9)
-    if which == "default":  # quantile numbers: every training value exactly, bytes too
+    if which != "netshare":  # quantile numbers: every training value exactly, bytes too
         np.testing.assert_array_equal(decoded["byt"].to_numpy(), table["byt"].to_numpy())
         np.testing.assert_array_equal(decoded["td"].to_numpy(), np.round(table["td"], 3))
     expected = schema.conform(table).dtypes
@@ -401,6 +411,43 @@ def test_fields_absent_from_training_stay_absent(table):
     assert list(decoded.columns) == list(codec.fields)
 
 
+def test_pair_codes_cover_conversations_and_decode_block_by_block(table, codec, pair_codec):
+    """reuse_pair_bits: a reversed record (srcip = the previous dstip and dstip = the
+    previous srcip) is one peer code per field, far fewer addresses are "new" than with
+    per-field codes, and decoding two streams block by block through their histories gives
+    the records back exactly."""
+    def codes(c, name):
+        block = c.encode(table)[:, c.feature_slices[name]]
+        return block[:, :c.transforms[name].code_width].argmax(axis=1)
+
+    src, dst = table["srcip"].to_numpy(), table["dstip"].to_numpy()
+    reversed_ = np.r_[False, (src[1:] == dst[:-1]) & (dst[1:] == src[:-1]) & (src[1:] != dst[1:])]
+    depth = pair_codec.transforms["srcip"].depth
+    assert reversed_.sum() > 100
+    pair_src, pair_dst = codes(pair_codec, "srcip"), codes(pair_codec, "dstip")
+    # reversed and not repeating its own field's previous address: (peer, 1) in both
+    own_repeat = np.r_[False, src[1:] == src[:-1]] | np.r_[False, dst[1:] == dst[:-1]]
+    assert (pair_src[reversed_ & ~own_repeat] == depth + 1).all()
+    assert (pair_dst[reversed_ & ~own_repeat] == depth + 1).all()
+    assert (pair_src == 0).mean() < (codes(codec, "srcip") == 0).mean() - 0.1
+    streams = pair_codec.encode(table)[:2000].reshape(2, 1000, -1)
+    history, decoded = pair_codec.empty_history(2), []
+    for start in range(0, 1000, 100):
+        out = pair_codec.decode_streams(streams[:, start:start + 100], np.zeros(2),
+                                        [np.random.default_rng(0), np.random.default_rng(1)],
+                                        history)
+        assert "srcip_reuse_before_history" not in out.result.repairs or start == 0
+        history = out.history
+        decoded.append(out.result.table[["srcip", "dstip"]].to_numpy().reshape(2, 100, 2))
+    np.testing.assert_array_equal(np.concatenate(decoded, axis=1).reshape(-1, 2),
+                                  table[["srcip", "dstip"]].to_numpy()[:2000])
+
+
+def test_pair_reuse_needs_both_addresses():
+    with pytest.raises(ConfigError, match="fields.dstip: must be 'reuse_pair_bits'"):
+        CodecConfig.from_dict({"fields": {"srcip": "reuse_pair_bits"}})
+
+
 def test_config_errors_are_all_listed():
     with pytest.raises(ConfigError) as info:
         CodecConfig.from_dict({"field": {}, "fields": {"srcport": "onehot", "sport": "bits",
@@ -426,9 +473,10 @@ def test_shipped_default_config_matches_built_in_defaults():
 # ---------------------------------------------------------------------------- persistence
 @pytest.mark.parametrize("which, files", [
     ("default", ["codec.json", "tokens.bin", "tokens.json"]),
-    ("netshare", ["codec.json", "word2vec.bin", "word2vec.json", "word2vec_index.npz"])])
+    ("netshare", ["codec.json", "word2vec.bin", "word2vec.json", "word2vec_index.npz"]),
+    ("pair", ["codec.json", "tokens.bin", "tokens.json"])])
 def test_save_and_load_give_the_same_codec(table, which, files, request, tmp_path):
-    codec = request.getfixturevalue("codec" if which == "default" else "netshare_codec")
+    codec = request.getfixturevalue(FIXTURES[which])
     codec.save(tmp_path / "codec")
     assert sorted(p.name for p in (tmp_path / "codec").iterdir()) == files
     loaded = FlowCodec.load(tmp_path / "codec")

@@ -12,7 +12,7 @@ import pytest
 from flowdiff.codec import CodecConfig, FlowCodec
 from flowdiff.codec.kernel import KernelDecoder
 from flowdiff.codec.quantile import QuantileTransform
-from flowdiff.codec.reuse import UNKNOWN, ReuseBitsTransform
+from flowdiff.codec.reuse import UNKNOWN, ReuseBitsTransform, ReusePairBitsTransform, decode_pair
 
 
 # ---------------------------------------------------------------------------- quantile
@@ -108,6 +108,54 @@ def test_reuse_continues_across_blocks_with_history():
     two = np.concatenate([block[:, :3], reuse.encode(np.array([5, 5, 5]))[None]])
     decoded, history, _ = reuse.decode_streams(two, None)
     assert decoded.tolist() == [[7, 8, 9], [5, 5, 5]]
+
+
+def test_pair_codes_name_a_reversal_and_prefer_the_own_field():
+    src = np.array([1, 2, 1, 5, 9, 9])
+    dst = np.array([2, 1, 2, 6, 5, 7])
+    pair = ReusePairBitsTransform(depth=3, peer="dstip")
+    # record 1 is record 0 reversed: src 2 = dst 1 back (code K + 1 = 4); record 2: src 1
+    # is both own 2 back and dst 1 back -> the smaller k wins (peer, 4); record 4: src 9 is
+    # nowhere; record 5: src 9 own 1 back (1); record 3: src 5 nowhere
+    np.testing.assert_array_equal(pair.codes(src, dst), [0, 4, 4, 0, 0, 1])
+    # dst side: record 1's dst 1 = src 1 back (4); record 2's dst 2 = own 2 back and src
+    # 1 back -> peer (k = 1 < 2); record 4's dst 5 = src 1 back
+    np.testing.assert_array_equal(ReusePairBitsTransform(3, "srcip").codes(dst, src),
+                                  [0, 4, 4, 0, 4, 0])
+    # a tie at the same k: the own field first
+    np.testing.assert_array_equal(pair.codes(np.array([3, 3]), np.array([3, 8])), [0, 1])
+    assert pair.encode(src, dst).shape == (6, 2 * 3 + 1 + 32)
+
+
+def test_pair_decoding_follows_chains_across_the_two_fields():
+    src_t, dst_t = ReusePairBitsTransform(4, "dstip"), ReusePairBitsTransform(4, "srcip")
+    src, dst = np.array([10, 20, 30, 40]), np.array([50, 60, 70, 80])
+    src_block, dst_block = src_t.encode(src, dst), dst_t.encode(dst, src)   # all "new"
+
+    def code(block, row, value):
+        block[row, :9] = np.eye(9)[value]
+
+    code(dst_block, 1, 4 + 1)     # dst[1] = src[0] = 10
+    code(src_block, 2, 4 + 1)     # src[2] = dst[1] = src[0] = 10 (a chain across fields)
+    code(dst_block, 3, 2)         # dst[3] = dst[1] = 10
+    code(src_block, 3, 4 + 3)     # src[3] = dst[0] = 50
+    values, history, fallbacks = decode_pair((src_t, dst_t), (src_block[None], dst_block[None]),
+                                             (None, None))
+    assert values[0].tolist() == [[10, 20, 10, 50]]
+    assert values[1].tolist() == [[50, 10, 70, 10]]
+    assert fallbacks == [0, 0] and history[0].tolist() == [[10, 20, 10, 50]]
+    # the next block's peer codes reach into the other field's history; before it: bits
+    nxt_src, nxt_dst = src_t.encode(np.array([1, 2])), dst_t.encode(np.array([3, 4]))
+    code(nxt_src, 0, 4 + 1)       # = dst of the last record = 10
+    code(nxt_dst, 1, 4 + 4)       # = src 4 back: the previous block's src[1] = 20
+    code(nxt_src, 1, 4)           # = own 4 back: the same record's src, 20
+    values, _, fallbacks = decode_pair((src_t, dst_t), (nxt_src[None], nxt_dst[None]), history)
+    assert values[0].tolist() == [[10, 20]] and values[1].tolist() == [[3, 20]]
+    unknown = np.full((1, 4), UNKNOWN, dtype=np.int64)
+    values, _, fallbacks = decode_pair((src_t, dst_t), (nxt_src[None], nxt_dst[None]),
+                                       (unknown, unknown))
+    assert values[0].tolist() == [[1, 2]] and values[1].tolist() == [[3, 4]]
+    assert fallbacks == [2, 1]
 
 
 # ---------------------------------------------------------------------------- port tokens

@@ -48,7 +48,8 @@ records, and undoes them before decoding:
   (new) address. The per-address offsets are fitted (as the token offsets) so the snapped
   records land on each address as often as training's 'new' records do; without them the
   kernel piles them onto the few hosts nearest the model's average bits.
-* **arg-max blocks** (the reuse code of ``reuse_bits`` addresses, ``onehot`` fields): an
+* **arg-max blocks** (the reuse code of ``reuse_bits`` / ``reuse_pair_bits`` addresses,
+  ``onehot`` fields): an
   additive bias per class, fitted so that the arg-max class frequencies over the model's
   outputs match the training frequencies (prior correction).
 
@@ -71,12 +72,12 @@ EPS = 1e-6
 
 def argmax_blocks(codec) -> dict[str, tuple[int, int]]:
     """field -> (start, stop) feature columns whose arg-max is decoded: the reuse code of
-    ``reuse_bits`` fields and whole ``onehot`` fields."""
+    ``reuse_bits`` / ``reuse_pair_bits`` fields and whole ``onehot`` fields."""
     blocks = {}
     for name, transform in codec.transforms.items():
         start = codec.feature_slices[name].start
-        if transform.name == "reuse_bits":
-            blocks[name] = (start, start + transform.depth + 1)
+        if name in codec.reuse_fields:
+            blocks[name] = (start, start + transform.code_width)
         elif transform.name == "onehot" and transform.width > 1:
             blocks[name] = (start, start + transform.width)
     return blocks
@@ -482,7 +483,7 @@ class OutputCalibration:
         addresses = {}
         for name in codec.reuse_fields:
             field_start = codec.feature_slices[name].start
-            code_stop = field_start + codec.transforms[name].depth + 1
+            code_stop = field_start + codec.transforms[name].code_width
             span = (code_stop, codec.feature_slices[name].stop)
             _, _, bias = biases[name]
             new_rows = (outputs[:, field_start:code_stop] + bias).argmax(axis=1) == 0

@@ -24,7 +24,8 @@ from flowdiff.codec.calibration import OutputCalibration
 from flowdiff.codec.config import CodecConfig
 from flowdiff.codec.quantile import QuantileTransform
 from flowdiff.codec.repair import ProtocolProfile
-from flowdiff.codec.reuse import UNKNOWN, ReuseBitsTransform
+from flowdiff.codec.reuse import (PEERS, UNKNOWN, ReuseBitsTransform, ReusePairBitsTransform,
+                                  decode_pair)
 from flowdiff.codec.tokens import PortTokenTransform, ProtoTokenTransform, TokenEmbedding
 from flowdiff.codec.transforms import (FIELD_BITS, BitsTransform, MinMaxTransform,
                                        OneHotTransform, resolution)
@@ -154,6 +155,9 @@ TRANSFORM_KINDS: dict[str, TransformKind] = {
     "reuse_bits": TransformKind(
         new=lambda f, config, emb, seed: ReuseBitsTransform(config.reuse_depth),
         load=lambda f, state, emb: ReuseBitsTransform.from_state(state)),
+    "reuse_pair_bits": TransformKind(
+        new=lambda f, config, emb, seed: ReusePairBitsTransform(config.reuse_depth, PEERS[f]),
+        load=lambda f, state, emb: ReusePairBitsTransform.from_state(state)),
     "minmax": TransformKind(new=lambda f, config, emb, seed: MinMaxTransform(log=False),
                             load=lambda f, state, emb: MinMaxTransform.from_state(state)),
     "log_minmax": TransformKind(new=lambda f, config, emb, seed: MinMaxTransform(log=True),
@@ -310,7 +314,11 @@ class FlowCodec:
         for name, transform in self.transforms.items():
             try:
                 column = self._column(table, name, prev_ts)
-                out[:, self.feature_slices[name]] = transform.encode(column)
+                if getattr(transform, "peer", None):   # reuse_pair_bits: codes into the peer too
+                    encoded = transform.encode(column, self._column(table, transform.peer, prev_ts))
+                else:
+                    encoded = transform.encode(column)
+                out[:, self.feature_slices[name]] = encoded
                 unknown[name] = transform.unknown(column)
             except ValueError as err:
                 raise ValueError(f"field {name}: {err}") from err
@@ -367,11 +375,23 @@ class FlowCodec:
         for name, transform in self.transforms.items():
             block = array[:, self.feature_slices[name]]                     # (S*H, width)
             if name in self.reuse_fields:
-                values, history[name], outside = transform.decode_streams(
-                    block.reshape(n_streams, horizon, -1), history.get(name))
-                columns[name] = values.reshape(-1)
-                if outside:
-                    repairs[f"{name}_reuse_before_history"] = outside
+                if name in columns:      # decoded with its peer
+                    continue
+                names = (name,) if transform.peer is None else (name, transform.peer)
+                blocks = tuple(array[:, self.feature_slices[f]].reshape(n_streams, horizon, -1)
+                               for f in names)
+                if transform.peer is None:
+                    values, new_history, outside = transform.decode_streams(
+                        blocks[0], history.get(name))
+                    decoded = [(name, values, new_history, outside)]
+                else:
+                    decoded = zip(names, *decode_pair(
+                        tuple(self.transforms[f] for f in names), blocks,
+                        tuple(history.get(f) for f in names)))
+                for field_name, values, history[field_name], outside in decoded:
+                    columns[field_name] = values.reshape(-1)
+                    if outside:
+                        repairs[f"{field_name}_reuse_before_history"] = outside
                 continue
             if name in self.draw_slices:
                 columns[name], outside = transform.decode(block, uniforms[:, self.draw_slices[name]])

@@ -21,12 +21,13 @@ __all__ = ["ALLOWED_TRANSFORMS", "CodecConfig", "ConfigError", "Word2VecConfig",
 # "word2vec" is the token embedding with ranges for rare ports, decoded by sampling
 # (flowdiff.codec.tokens); "word2vec_nearest" is NetShare's, one token per port, decoded by
 # nearest neighbour (flowdiff.codec.word2vec), kept for comparison and for codecs saved by
-# flowdiff 0.1 (format version 1).
+# flowdiff 0.1 (format version 1). "reuse_pair_bits" (both addresses or neither) lets an
+# address repeat the other address field's recent hosts too (flowdiff.codec.reuse).
 ALLOWED_TRANSFORMS: MappingProxyType = MappingProxyType({
     "ts": ("quantile", "log_minmax", "minmax"),   # applied to the inter-arrival time
     "td": ("quantile", "log_minmax", "minmax", "none"),
-    "srcip": ("reuse_bits", "bits"),
-    "dstip": ("reuse_bits", "bits"),
+    "srcip": ("reuse_bits", "reuse_pair_bits", "bits"),
+    "dstip": ("reuse_bits", "reuse_pair_bits", "bits"),
     "srcport": ("word2vec", "word2vec_nearest", "bits", "none"),
     "dstport": ("word2vec", "word2vec_nearest", "bits", "none"),
     "proto": ("word2vec", "word2vec_nearest", "onehot", "bits"),
@@ -96,6 +97,11 @@ class CodecConfig(Checked):
             elif transform not in choices:
                 problems.append((f"fields.{name}", f"transform {transform!r} not allowed; "
                                                    f"expected one of {list(choices)}"))
+        pair = [f for f in ("srcip", "dstip") if self.fields.get(f) == "reuse_pair_bits"]
+        if len(pair) == 1:
+            other = "dstip" if pair[0] == "srcip" else "srcip"
+            problems.append((f"fields.{other}", f"must be 'reuse_pair_bits' as {pair[0]} is "
+                                                f"(its codes point into the other address)"))
         return problems
 
     def to_dict(self) -> dict:

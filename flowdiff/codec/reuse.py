@@ -17,6 +17,15 @@ round trip: the record k back decodes to ``ip[i - k]`` = ``ip[i]``.
 Across decode calls (the daemon decodes a stream block by block) the last K decoded
 addresses of each stream are its *history*; a code pointing before the known history
 falls back to the record's own bits and is counted.
+
+``reuse_pair_bits`` (``ReusePairBitsTransform``, srcip and dstip together) adds K codes
+that point into the *other* address field: code K + k = "the peer field's address k
+records back". Real traffic is conversations: NetFlow exports both directions of a
+connection, so 22 % of UGR'16 records are the previous record reversed (srcip = the
+previous dstip and dstip = the previous srcip), which per-field codes cannot say at all;
+with the peer codes it is one code per field (K + 1, K + 1). The code is the smallest k
+over both fields, the field's own history first on a tie. Both fields are decoded together
+(``decode_pair``): chains may cross between them, and each keeps its own (S, K) history.
 """
 
 from __future__ import annotations
@@ -26,47 +35,55 @@ import numpy as np
 from flowdiff.codec.transforms import BitsTransform
 
 UNKNOWN = -1                     # history slot with no known address
+PEERS = {"srcip": "dstip", "dstip": "srcip"}   # the address field a pair code points into
 
 
 class ReuseBitsTransform:
     """IPv4 address <-> [reuse code one-hot (K + 1), 32 bits]."""
 
     name = "reuse_bits"
+    peer: str | None = None          # the field peer codes point into (reuse_pair_bits)
 
     def __init__(self, depth: int):
         if depth < 1:
             raise ValueError(f"reuse depth must be >= 1, got {depth}")
         self.depth = int(depth)                                             # K
         self.bits = BitsTransform(32)
-        self.width = self.depth + 1 + self.bits.width
-        self.parts = (("code", self.depth + 1), ("bits", self.bits.width))  # one-hot code, address bits
+        self.code_width = self.depth + 1 + (self.depth if self.peer else 0)
+        self.width = self.code_width + self.bits.width
+        self.parts = (("code", self.code_width), ("bits", self.bits.width))  # one-hot code, address bits
 
     def fit(self, column: np.ndarray) -> "ReuseBitsTransform":
         self.bits.fit(column)
         return self
 
-    def codes(self, column: np.ndarray) -> np.ndarray:
-        """(n,) address -> (n,) reuse code: the smallest k <= K with ip[i - k] == ip[i],
-        0 when none (within the column: the first records have no earlier ones)."""
+    def codes(self, column: np.ndarray, peer_column: np.ndarray | None = None) -> np.ndarray:
+        """(n,) address -> (n,) reuse code: the smallest k <= K with ip[i - k] == ip[i]
+        (code k), or with peer[i - k] == ip[i] (code K + k; only with a ``peer_column``, and
+        the own field first on a tie); 0 when none (within the column: the first records
+        have no earlier ones)."""
         values = np.asarray(column, dtype=np.int64)
+        peer = None if peer_column is None else np.asarray(peer_column, dtype=np.int64)
         codes = np.zeros(len(values), dtype=np.int64)
         for k in range(min(self.depth, len(values) - 1), 0, -1):  # smaller k written last
-            same = values[k:] == values[:-k]                                # (n - k,)
-            codes[k:][same] = k
+            if peer is not None:
+                codes[k:][values[k:] == peer[:-k]] = self.depth + k
+            codes[k:][values[k:] == values[:-k]] = k                        # (n - k,)
         return codes
 
-    def encode(self, column: np.ndarray) -> np.ndarray:
-        codes = self.codes(column)
-        out = np.zeros((len(codes), self.width), dtype=np.float32)          # (n, K + 1 + 32)
+    def encode(self, column: np.ndarray, peer_column: np.ndarray | None = None) -> np.ndarray:
+        codes = self.codes(column, peer_column)
+        out = np.zeros((len(codes), self.width), dtype=np.float32)          # (n, code + 32)
         out[np.arange(len(codes)), codes] = 1.0
-        out[:, self.depth + 1:] = self.bits.encode(column)
+        out[:, self.code_width:] = self.bits.encode(column)
         return out
 
     def unknown(self, column: np.ndarray) -> int:
         return 0
 
     def decode(self, block: np.ndarray) -> tuple[np.ndarray, int]:
-        """One sequence without history: (n, width) -> (n,) addresses."""
+        """One sequence without history (and without its peer field: peer codes fall back
+        to the record's own bits): (n, width) -> (n,) addresses."""
         values, _, fallbacks = self.decode_streams(np.asarray(block)[None], None)
         return values[0], fallbacks
 
@@ -75,33 +92,8 @@ class ReuseBitsTransform:
         """(S, H, width) blocks and (S, K) history (oldest first, ``UNKNOWN`` where not
         known) -> (S, H) addresses, the new (S, K) history, and how many records pointed
         before the known history (decoded from their bits instead)."""
-        block = np.asarray(block)
-        n_streams, horizon, _ = block.shape
-        codes = block[:, :, :self.depth + 1].argmax(axis=2)                 # (S, H)
-        own, _ = self.bits.decode(block[:, :, self.depth + 1:].reshape(-1, self.bits.width))
-        if history is None:
-            history = np.full((n_streams, self.depth), UNKNOWN, dtype=np.int64)
-        known = np.concatenate([history, own.reshape(n_streams, horizon)], axis=1)  # (S, K+H)
-        position = np.arange(self.depth, self.depth + horizon)             # (H,) in `known`
-        source = position[None, :] - codes                                  # (S, H)
-        pointing_nowhere = np.take_along_axis(known, source, axis=1) == UNKNOWN
-        pointing_nowhere &= codes > 0
-        source = np.where(pointing_nowhere, position[None, :], source)
-        # resolve reuse chains by pointer jumping over the flattened streams: parent[j] is
-        # j for history and new hosts, else the record it repeats; parent = parent[parent]
-        # until every record points at the start of its chain (log2(chain length) rounds)
-        span = self.depth + horizon
-        offsets = (np.arange(n_streams) * span)[:, None]                   # (S, 1)
-        parent = np.broadcast_to(np.arange(span), known.shape) + offsets    # (S, K+H)
-        parent[:, self.depth:] = source + offsets
-        parent = parent.reshape(-1)                                         # (S*(K+H),)
-        while True:
-            jumped = parent[parent]
-            if np.array_equal(jumped, parent):
-                break
-            parent = jumped
-        resolved = known.reshape(-1)[parent].reshape(n_streams, span)       # (S, K+H)
-        return resolved[:, self.depth:], resolved[:, -self.depth:], int(pointing_nowhere.sum())
+        values, histories, fallbacks = _resolve([self], [np.asarray(block)], [history])
+        return values[0], histories[0], fallbacks[0]
 
     def state(self) -> dict:
         return {"depth": self.depth}
@@ -109,3 +101,80 @@ class ReuseBitsTransform:
     @classmethod
     def from_state(cls, state: dict) -> "ReuseBitsTransform":
         return cls(int(state["depth"]))
+
+
+class ReusePairBitsTransform(ReuseBitsTransform):
+    """IPv4 address <-> [reuse code one-hot (2K + 1): own field k back, or the peer field
+    k back (K + k), 32 bits]; decoded with its peer (``decode_pair``)."""
+
+    name = "reuse_pair_bits"
+
+    def __init__(self, depth: int, peer: str):
+        if peer not in PEERS.values():
+            raise ValueError(f"reuse_pair_bits: peer must be one of {sorted(PEERS.values())}, "
+                             f"got {peer!r}")
+        self.peer = peer
+        super().__init__(depth)
+
+    def state(self) -> dict:
+        return {"depth": self.depth, "peer": self.peer}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ReusePairBitsTransform":
+        return cls(int(state["depth"]), str(state["peer"]))
+
+
+def decode_pair(transforms: tuple, blocks: tuple, histories: tuple
+                ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """Two peer fields at once: their transforms, (S, H, width) blocks and (S, K) histories
+    (None: none known) -> per field the (S, H) addresses, the new (S, K) history and the
+    number of records that pointed before the known history."""
+    if transforms[0].peer is None or transforms[0].depth != transforms[1].depth:
+        raise ValueError("decode_pair needs two reuse_pair_bits transforms of one depth")
+    return _resolve(list(transforms), [np.asarray(b) for b in blocks], list(histories))
+
+
+def _resolve(transforms: list, blocks: list, histories: list
+             ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """Reuse codes -> addresses for one field or a peer pair (field f's peer is 1 - f).
+
+    ``known`` (fields, S, K + H) holds each field's history and then its records' own
+    decoded bits; every record points at the slot it copies (its own for code 0 and for a
+    code reaching before the known history), and pointer jumping over all fields' slots at
+    once (parent = parent[parent], log2(chain length) rounds) resolves chains, across the
+    two fields too."""
+    depth = transforms[0].depth
+    n_fields = len(transforms)
+    n_streams, horizon, _ = blocks[0].shape
+    span = depth + horizon
+    known = np.empty((n_fields, n_streams, span), dtype=np.int64)
+    field_of, back = [], []
+    for f, (transform, block, history) in enumerate(zip(transforms, blocks, histories)):
+        codes = block[:, :, :transform.code_width].argmax(axis=2)          # (S, H)
+        own, _ = transform.bits.decode(block[:, :, transform.code_width:].reshape(-1, 32))
+        known[f, :, :depth] = (np.full((n_streams, depth), UNKNOWN, dtype=np.int64)
+                               if history is None else history)
+        known[f, :, depth:] = own.reshape(n_streams, horizon)
+        peer_code = codes > depth                                           # (S, H)
+        field_of.append(np.where(peer_code, 1 - f, f))
+        back.append(np.where(peer_code, codes - depth, codes))             # 0: itself
+    position = np.arange(depth, span)                                       # (H,) in `known`
+    offsets = (np.arange(n_streams) * span)[:, None]                       # (S, 1)
+    parent = np.arange(n_fields * n_streams * span).reshape(n_fields, n_streams, span)
+    fallbacks = []
+    for f in range(n_fields):
+        source = position[None, :] - back[f]                                # (S, H)
+        target = field_of[f] * (n_streams * span) + offsets + source        # flat slot
+        nowhere = (known.reshape(-1)[target] == UNKNOWN) & (back[f] > 0)
+        own_slot = f * (n_streams * span) + offsets + position[None, :]
+        parent[f, :, depth:] = np.where(nowhere, own_slot, target)
+        fallbacks.append(int(nowhere.sum()))
+    parent = parent.reshape(-1)
+    while True:
+        jumped = parent[parent]
+        if np.array_equal(jumped, parent):
+            break
+        parent = jumped
+    resolved = known.reshape(-1)[parent].reshape(n_fields, n_streams, span)
+    return ([resolved[f, :, depth:] for f in range(n_fields)],
+            [resolved[f, :, -depth:] for f in range(n_fields)], fallbacks)
