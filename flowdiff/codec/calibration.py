@@ -191,11 +191,15 @@ class AddressVocabulary:
         self.offsets = np.asarray(offsets, np.float64)
         self._log_counts = np.log(self.counts) + self.offsets
 
-    def log_weights(self, bits: np.ndarray) -> np.ndarray:
-        """(b, 32) soft bits -> (b, V) unnormalised log snapping weights, -inf beyond the
-        kernel's reach (1000x less likely than the nearest address by distance)."""
-        d2 = np.maximum((bits ** 2).sum(1)[:, None] + self._norms[None, :]
-                        - 2.0 * bits @ self.vectors.T, 0.0)                   # (b, V)
+    def distances(self, bits: np.ndarray) -> np.ndarray:
+        """(b, 32) soft bits -> (b, V) squared distances to the vocabulary addresses."""
+        return (bits ** 2).sum(1)[:, None] + self._norms[None, :] - 2.0 * bits @ self.vectors.T
+
+    def log_weights(self, bits: np.ndarray, d2: np.ndarray | None = None) -> np.ndarray:
+        """(b, 32) soft bits (or their ``distances``) -> (b, V) unnormalised log snapping
+        weights, -inf beyond the kernel's reach (1000x less likely than the nearest address
+        by distance)."""
+        d2 = np.maximum(self.distances(bits) if d2 is None else d2, 0.0)      # (b, V)
         scale = 2.0 * ADDRESS_TAU ** 2
         near = d2 <= d2.min(axis=1, keepdims=True) + scale * np.log(1e3)
         return np.where(near, self._log_counts[None, :] - d2 / scale, -np.inf)
@@ -210,31 +214,57 @@ class AddressVocabulary:
         """(n, 32) soft bits -> (known (n,) bool: rounded bits are a vocabulary address,
         margin (n,): nearest vocabulary distance^2 minus the rounded bits' distance^2)."""
         known = np.isin(bits_address(bits), self.addresses)
-        own = ((bits - (bits > 0.5)) ** 2).sum(axis=1)
         nearest = np.empty(len(bits))
         for start in range(0, len(bits), ADDRESS_CHUNK):
-            part = bits[start:start + ADDRESS_CHUNK]
-            d2 = (part ** 2).sum(1)[:, None] + self._norms[None, :] - 2.0 * part @ self.vectors.T
-            nearest[start:start + ADDRESS_CHUNK] = d2.min(axis=1)
-        return known, nearest - own
+            nearest[start:start + ADDRESS_CHUNK] = self.distances(
+                bits[start:start + ADDRESS_CHUNK]).min(axis=1)
+        return known, nearest - self._own(bits)
+
+    @staticmethod
+    def _own(bits: np.ndarray) -> np.ndarray:
+        """(n,) squared distance of soft bits to their rounding."""
+        return ((bits - (bits > 0.5)) ** 2).sum(axis=1)
 
     def snap(self, bits: np.ndarray, uniforms: np.ndarray | None) -> np.ndarray:
         """(n, 32) soft bits -> copy with the snapped rows set to their address's bits."""
         bits = np.array(bits, dtype=np.float64)
         if not len(self.addresses) or not np.isfinite(self.threshold):
             return bits
-        known, margin = self.margins(bits)
-        rows = np.flatnonzero(~known & (margin <= self.threshold))
-        for start in range(0, len(rows), ADDRESS_CHUNK):
-            part = rows[start:start + ADDRESS_CHUNK]
-            logw = self.log_weights(bits[part])                               # (b, V)
-            weights = np.exp(logw - logw.max(axis=1, keepdims=True))
-            cumulative = np.cumsum(weights, axis=1)
-            draw = 0.5 if uniforms is None else uniforms[part, None]
-            picked = np.minimum((cumulative <= draw * cumulative[:, -1:]).sum(axis=1),
-                                len(self.addresses) - 1)
-            bits[part] = self.vectors[picked]
+        known = np.isin(bits_address(bits), self.addresses)
+        for start in range(0, len(bits), ADDRESS_CHUNK):      # one distance matrix a chunk
+            chunk = np.arange(start, min(start + ADDRESS_CHUNK, len(bits)))
+            d2 = self.distances(bits[chunk])                                  # (b, V)
+            margin = d2.min(axis=1) - self._own(bits[chunk])
+            snapped = ~known[chunk] & (margin <= self.threshold)
+            part, d2 = chunk[snapped], d2[snapped]
+            if not len(part):
+                continue
+            draw = np.full(len(part), 0.5) if uniforms is None else uniforms[part]
+            bits[part] = self.vectors[self._draw(d2, draw)]
         return bits
+
+    def _draw(self, d2: np.ndarray, draw: np.ndarray) -> np.ndarray:
+        """(s, V) squared distances, (s,) uniforms -> (s,) vocabulary rows drawn from the
+        snapping weights (``log_weights``). Only the addresses within the kernel's reach
+        have weight, a handful of the V per row, so the weights are laid out per row over
+        those (in address order; an address out of reach adds exactly 0 to a cumulative
+        sum): the same draw as over all V columns, at a fraction of the exps and sums."""
+        d2 = np.maximum(d2, 0.0)
+        scale = 2.0 * ADDRESS_TAU ** 2
+        near = d2 <= d2.min(axis=1, keepdims=True) + scale * np.log(1e3)      # (s, V)
+        rows, cols = np.nonzero(near)                  # row-major: addresses in order
+        counts = np.bincount(rows, minlength=len(d2))                         # (s,) >= 1
+        slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        logw = np.full((len(d2), counts.max()), -np.inf)                      # (s, reach)
+        logw[rows, slot] = self._log_counts[cols] - d2[rows, cols] / scale
+        address = np.zeros(logw.shape, dtype=np.int64)
+        address[rows, slot] = cols
+        weights = np.exp(logw - logw.max(axis=1, keepdims=True))
+        cumulative = np.cumsum(weights, axis=1)
+        k = (cumulative <= draw[:, None] * cumulative[:, -1:]).sum(axis=1)    # (s,)
+        last = len(self.addresses) - 1                 # (a draw at the very top: as before)
+        return np.where(k < counts, address[np.arange(len(d2)), np.minimum(k, logw.shape[1] - 1)],
+                        last)
 
     def state(self) -> dict:
         return {"addresses": self.addresses.tolist(), "counts": self.counts.astype(int).tolist(),
