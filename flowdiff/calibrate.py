@@ -21,7 +21,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class CalibrationReport:
     artifact: Path
@@ -45,7 +44,7 @@ def artifact_split(artifact, data_path: str | Path):
 def training_reference(artifact, data_path: str | Path) -> np.ndarray:
     """The artifact's training records (as its config split the trace), encoded (n, F): all
     of them, the distribution the model learned. (A latest slice is not "the model's own
-    period": on UGR'16 day 1 its last 300k records carry 82 % TCP and 6.6 mean log bytes,
+    period": on UGR'16 day 1 its last 300k records carry 82 % TCP and 6.7 mean log bytes,
     the whole training part 79 % and 6.4, so a calibration towards it shifted the stream.)"""
     train_part, _val = artifact_split(artifact, data_path)
     return artifact.codec.encode(train_part)
