@@ -12,7 +12,7 @@ import pytest
 from flowdiff.codec import CodecConfig, FlowCodec
 from flowdiff.codec.kernel import KernelDecoder
 from flowdiff.codec.quantile import QuantileTransform
-from flowdiff.codec.reuse import UNKNOWN, ReuseBitsTransform, ReusePairBitsTransform, decode_pair
+from flowdiff.codec.reuse import UNKNOWN, ReuseBitsTransform, ReusePairBitsTransform, decode_reuse
 
 
 # ---------------------------------------------------------------------------- quantile
@@ -139,7 +139,7 @@ def test_pair_decoding_follows_chains_across_the_two_fields():
     code(src_block, 2, 4 + 1)     # src[2] = dst[1] = src[0] = 10 (a chain across fields)
     code(dst_block, 3, 2)         # dst[3] = dst[1] = 10
     code(src_block, 3, 4 + 3)     # src[3] = dst[0] = 50
-    values, history, fallbacks = decode_pair((src_t, dst_t), (src_block[None], dst_block[None]),
+    values, history, fallbacks = decode_reuse((src_t, dst_t), (src_block[None], dst_block[None]),
                                              (None, None))
     assert values[0].tolist() == [[10, 20, 10, 50]]
     assert values[1].tolist() == [[50, 10, 70, 10]]
@@ -149,10 +149,10 @@ def test_pair_decoding_follows_chains_across_the_two_fields():
     code(nxt_src, 0, 4 + 1)       # = dst of the last record = 10
     code(nxt_dst, 1, 4 + 4)       # = src 4 back: the previous block's src[1] = 20
     code(nxt_src, 1, 4)           # = own 4 back: the same record's src, 20
-    values, _, fallbacks = decode_pair((src_t, dst_t), (nxt_src[None], nxt_dst[None]), history)
+    values, _, fallbacks = decode_reuse((src_t, dst_t), (nxt_src[None], nxt_dst[None]), history)
     assert values[0].tolist() == [[10, 20]] and values[1].tolist() == [[3, 20]]
     unknown = np.full((1, 4), UNKNOWN, dtype=np.int64)
-    values, _, fallbacks = decode_pair((src_t, dst_t), (nxt_src[None], nxt_dst[None]),
+    values, _, fallbacks = decode_reuse((src_t, dst_t), (nxt_src[None], nxt_dst[None]),
                                        (unknown, unknown))
     assert values[0].tolist() == [[1, 2]] and values[1].tolist() == [[3, 4]]
     assert fallbacks == [2, 1]

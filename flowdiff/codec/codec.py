@@ -25,7 +25,7 @@ from flowdiff.codec.config import CodecConfig
 from flowdiff.codec.quantile import QuantileTransform
 from flowdiff.codec.repair import ProtocolProfile
 from flowdiff.codec.reuse import (PEERS, UNKNOWN, ReuseBitsTransform, ReusePairBitsTransform,
-                                  decode_pair)
+                                  decode_reuse)
 from flowdiff.codec.tokens import PortTokenTransform, ProtoTokenTransform, TokenEmbedding
 from flowdiff.codec.transforms import (FIELD_BITS, BitsTransform, MinMaxTransform,
                                        OneHotTransform, resolution)
@@ -378,16 +378,11 @@ class FlowCodec:
                 if name in columns:      # decoded with its peer
                     continue
                 names = (name,) if transform.peer is None else (name, transform.peer)
-                blocks = tuple(array[:, self.feature_slices[f]].reshape(n_streams, horizon, -1)
-                               for f in names)
-                if transform.peer is None:
-                    values, new_history, outside = transform.decode_streams(
-                        blocks[0], history.get(name))
-                    decoded = [(name, values, new_history, outside)]
-                else:
-                    decoded = zip(names, *decode_pair(
-                        tuple(self.transforms[f] for f in names), blocks,
-                        tuple(history.get(f) for f in names)))
+                decoded = zip(names, *decode_reuse(
+                    tuple(self.transforms[f] for f in names),
+                    tuple(array[:, self.feature_slices[f]].reshape(n_streams, horizon, -1)
+                          for f in names),
+                    tuple(history.get(f) for f in names)))
                 for field_name, values, history[field_name], outside in decoded:
                     columns[field_name] = values.reshape(-1)
                     if outside:

@@ -25,7 +25,7 @@ connection, so 22 % of UGR'16 records are the previous record reversed (srcip = 
 previous dstip and dstip = the previous srcip), which per-field codes cannot say at all;
 with the peer codes it is one code per field (K + 1, K + 1). The code is the smallest k
 over both fields, the field's own history first on a tie. Both fields are decoded together
-(``decode_pair``): chains may cross between them, and each keeps its own (S, K) history.
+(``decode_reuse``): chains may cross between them, and each keeps its own (S, K) history.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class ReuseBitsTransform:
         """(S, H, width) blocks and (S, K) history (oldest first, ``UNKNOWN`` where not
         known) -> (S, H) addresses, the new (S, K) history, and how many records pointed
         before the known history (decoded from their bits instead)."""
-        values, histories, fallbacks = _resolve([self], [np.asarray(block)], [history])
+        values, histories, fallbacks = decode_reuse((self,), (block,), (history,))
         return values[0], histories[0], fallbacks[0]
 
     def state(self) -> dict:
@@ -105,7 +105,7 @@ class ReuseBitsTransform:
 
 class ReusePairBitsTransform(ReuseBitsTransform):
     """IPv4 address <-> [reuse code one-hot (2K + 1): own field k back, or the peer field
-    k back (K + k), 32 bits]; decoded with its peer (``decode_pair``)."""
+    k back (K + k), 32 bits]; decoded with its peer (``decode_reuse``)."""
 
     name = "reuse_pair_bits"
 
@@ -124,13 +124,16 @@ class ReusePairBitsTransform(ReuseBitsTransform):
         return cls(int(state["depth"]), str(state["peer"]))
 
 
-def decode_pair(transforms: tuple, blocks: tuple, histories: tuple
-                ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
-    """Two peer fields at once: their transforms, (S, H, width) blocks and (S, K) histories
-    (None: none known) -> per field the (S, H) addresses, the new (S, K) history and the
-    number of records that pointed before the known history."""
-    if transforms[0].peer is None or transforms[0].depth != transforms[1].depth:
-        raise ValueError("decode_pair needs two reuse_pair_bits transforms of one depth")
+def decode_reuse(transforms: tuple, blocks: tuple, histories: tuple
+                 ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """One reuse field, or two peer fields at once: their transforms, (S, H, width) blocks
+    and (S, K) histories (None: none known) -> per field the (S, H) addresses, the new
+    (S, K) history and the number of records that pointed before the known history."""
+    if len(transforms) == 2 and (transforms[0].peer is None
+                                 or transforms[0].depth != transforms[1].depth):
+        raise ValueError("decode_reuse: two fields must be reuse_pair_bits of one depth")
+    if len(transforms) not in (1, 2):
+        raise ValueError(f"decode_reuse: one field or a peer pair, got {len(transforms)}")
     return _resolve(list(transforms), [np.asarray(b) for b in blocks], list(histories))
 
 
@@ -151,7 +154,8 @@ def _resolve(transforms: list, blocks: list, histories: list
     field_of, back = [], []
     for f, (transform, block, history) in enumerate(zip(transforms, blocks, histories)):
         codes = block[:, :, :transform.code_width].argmax(axis=2)          # (S, H)
-        own, _ = transform.bits.decode(block[:, :, transform.code_width:].reshape(-1, 32))
+        own, _ = transform.bits.decode(
+            block[:, :, transform.code_width:].reshape(-1, transform.bits.width))
         known[f, :, :depth] = (np.full((n_streams, depth), UNKNOWN, dtype=np.int64)
                                if history is None else history)
         known[f, :, depth:] = own.reshape(n_streams, horizon)
