@@ -195,13 +195,19 @@ class AddressVocabulary:
         """(b, 32) soft bits -> (b, V) squared distances to the vocabulary addresses."""
         return (bits ** 2).sum(1)[:, None] + self._norms[None, :] - 2.0 * bits @ self.vectors.T
 
-    def log_weights(self, bits: np.ndarray, d2: np.ndarray | None = None) -> np.ndarray:
-        """(b, 32) soft bits (or their ``distances``) -> (b, V) unnormalised log snapping
-        weights, -inf beyond the kernel's reach (1000x less likely than the nearest address
-        by distance)."""
-        d2 = np.maximum(self.distances(bits) if d2 is None else d2, 0.0)      # (b, V)
+    @staticmethod
+    def _reach(d2: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """(b, V) squared distances -> (them clipped at 0, (b, V) within the kernel's reach:
+        at most 1000x less likely than the nearest address by distance, the kernel's
+        2 tau^2)."""
+        d2 = np.maximum(d2, 0.0)
         scale = 2.0 * ADDRESS_TAU ** 2
-        near = d2 <= d2.min(axis=1, keepdims=True) + scale * np.log(1e3)
+        return d2, d2 <= d2.min(axis=1, keepdims=True) + scale * np.log(1e3), scale
+
+    def log_weights(self, bits: np.ndarray) -> np.ndarray:
+        """(b, 32) soft bits -> (b, V) unnormalised log snapping weights, -inf beyond the
+        kernel's reach."""
+        d2, near, scale = self._reach(self.distances(bits))                    # (b, V)
         return np.where(near, self._log_counts[None, :] - d2 / scale, -np.inf)
 
     @classmethod
@@ -249,9 +255,7 @@ class AddressVocabulary:
         have weight, a handful of the V per row, so the weights are laid out per row over
         those (in address order; an address out of reach adds exactly 0 to a cumulative
         sum): the same draw as over all V columns, at a fraction of the exps and sums."""
-        d2 = np.maximum(d2, 0.0)
-        scale = 2.0 * ADDRESS_TAU ** 2
-        near = d2 <= d2.min(axis=1, keepdims=True) + scale * np.log(1e3)      # (s, V)
+        d2, near, scale = self._reach(d2)                                     # (s, V)
         rows, cols = np.nonzero(near)                  # row-major: addresses in order
         counts = np.bincount(rows, minlength=len(d2))                         # (s,) >= 1
         slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
