@@ -15,7 +15,8 @@ from conftest import generate_twice
 
 from flowdiff.cli import main
 from flowdiff.codec import FlowCodec
-from flowdiff.codec.calibration import OutputCalibration, fit_biases, fit_token_offsets
+from flowdiff.codec.calibration import (AddressVocabulary, OutputCalibration, address_bits,
+                                        fit_biases, fit_token_offsets)
 from flowdiff.codec.kernel import KernelDecoder
 
 
@@ -41,6 +42,28 @@ def test_bias_fit_splits_outputs_at_the_one_hot_corners():
     after = np.bincount((np.clip(outputs, 0, 1) + bias).argmax(1), minlength=4) / len(outputs)
     assert np.abs(after - target).sum() < 0.01
     assert bias[0] == 0.0                        # the most frequent target class is the anchor
+
+
+def test_address_snapping_draws_what_the_dense_kernel_draws():
+    """snap draws over the addresses within the kernel's reach only; the draw must be the
+    one the dense weights over all V addresses give (``log_weights``, cumulative sum)."""
+    rng = np.random.default_rng(3)
+    addresses = rng.choice(2**32, size=300, replace=False)
+    vocabulary = AddressVocabulary(addresses, rng.integers(10, 1000, 300), threshold=50.0,
+                                   offsets=rng.normal(0, 1, 300))
+    # model-like bits: vocabulary addresses with a few bits off and noise
+    bits = address_bits(addresses[rng.integers(0, 300, 2000)]).astype(np.float64)
+    bits = np.abs(bits - (rng.random(bits.shape) < 0.1)) + rng.normal(0, 0.15, bits.shape)
+    uniforms = rng.random(len(bits))
+    logw = vocabulary.log_weights(bits)                                       # (n, V)
+    cumulative = np.cumsum(np.exp(logw - logw.max(axis=1, keepdims=True)), axis=1)
+    dense = np.minimum((cumulative <= uniforms[:, None] * cumulative[:, -1:]).sum(axis=1), 299)
+    known, margin = vocabulary.margins(bits)
+    snapped = ~known & (margin <= vocabulary.threshold)
+    assert snapped.sum() > 1000
+    out = vocabulary.snap(bits, uniforms)
+    np.testing.assert_array_equal(out[snapped], vocabulary.vectors[dense[snapped]])
+    np.testing.assert_array_equal(out[~snapped], bits[~snapped])
 
 
 def test_token_offsets_match_expected_frequencies():
