@@ -142,6 +142,40 @@ def test_calibration_maps_numbers_and_reuse_codes_onto_the_training_distribution
         assert abs((mapped[:, start:stop].argmax(1) == 0).mean() - real) < 0.01
 
 
+def test_follow_and_conversation_codes_are_fitted_to_the_training_share():
+    """word2vec_follow and conversations: the ports' follow codes and the pair's conversation
+    code are arg-max blocks of their own ("srcport.follow", "srcip.conversation"); outputs
+    that rarely say "follow" or "conversation" are biased back to the training share."""
+    from conftest import shared_file
+
+    from flowdiff.codec import CodecConfig
+    from flowdiff.codec.calibration import argmax_blocks
+    from flowdiff.ingest import read_flows
+
+    table, _ = read_flows(shared_file("ugr16/ugr16_sample_20k.csv"))
+    table = table.iloc[:4000].reset_index(drop=True)
+    codec = FlowCodec.fit(table, CodecConfig(fields={
+        "srcip": "reuse_pair_bits", "dstip": "reuse_pair_bits",
+        "srcport": "word2vec_follow", "dstport": "word2vec_follow"}, conversations=True))
+    reference = codec.encode(table)
+    outputs = reference.astype(np.float64).copy()
+    rng = np.random.default_rng(0)
+    blocks = argmax_blocks(codec)
+    assert {"srcport.follow", "dstport.follow", "srcip.conversation"} <= set(blocks)
+    for name in ("srcport.follow", "dstport.follow", "srcip.conversation"):
+        start, stop = blocks[name]
+        assert stop - start == (2 if name.endswith("follow") else 33)
+        outputs[:, start:stop] = 0.4 * outputs[:, start:stop] + rng.uniform(0, 0.1, (len(outputs), stop - start))
+        outputs[:, start] += 0.45                              # 'own port' / 'no pair' mostly wins
+    calibration = OutputCalibration.fit(codec, outputs, reference)
+    mapped = calibration.apply(outputs, rng.random((len(outputs), calibration.draws)))
+    for name in ("srcport.follow", "dstport.follow", "srcip.conversation"):
+        start, stop = blocks[name]
+        real = (reference[:, start:stop].argmax(1) >= 1).mean()
+        assert real > 0.3 and (outputs[:, start:stop].argmax(1) >= 1).mean() < real - 0.2
+        assert abs((mapped[:, start:stop].argmax(1) >= 1).mean() - real) < 0.01
+
+
 def test_calibrated_codec_round_trips_through_codec_json_and_decodes_reproducibly(codec_and_records, tmp_path):
     codec, table = codec_and_records
     reference = codec.encode(table)

@@ -26,6 +26,8 @@ NETSHARE = {"fields": {"ts": "log_minmax", "td": "log_minmax", "pkt": "log_minma
                        "srcport": "word2vec_nearest", "dstport": "word2vec_nearest",
                        "proto": "word2vec_nearest"}}
 PAIR = {"fields": {"srcip": "reuse_pair_bits", "dstip": "reuse_pair_bits"}}
+CONV = {"fields": {**PAIR["fields"], "srcport": "word2vec_follow", "dstport": "word2vec_follow"},
+        "conversations": True}
 
 
 def load_ugr16(path, nrows=None) -> pd.DataFrame:
@@ -47,10 +49,10 @@ def _sample(path) -> pd.DataFrame:
     return load_ugr16(path)
 
 
-@functools.lru_cache(maxsize=3)
-def _codec(path, netshare: bool, pair: bool = False) -> FlowCodec:
+@functools.lru_cache(maxsize=4)
+def _codec(path, netshare: bool, pair: bool = False, follow: bool = False) -> FlowCodec:
     """Fit once per test session (each test gets table copies it cannot spoil)."""
-    config = NETSHARE if netshare else PAIR if pair else {}
+    config = NETSHARE if netshare else CONV if follow else PAIR if pair else {}
     return FlowCodec.fit(_sample(path), CodecConfig.from_dict(config), seed=0)
 
 
@@ -74,7 +76,13 @@ def pair_codec(ugr16_sample) -> FlowCodec:
     return _codec(ugr16_sample, False, True)
 
 
-FIXTURES = {"default": "codec", "netshare": "netshare_codec", "pair": "pair_codec"}
+@pytest.fixture
+def conv_codec(ugr16_sample) -> FlowCodec:
+    return _codec(ugr16_sample, False, True, True)
+
+
+FIXTURES = {"default": "codec", "netshare": "netshare_codec", "pair": "pair_codec",
+            "conv": "conv_codec"}
 
 
 def assert_valid(decoded: pd.DataFrame, codec: FlowCodec) -> None:
@@ -95,7 +103,7 @@ def assert_valid(decoded: pd.DataFrame, codec: FlowCodec) -> None:
 
 
 # ---------------------------------------------------------------------------- round trip
-@pytest.mark.parametrize("which", ["default", "netshare", "pair"])
+@pytest.mark.parametrize("which", ["default", "netshare", "pair", "conv"])
 def test_round_trip_is_exact_on_training_data(table, which, request):
     codec = request.getfixturevalue(FIXTURES[which])
     x = codec.encode(table)
@@ -443,6 +451,65 @@ def test_pair_codes_cover_conversations_and_decode_block_by_block(table, codec, 
                                   table[["srcip", "dstip"]].to_numpy()[:2000])
 
 
+def test_following_ports_come_back_from_their_address_pointers(table, conv_codec):
+    """word2vec_follow: about half the ports of UGR'16 follow their address (the port of the
+    record the address repeats); with every follower's own token and bits wiped, the
+    decoded ports are still exact, block by block through the histories too."""
+    x = conv_codec.encode(table)[:2000]
+    wiped = x.copy()
+    for port in ("srcport", "dstport"):
+        transform, columns = conv_codec.transforms[port], conv_codec.feature_slices[port]
+        follows = transform.follows(x[:, columns])
+        assert 0.3 < follows.mean() < 0.7
+        wiped[follows, columns.start:columns.start + transform.follow_start] = 0.0
+    history, decoded = conv_codec.empty_history(1), []
+    assert sorted(history) == ["dstip", "dstport", "srcip", "srcport"]
+    for start in range(0, 2000, 100):
+        out = conv_codec.decode_streams(wiped[None, start:start + 100], np.zeros(1),
+                                        [np.random.default_rng(0)], history)
+        assert "port_follow_before_history" not in out.result.repairs
+        history = out.history
+        decoded.append(out.result.table[["srcport", "dstport"]].to_numpy())
+    np.testing.assert_array_equal(np.concatenate(decoded),
+                                  table[["srcport", "dstport"]].to_numpy()[:2000])
+    # without the histories, the block's first records point nowhere: their wiped ports stay
+    cut = conv_codec.decode_streams(wiped[None, 1000:1100], np.zeros(1),
+                                    [np.random.default_rng(0)], None)
+    assert cut.result.repairs["srcip_reuse_before_history"] > 0
+    assert (cut.result.table["srcport"].to_numpy() != table["srcport"].to_numpy()[1000:1100]).any()
+
+
+def test_conversation_code_decodes_both_addresses_of_a_pair(table, conv_codec):
+    """conversations: about half the records of UGR'16 are the host pair of one of the last
+    16 records, or its reverse; with their own codes saying "new" and their address bits
+    wiped, the conversation code alone gives both addresses back."""
+    leader, other = conv_codec.transforms["srcip"], conv_codec.transforms["dstip"]
+    src, dst = conv_codec.feature_slices["srcip"], conv_codec.feature_slices["dstip"]
+    x = conv_codec.encode(table)
+    conversation = x[:, src.start + leader.code_width:src.start + leader.bits_start].argmax(1)
+    assert 0.3 < (conversation > 0).mean() < 0.8
+    rows = conversation > 0
+    y = x.copy()
+    for block, transform in ((src, leader), (dst, other)):
+        y[rows, block.start:block.start + transform.code_width] = np.eye(transform.code_width)[0]
+        y[rows, block.start + transform.bits_start:block.stop] = 0.0
+    decoded = conv_codec.decode(y, float(table["ts"].iloc[0])).table
+    np.testing.assert_array_equal(decoded[["srcip", "dstip"]].to_numpy(),
+                                  table[["srcip", "dstip"]].to_numpy())
+
+
+def test_following_ports_need_reused_addresses():
+    with pytest.raises(ConfigError, match="fields.srcport: 'word2vec_follow' follows srcip's "
+                                          "reuse codes, so srcip must be 'reuse_bits'"):
+        CodecConfig.from_dict({"fields": {"srcip": "bits", "srcport": "word2vec_follow"}})
+    with pytest.raises(ConfigError, match="fields.dstport: must be 'word2vec_follow'"):
+        CodecConfig.from_dict({"fields": {**PAIR["fields"], "srcport": "word2vec_follow"}})
+    with pytest.raises(ConfigError, match="conversations: needs 'reuse_pair_bits'"):
+        CodecConfig.from_dict({"conversations": True})
+    one_side = CodecConfig.from_dict({"fields": {"srcport": "word2vec_follow"}})
+    assert one_side.fields["srcip"] == "reuse_bits"
+
+
 def test_pair_reuse_needs_both_addresses():
     with pytest.raises(ConfigError, match="fields.dstip: must be 'reuse_pair_bits'"):
         CodecConfig.from_dict({"fields": {"srcip": "reuse_pair_bits"}})
@@ -474,7 +541,8 @@ def test_shipped_default_config_matches_built_in_defaults():
 @pytest.mark.parametrize("which, files", [
     ("default", ["codec.json", "tokens.bin", "tokens.json"]),
     ("netshare", ["codec.json", "word2vec.bin", "word2vec.json", "word2vec_index.npz"]),
-    ("pair", ["codec.json", "tokens.bin", "tokens.json"])])
+    ("pair", ["codec.json", "tokens.bin", "tokens.json"]),
+    ("conv", ["codec.json", "tokens.bin", "tokens.json"])])
 def test_save_and_load_give_the_same_codec(table, which, files, request, tmp_path):
     codec = request.getfixturevalue(FIXTURES[which])
     codec.save(tmp_path / "codec")

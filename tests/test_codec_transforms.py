@@ -12,7 +12,9 @@ import pytest
 from flowdiff.codec import CodecConfig, FlowCodec
 from flowdiff.codec.kernel import KernelDecoder
 from flowdiff.codec.quantile import QuantileTransform
-from flowdiff.codec.reuse import UNKNOWN, ReuseBitsTransform, ReusePairBitsTransform, decode_reuse
+from flowdiff.codec.reuse import (UNKNOWN, ReuseBitsTransform, ReusePairBitsTransform,
+                                  conversation_codes, decode_reuse, effective_codes,
+                                  follow_flags, reuse_pointers)
 
 
 # ---------------------------------------------------------------------------- quantile
@@ -156,6 +158,80 @@ def test_pair_decoding_follows_chains_across_the_two_fields():
                                        (unknown, unknown))
     assert values[0].tolist() == [[1, 2]] and values[1].tolist() == [[3, 4]]
     assert fallbacks == [2, 1]
+
+
+def test_conversation_codes_name_a_whole_pair_and_override_the_field_codes():
+    src = np.array([1, 2, 1, 1, 3, 4])
+    dst = np.array([2, 1, 2, 5, 3, 3])
+    # record 1: record 0 reversed (K + 1); record 2: record 0's pair 2 back and record 1
+    # reversed 1 back -> the smaller k (reversed, 4); record 3: srcip repeats, pair new (0);
+    # record 4: 3 -> 3 is nowhere; record 5: dst 3 alone (0)
+    np.testing.assert_array_equal(conversation_codes(src, dst, 3), [0, 4, 4, 0, 0, 0])
+    # a tie at the same k: the same pair first (a host talking to itself)
+    np.testing.assert_array_equal(conversation_codes(np.array([7, 7]), np.array([7, 7]), 3), [0, 1])
+    np.testing.assert_array_equal(effective_codes(np.array([0, 2, 5]), np.array([4, 0, 1])),
+                                  [4, 2, 1])
+    leader = ReusePairBitsTransform(3, "dstip", conversation=True)
+    other = ReusePairBitsTransform(3, "srcip")
+    assert leader.parts == (("code", 7), ("conversation", 7), ("bits", 32))
+    assert leader.width == 7 + 7 + 32 and leader.bits_start == 14 and other.bits_start == 7
+    assert ReusePairBitsTransform.from_state(leader.state()).width == leader.width
+    # decoding: both fields follow the conversation code, whatever their own codes say
+    src_block, dst_block = leader.encode(src, dst), other.encode(dst, src)
+    src_block[:, :7], dst_block[:, :7] = np.eye(7)[0], np.eye(7)[0]     # own codes: all new
+    src_block[1:3, 14:] = 0.0
+    dst_block[1:3, 7:] = 0.0                                            # bits say 0.0.0.0
+    values, _, fallbacks = decode_reuse((leader, other), (src_block[None], dst_block[None]),
+                                        (None, None))
+    assert values[0].tolist() == [src.tolist()] and values[1].tolist() == [dst.tolist()]
+    assert fallbacks == [0, 0]
+
+
+def test_follow_flags_name_the_port_of_the_record_the_address_points_at():
+    depth = 3
+    # srcip codes: 0 new, 1 own 1 back, K + 1 = the previous record's dstip
+    codes = np.array([0, 4, 1, 4, 2])
+    srcport = np.array([1000, 80, 80, 443, 1000])
+    dstport = np.array([80, 1000, 53, 80, 9])
+    # record 1 reverses record 0: srcport 80 = dstport 1 back -> follows; record 2 repeats
+    # srcip 1 back and its srcport 80 -> follows; record 3 points at dstport of record 2
+    # (53) but has 443 -> does not; record 4: own 2 back, srcport 80 != 1000 -> does not
+    np.testing.assert_array_equal(follow_flags(codes, depth, srcport, dstport),
+                                  [False, True, True, False, False])
+    with pytest.raises(ValueError, match="peer codes need"):
+        follow_flags(codes, depth, srcport)
+
+
+def test_ports_follow_the_address_pointers_across_fields_and_blocks():
+    """ReusePointers.follow: a following port copies the port of the slot its address
+    copies (own or peer field, history included), chains resolved; a record whose address
+    is new, or that points at an unknown port, keeps its own port."""
+    src_t, dst_t = ReusePairBitsTransform(4, "dstip"), ReusePairBitsTransform(4, "srcip")
+    src, dst = np.array([10, 20, 30, 40]), np.array([50, 60, 70, 80])
+    src_block, dst_block = src_t.encode(src, dst), dst_t.encode(dst, src)   # all "new"
+    src_block[1, :9], dst_block[1, :9] = np.eye(9)[4 + 1], np.eye(9)[4 + 1]  # 1 = 0 reversed
+    src_block[2, :9] = np.eye(9)[1]                                       # src 2 = src 1
+    own = np.array([[[1000, 80, 7, 8]], [[80, 1000, 9, 6]]])              # (fields, S, H)
+    follows = np.array([[[True, True, True, True]], [[False, True, False, False]]])
+    pointers = reuse_pointers((src_t, dst_t), (src_block[None], dst_block[None]), (None, None))
+    values, history, nowhere = pointers.follow(own, [None, None], follows)
+    # srcport 1 = dstport 0 (80); srcport 2 = srcport 1 = 80 (a chain); srcport 0 and 3:
+    # their addresses are new, so their own; dstport 1 = srcport 0 (1000)
+    assert values[0].tolist() == [[1000, 80, 80, 8]] and values[1].tolist() == [[80, 1000, 9, 6]]
+    assert nowhere == 0 and history[0].tolist() == [[1000, 80, 80, 8]]
+    # the next block: srcip points at the previous block's dstip 4 back (record 0)
+    nxt_src, nxt_dst = src_t.encode(np.array([1])), dst_t.encode(np.array([2]))
+    nxt_src[0, :9] = np.eye(9)[4 + 4]
+    addr_history = [h for h in pointers.resolve()[1]]
+    nxt = reuse_pointers((src_t, dst_t), (nxt_src[None], nxt_dst[None]), addr_history)
+    values, _, nowhere = nxt.follow(np.array([[[5]], [[6]]]), history,
+                                    np.array([[[True]], [[True]]]))
+    assert values[0].tolist() == [[80]] and values[1].tolist() == [[6]] and nowhere == 0
+    # the same with no known ports: the address is known, its port is not -> own, counted
+    unknown = np.full((1, 4), UNKNOWN, dtype=np.int64)
+    values, _, nowhere = nxt.follow(np.array([[[5]], [[6]]]), [unknown, unknown],
+                                    np.array([[[True]], [[True]]]))
+    assert values[0].tolist() == [[5]] and nowhere == 1
 
 
 # ---------------------------------------------------------------------------- port tokens

@@ -15,7 +15,7 @@ from flowdiff.eval.discriminative import (DiscriminativeConfig, DiscriminativeEr
                                           discriminative_score, labelled_window_features,
                                           window_features)
 from flowdiff.eval.drift import drift, segment_bounds
-from flowdiff.eval.temporal import host_pair_error, host_pair_rates
+from flowdiff.eval.temporal import conversation_port_rates, host_pair_error, host_pair_rates
 
 LN2 = math.log(2)
 
@@ -234,6 +234,21 @@ def test_host_pair_rates_count_repeated_and_reversed_conversations():
     flipped = dict(rates, reversed=rates["reversed"] + 0.3)
     assert host_pair_error(rates, flipped) == pytest.approx(0.1)
     assert host_pair_rates(table.drop(columns=["dstip"])) is None
+
+
+def test_conversation_port_rates_count_ports_swapped_and_repeated_with_their_hosts():
+    table = schema.conform(pd.DataFrame({
+        "ts": 1.46e9 + np.arange(6.0), "td": 0.0, "proto": 6, "pkt": 1, "byt": 60, "flags": 0x10,
+        "srcip":   [1, 2, 1, 1, 2, 9],
+        "dstip":   [2, 1, 2, 2, 1, 8],
+        "srcport": [4000, 80, 4001, 4001, 80, 5],
+        "dstport": [80, 4000, 80, 80, 4001, 6]}))
+    # consecutive pairs: reversed with ports swapped; reversed with ports not swapped
+    # (4001 is a new connection); same pair, same ports; reversed, ports swapped; new
+    rates = conversation_port_rates(table)
+    assert rates["reversed"] == pytest.approx(2 / 3)
+    assert rates["repeated"] == pytest.approx(1.0)
+    assert conversation_port_rates(table.drop(columns=["srcport"])) is None
 
 
 def test_segment_bounds():

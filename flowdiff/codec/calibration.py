@@ -72,12 +72,19 @@ EPS = 1e-6
 
 def argmax_blocks(codec) -> dict[str, tuple[int, int]]:
     """field -> (start, stop) feature columns whose arg-max is decoded: the reuse code of
-    ``reuse_bits`` / ``reuse_pair_bits`` fields and whole ``onehot`` fields."""
+    ``reuse_bits`` / ``reuse_pair_bits`` fields, the pair's conversation code (key
+    ``srcip.conversation``), the follow code of ``word2vec_follow`` ports (key
+    ``port.follow``) and whole ``onehot`` fields."""
     blocks = {}
     for name, transform in codec.transforms.items():
         start = codec.feature_slices[name].start
         if name in codec.reuse_fields:
             blocks[name] = (start, start + transform.code_width)
+            if transform.conversation_width:
+                blocks[f"{name}.conversation"] = (start + transform.code_width,
+                                                  start + transform.bits_start)
+        elif name in codec.follow_fields:
+            blocks[f"{name}.follow"] = (start + transform.follow_start, start + transform.width)
         elif transform.name == "onehot" and transform.width > 1:
             blocks[name] = (start, start + transform.width)
     return blocks
@@ -515,13 +522,19 @@ class OutputCalibration:
                             "model": _top(before[np.argsort(-target)]),
                             "calibrated": _top(after[np.argsort(-target)])}
         addresses = {}
+        # a record in a conversation (its pair's code not 0) copies both addresses: not new
+        paired, reference_paired = np.zeros(len(outputs), bool), np.zeros(len(reference), bool)
+        if "srcip.conversation" in biases:
+            start, stop, bias = biases["srcip.conversation"]
+            paired = (outputs[:, start:stop] + bias).argmax(axis=1) > 0
+            reference_paired = reference[:, start:stop].argmax(axis=1) > 0
         for name in codec.reuse_fields:
             field_start = codec.feature_slices[name].start
             code_stop = field_start + codec.transforms[name].code_width
-            span = (code_stop, codec.feature_slices[name].stop)
+            span = (field_start + codec.transforms[name].bits_start, codec.feature_slices[name].stop)
             _, _, bias = biases[name]
-            new_rows = (outputs[:, field_start:code_stop] + bias).argmax(axis=1) == 0
-            reference_new = reference[:, field_start:code_stop].argmax(axis=1) == 0
+            new_rows = ((outputs[:, field_start:code_stop] + bias).argmax(axis=1) == 0) & ~paired
+            reference_new = (reference[:, field_start:code_stop].argmax(axis=1) == 0) & ~reference_paired
             vocabulary, report[f"{name}_addresses"] = fit_address_vocabulary(
                 outputs[:, span[0]:span[1]], new_rows,
                 bits_address(reference[:, span[0]:span[1]]), reference_new)
@@ -532,7 +545,8 @@ class OutputCalibration:
         for name, start in token_fields(codec).items():
             transform = codec.transforms[name]
             if hasattr(transform, "set_range_buckets"):
-                values = from_bits(reference[:, start + transform.dim:start + transform.width])
+                values = from_bits(reference[:, start + transform.dim:
+                                             start + transform.dim + transform.bits.width])
                 values = values[transform.ranged_ports(values)]
                 ports[name] = np.bincount(values >> BUCKET_SHIFT, minlength=65536 >> BUCKET_SHIFT)
         runs = {}

@@ -21,12 +21,14 @@ import pandas as pd
 from flowdiff import __version__
 from flowdiff.atomic import write_text_atomic
 from flowdiff.codec.calibration import OutputCalibration
-from flowdiff.codec.config import CodecConfig
+from flowdiff.codec.config import PORT_ADDRESS, CodecConfig
 from flowdiff.codec.quantile import QuantileTransform
 from flowdiff.codec.repair import ProtocolProfile
 from flowdiff.codec.reuse import (PEERS, UNKNOWN, ReuseBitsTransform, ReusePairBitsTransform,
-                                  decode_reuse)
-from flowdiff.codec.tokens import PortTokenTransform, ProtoTokenTransform, TokenEmbedding
+                                  conversation_codes, effective_codes, follow_flags,
+                                  reuse_pointers)
+from flowdiff.codec.tokens import (PortFollowTransform, PortTokenTransform, ProtoTokenTransform,
+                                   TokenEmbedding)
 from flowdiff.codec.transforms import (FIELD_BITS, BitsTransform, MinMaxTransform,
                                        OneHotTransform, resolution)
 from flowdiff.codec.word2vec import EmbeddingTransform, PortProtoEmbedding
@@ -38,6 +40,7 @@ CODEC_FORMAT = "flowdiff-codec"
 CODEC_VERSION = 2
 READABLE_VERSIONS = (1, 2)              # version 1: flowdiff 0.1 (NetShare's embedding)
 STATE_FILE = "codec.json"
+ADDRESS_PORT = {address: port for port, address in PORT_ADDRESS.items()}
 INTEGER_FIELDS = ("srcip", "dstip", "srcport", "dstport", "proto", "pkt", "byt", "flags", "tos")
 
 
@@ -78,6 +81,9 @@ def _time_column(ts: np.ndarray, prev_ts: float | None) -> np.ndarray:
     return iat
 
 
+TOKEN_TRANSFORMS = ("word2vec", "word2vec_follow")   # the transforms sharing TokenEmbedding
+
+
 def _ports_or_proto(field_name: str) -> str:
     return "proto" if field_name == "proto" else "port"
 
@@ -93,12 +99,12 @@ class _Embeddings:
     @classmethod
     def fit(cls, columns: dict[str, np.ndarray], config: CodecConfig,
             seed: int) -> "_Embeddings":
-        def fit_one(transform: str, model):
+        def fit_one(transforms: tuple[str, ...], model):
             chosen = {f: (_ports_or_proto(f), columns[f]) for f in columns
-                      if config.fields[f] == transform}
+                      if config.fields[f] in transforms}
             return model.fit(chosen, config.word2vec, seed) if chosen else None
-        return cls(fit_one("word2vec", TokenEmbedding),
-                   fit_one("word2vec_nearest", PortProtoEmbedding))
+        return cls(fit_one(TOKEN_TRANSFORMS, TokenEmbedding),
+                   fit_one(("word2vec_nearest",), PortProtoEmbedding))
 
     def save(self, directory: Path) -> None:
         for embedding in (self.tokens, self.nearest):
@@ -107,7 +113,7 @@ class _Embeddings:
 
     @classmethod
     def load(cls, directory: Path, transforms: set[str]) -> "_Embeddings":
-        return cls(TokenEmbedding.load(directory) if "word2vec" in transforms else None,
+        return cls(TokenEmbedding.load(directory) if transforms & set(TOKEN_TRANSFORMS) else None,
                    PortProtoEmbedding.load(directory) if "word2vec_nearest" in transforms
                    else None)
 
@@ -156,7 +162,8 @@ TRANSFORM_KINDS: dict[str, TransformKind] = {
         new=lambda f, config, emb, seed: ReuseBitsTransform(config.reuse_depth),
         load=lambda f, state, emb: ReuseBitsTransform.from_state(state)),
     "reuse_pair_bits": TransformKind(
-        new=lambda f, config, emb, seed: ReusePairBitsTransform(config.reuse_depth, PEERS[f]),
+        new=lambda f, config, emb, seed: ReusePairBitsTransform(
+            config.reuse_depth, PEERS[f], conversation=config.conversations and f == "srcip"),
         load=lambda f, state, emb: ReusePairBitsTransform.from_state(state)),
     "minmax": TransformKind(new=lambda f, config, emb, seed: MinMaxTransform(log=False),
                             load=lambda f, state, emb: MinMaxTransform.from_state(state)),
@@ -169,6 +176,9 @@ TRANSFORM_KINDS: dict[str, TransformKind] = {
                             load=lambda f, state, emb: OneHotTransform.from_state(state)),
     "word2vec": _embedding_kind("word2vec"),
     "word2vec_nearest": _embedding_kind("word2vec_nearest"),
+    "word2vec_follow": TransformKind(
+        new=lambda f, config, emb, seed: PortFollowTransform(emb.tokens, PORT_ADDRESS[f]),
+        load=lambda f, state, emb: PortFollowTransform(emb.tokens, str(state["address"]))),
 }
 
 
@@ -225,6 +235,13 @@ class FlowCodec:
         self._layout_draws()
         self.reuse_fields = tuple(n for n, t in transforms.items()
                                   if isinstance(t, ReuseBitsTransform))
+        self.follow_fields = tuple(n for n, t in transforms.items()
+                                   if isinstance(t, PortFollowTransform))
+        # the address fields decoded together (a peer pair, or one field alone)
+        self.reuse_groups = tuple(dict.fromkeys(
+            (n,) if transforms[n].peer is None else tuple(sorted((n, transforms[n].peer),
+                                                                 key=COLUMNS.index))
+            for n in self.reuse_fields))
 
     def _layout_draws(self) -> None:
         """Decoding randomness: uniform numbers per record, a column range per sampled
@@ -316,6 +333,8 @@ class FlowCodec:
                 column = self._column(table, name, prev_ts)
                 if getattr(transform, "peer", None):   # reuse_pair_bits: codes into the peer too
                     encoded = transform.encode(column, self._column(table, transform.peer, prev_ts))
+                elif name in self.follow_fields:
+                    encoded = transform.encode(column, self._follow_flags(table, name))
                 else:
                     encoded = transform.encode(column)
                 out[:, self.feature_slices[name]] = encoded
@@ -323,6 +342,21 @@ class FlowCodec:
             except ValueError as err:
                 raise ValueError(f"field {name}: {err}") from err
         return EncodeResult(out, unknown)
+
+    def _follow_flags(self, table: pd.DataFrame, port: str) -> np.ndarray:
+        """(n,) bool: each record's ``port`` equals the port of the record its address's
+        reuse code points at (``word2vec_follow``)."""
+        address = self.transforms[port].address
+        reuse = self.transforms[address]
+        peer = reuse.peer
+        codes = reuse.codes(table[address].to_numpy(),
+                            None if peer is None else table[peer].to_numpy())
+        leader = self.transforms.get("srcip")
+        if peer is not None and getattr(leader, "conversation", False):  # decoded by that code
+            codes = effective_codes(codes, conversation_codes(
+                table["srcip"].to_numpy(), table["dstip"].to_numpy(), reuse.depth))
+        return follow_flags(codes, reuse.depth, table[port].to_numpy(),
+                            None if peer is None else table[ADDRESS_PORT[peer]].to_numpy())
 
     # ------------------------------------------------------------------ decode
     def decode(self, array: np.ndarray, start_ts: float,
@@ -372,21 +406,25 @@ class FlowCodec:
             array = self.calibration.apply(array, uniforms[:, self.transform_draws:])
         history = dict(history or {})
         columns: dict[str, np.ndarray] = {}
+        for names in self.reuse_groups:
+            pointers = reuse_pointers(
+                tuple(self.transforms[f] for f in names),
+                tuple(array[:, self.feature_slices[f]].reshape(n_streams, horizon, -1)
+                      for f in names),
+                tuple(history.get(f) for f in names))
+            values, histories = pointers.resolve()
+            for field_name, field_values, field_history, outside in zip(
+                    names, values, histories, pointers.fallbacks):
+                columns[field_name], history[field_name] = field_values.reshape(-1), field_history
+                if outside:
+                    repairs[f"{field_name}_reuse_before_history"] = outside
+            ports = [ADDRESS_PORT[f] for f in names if ADDRESS_PORT[f] in self.follow_fields]
+            if ports:
+                self._decode_following(ports, pointers, array, uniforms, history, columns,
+                                       repairs, (n_streams, horizon))
         for name, transform in self.transforms.items():
             block = array[:, self.feature_slices[name]]                     # (S*H, width)
-            if name in self.reuse_fields:
-                if name in columns:      # decoded with its peer
-                    continue
-                names = (name,) if transform.peer is None else (name, transform.peer)
-                decoded = zip(names, *decode_reuse(
-                    tuple(self.transforms[f] for f in names),
-                    tuple(array[:, self.feature_slices[f]].reshape(n_streams, horizon, -1)
-                          for f in names),
-                    tuple(history.get(f) for f in names)))
-                for field_name, values, history[field_name], outside in decoded:
-                    columns[field_name] = values.reshape(-1)
-                    if outside:
-                        repairs[f"{field_name}_reuse_before_history"] = outside
+            if name in columns:          # an address, or a port decoded with its address
                 continue
             if name in self.draw_slices:
                 columns[name], outside = transform.decode(block, uniforms[:, self.draw_slices[name]])
@@ -405,6 +443,26 @@ class FlowCodec:
         repairs.update(self.profile.repair(columns))
         return StreamsDecoded(DecodeResult(conform(pd.DataFrame(columns)), repairs), history)
 
+    def _decode_following(self, ports: list[str], pointers, array: np.ndarray,
+                          uniforms: np.ndarray | None, history: dict, columns: dict,
+                          repairs: dict, shape: tuple[int, int]) -> None:
+        """The ``word2vec_follow`` ports of one address group: each port's own value from
+        its token and bits, then copied along the address pointers where its follow code
+        says so (into ``columns`` and ``history``)."""
+        own, follows = [], []
+        for port in ports:
+            transform, block = self.transforms[port], array[:, self.feature_slices[port]]
+            draws = None if uniforms is None else uniforms[:, self.draw_slices[port]]
+            values, _ = transform.decode(block, draws)
+            own.append(values.reshape(shape))
+            follows.append(transform.follows(block).reshape(shape))
+        values, histories, outside = pointers.follow(
+            np.stack(own), [history.get(p) for p in ports], np.stack(follows))
+        for port, port_values, port_history in zip(ports, values, histories):
+            columns[port], history[port] = port_values.reshape(-1), port_history
+        if outside:
+            repairs["port_follow_before_history"] = outside
+
     def _rebuild_time(self, iat: np.ndarray, start_ts: np.ndarray) -> np.ndarray:
         """(S, H) inter-arrival times, (S,) start times -> (S, H) float64 timestamps."""
         ts = start_ts[:, None] + np.cumsum(iat, axis=1, dtype=np.float64)   # (S, H)
@@ -412,9 +470,11 @@ class FlowCodec:
         return ts if decimals is None else np.round(ts, decimals)
 
     def empty_history(self, streams: int) -> dict[str, np.ndarray]:
-        """Each reuse field's (S, K) history with no known address."""
-        return {name: np.full((streams, self.transforms[name].depth), UNKNOWN, dtype=np.int64)
-                for name in self.reuse_fields}
+        """Each reuse field's (S, K) history with no known address (and each following
+        port's, with no known port)."""
+        depth = {name: self.transforms[name].depth for name in self.reuse_fields}
+        depth.update({name: depth[self.transforms[name].address] for name in self.follow_fields})
+        return {name: np.full((streams, k), UNKNOWN, dtype=np.int64) for name, k in depth.items()}
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict:

@@ -23,13 +23,16 @@ __all__ = ["ALLOWED_TRANSFORMS", "CodecConfig", "ConfigError", "Word2VecConfig",
 # nearest neighbour (flowdiff.codec.word2vec), kept for comparison and for codecs saved by
 # flowdiff 0.1 (format version 1). "reuse_pair_bits" (both addresses or neither) lets an
 # address repeat the other address field's recent hosts too (flowdiff.codec.reuse).
+# "word2vec_follow" is "word2vec" plus a code "the port of the record my address repeats"
+# (flowdiff.codec.tokens.PortFollowTransform); it needs its address field (srcport: srcip,
+# dstport: dstip) to be a reuse transform, and both ports when the addresses are pairs.
 ALLOWED_TRANSFORMS: MappingProxyType = MappingProxyType({
     "ts": ("quantile", "log_minmax", "minmax"),   # applied to the inter-arrival time
     "td": ("quantile", "log_minmax", "minmax", "none"),
     "srcip": ("reuse_bits", "reuse_pair_bits", "bits"),
     "dstip": ("reuse_bits", "reuse_pair_bits", "bits"),
-    "srcport": ("word2vec", "word2vec_nearest", "bits", "none"),
-    "dstport": ("word2vec", "word2vec_nearest", "bits", "none"),
+    "srcport": ("word2vec", "word2vec_follow", "word2vec_nearest", "bits", "none"),
+    "dstport": ("word2vec", "word2vec_follow", "word2vec_nearest", "bits", "none"),
     "proto": ("word2vec", "word2vec_nearest", "onehot", "bits"),
     "pkt": ("quantile", "log_minmax", "minmax", "none"),
     "byt": ("quantile", "log_minmax", "minmax", "none"),
@@ -40,7 +43,8 @@ ALLOWED_TRANSFORMS: MappingProxyType = MappingProxyType({
 
 
 DEFAULT_REUSE_DEPTH = 16
-SECTION_KEYS = ("fields", "word2vec", "reuse_depth")   # the keys of a codec section
+PORT_ADDRESS = {"srcport": "srcip", "dstport": "dstip"}   # the address a following port follows
+SECTION_KEYS = ("fields", "word2vec", "reuse_depth", "conversations")   # the keys of a codec section
 
 
 @dataclass(frozen=True)
@@ -73,14 +77,17 @@ class CodecConfig(Checked):
     not listed keep their default. Fields absent from the fitting table are skipped at fit
     time whatever they say here. ``from_dict`` (the config engine's) reads the ``codec``
     section or a codec-only file: ``fields``, ``word2vec`` (``vector_size``, ``window``,
-    ``epochs``, ``negative``, ``service_min_count``, ``temperature``, ``prior_power``) and
-    ``reuse_depth``.
+    ``epochs``, ``negative``, ``service_min_count``, ``temperature``, ``prior_power``),
+    ``reuse_depth`` and ``conversations``.
     """
 
     fields: dict[str, str] = field(default_factory=default_transforms)
     word2vec: Word2VecConfig = field(default_factory=Word2VecConfig)
     reuse_depth: int = field(default=DEFAULT_REUSE_DEPTH,  # K of the reuse_bits address fields
                              metadata=field_range(1, 256))
+    # reuse_pair_bits addresses: srcip also carries one conversation code for the pair ("the
+    # host pair of record k back", or reversed), decided by one arg-max (flowdiff.codec.reuse)
+    conversations: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "fields", {**default_transforms(),
@@ -102,8 +109,25 @@ class CodecConfig(Checked):
             other = "dstip" if pair[0] == "srcip" else "srcip"
             problems.append((f"fields.{other}", f"must be 'reuse_pair_bits' as {pair[0]} is "
                                                 f"(its codes point into the other address)"))
+        if self.conversations and len(pair) != 2:
+            problems.append(("conversations", "needs 'reuse_pair_bits' for both srcip and dstip "
+                                              "(the code names a host pair)"))
+        follow = [p for p in ("srcport", "dstport") if self.fields.get(p) == "word2vec_follow"]
+        for port in follow:
+            address = PORT_ADDRESS[port]
+            if self.fields.get(address) not in ("reuse_bits", "reuse_pair_bits"):
+                problems.append((f"fields.{port}", f"'word2vec_follow' follows {address}'s reuse "
+                                                   f"codes, so {address} must be 'reuse_bits' or "
+                                                   f"'reuse_pair_bits', not "
+                                                   f"{self.fields.get(address)!r}"))
+        if len(follow) == 1 and len(pair) == 2:
+            other = "dstport" if follow[0] == "srcport" else "srcport"
+            problems.append((f"fields.{other}", f"must be 'word2vec_follow' as {follow[0]} is "
+                                                f"(with 'reuse_pair_bits' addresses a port may "
+                                                f"follow into the other side's port)"))
         return problems
 
     def to_dict(self) -> dict:
         return {"fields": dict(self.fields), "word2vec": asdict(self.word2vec),
-                "reuse_depth": self.reuse_depth}
+                "reuse_depth": self.reuse_depth,
+                **({"conversations": True} if self.conversations else {})}

@@ -96,6 +96,7 @@ def headline(metrics: dict) -> dict[str, float | None]:
     row["violation_fraction"] = metrics["validity"]["violation_fraction"]
     row["dependence_error"] = t["dependence_error"]
     row["host_pair_error"] = t["host_pair_error"]
+    row["conversation_port_error"] = t["conversation_port_error"]
     row["fps_emd_sf"] = t["fps_emd_scale_free"]
     row["fps_acf_diff"] = t["fps_acf_diff"]
     row["discriminative"] = metrics["discriminative"]["score"]

@@ -73,12 +73,31 @@ def host_pair_rates(table: pd.DataFrame) -> dict[str, float] | None:
 
 
 def host_pair_error(real_rates: dict | None, synthetic_rates: dict | None) -> float | None:
-    """Mean absolute difference of the three ``host_pair_rates``."""
+    """Mean absolute difference of the rates of ``host_pair_rates`` (or of
+    ``conversation_port_rates``), ignoring those undefined on either side."""
     if not real_rates or not synthetic_rates:
         return None
     diffs = [abs(real_rates[k] - synthetic_rates[k]) for k in real_rates]
     diffs = [d for d in diffs if np.isfinite(d)]
     return float(np.mean(diffs)) if diffs else None
+
+
+def conversation_port_rates(table: pd.DataFrame) -> dict[str, float] | None:
+    """How consecutive records of one conversation share their ports (None without both
+    addresses and both ports): ``reversed``: of the records that are the previous record's
+    hosts swapped, the share whose ports are swapped too (the other direction of the same
+    connection); ``repeated``: of the records repeating the previous (srcip, dstip), the
+    share repeating both its ports as well."""
+    if not fields.has(table, "srcip", "dstip", "srcport", "dstport") or len(table) < 2:
+        return None
+    src, dst = table["srcip"].to_numpy(np.int64), table["dstip"].to_numpy(np.int64)
+    sp, dp = table["srcport"].to_numpy(np.int64), table["dstport"].to_numpy(np.int64)
+    swapped = (src[1:] == dst[:-1]) & (dst[1:] == src[:-1])
+    repeated = (src[1:] == src[:-1]) & (dst[1:] == dst[:-1])
+    ports_swapped = (sp[1:] == dp[:-1]) & (dp[1:] == sp[:-1])
+    ports_repeated = (sp[1:] == sp[:-1]) & (dp[1:] == dp[:-1])
+    share = lambda hit, of: float(hit[of].mean()) if of.any() else float("nan")  # noqa: E731
+    return {"reversed": share(ports_swapped, swapped), "repeated": share(ports_repeated, repeated)}
 
 
 def flows_per_second(table: pd.DataFrame, bin_seconds: float = 1.0) -> np.ndarray:
@@ -110,6 +129,9 @@ def temporal_metrics(real: pd.DataFrame, synthetic: pd.DataFrame, k: int = 10,
     pairs_real, pairs_syn = host_pair_rates(real), host_pair_rates(synthetic)
     out["host_pairs"] = {"real": pairs_real, "synthetic": pairs_syn}
     out["host_pair_error"] = host_pair_error(pairs_real, pairs_syn)
+    ports_real, ports_syn = conversation_port_rates(real), conversation_port_rates(synthetic)
+    out["conversation_ports"] = {"real": ports_real, "synthetic": ports_syn}
+    out["conversation_port_error"] = host_pair_error(ports_real, ports_syn)
     if len(real) > 1 and len(synthetic) > 1:
         r, s = fields.inter_arrival(real), fields.inter_arrival(synthetic)
         out["iat_emd"] = marginals.emd_raw(r, s)
