@@ -167,6 +167,11 @@ def test_follow_and_conversation_codes_are_fitted_to_the_training_share():
         assert stop - start == (2 if name.endswith("follow") else 33)
         outputs[:, start:stop] = 0.4 * outputs[:, start:stop] + rng.uniform(0, 0.1, (len(outputs), stop - start))
         outputs[:, start] += 0.45                              # 'own port' / 'no pair' mostly wins
+    # a model that writes srcip's own code independently of the conversation code: the
+    # training codes of the records in a shuffled order (the overall marginal everywhere)
+    start, stop = blocks["srcip"]
+    outputs[:, start:stop] = (0.9 * reference[rng.permutation(len(reference)), start:stop]
+                              + rng.uniform(0, 0.05, (len(outputs), stop - start)))
     calibration = OutputCalibration.fit(codec, outputs, reference)
     mapped = calibration.apply(outputs, rng.random((len(outputs), calibration.draws)))
     for name in ("srcport.follow", "dstport.follow", "srcip.conversation"):
@@ -174,6 +179,15 @@ def test_follow_and_conversation_codes_are_fitted_to_the_training_share():
         real = (reference[:, start:stop].argmax(1) >= 1).mean()
         assert real > 0.3 and (outputs[:, start:stop].argmax(1) >= 1).mean() < real - 0.2
         assert abs((mapped[:, start:stop].argmax(1) >= 1).mean() - real) < 0.01
+    # the addresses' own codes decide only outside conversations: fitted to the training
+    # share among the records whose conversation code is 0 (there, "repeat srcip 1 back" is
+    # much rarer than over all records)
+    start, stop = blocks["srcip.conversation"]
+    outside, reference_outside = mapped[:, start:stop].argmax(1) == 0, reference[:, start:stop].argmax(1) == 0
+    start, stop = blocks["srcip"]
+    within = (reference[reference_outside, start:stop].argmax(1) == 1).mean()
+    assert abs(within - (reference[:, start:stop].argmax(1) == 1).mean()) > 0.02
+    assert abs((mapped[outside, start:stop].argmax(1) == 1).mean() - within) < 0.02
 
 
 def test_calibrated_codec_round_trips_through_codec_json_and_decodes_reproducibly(codec_and_records, tmp_path):

@@ -489,17 +489,27 @@ class OutputCalibration:
                             "model": _top(_frequencies(from_bits(outputs[:, start:stop]), values)[order]),
                             "calibrated": _top(np.bincount((scores + bias).argmax(axis=1),
                                                            minlength=len(values))[order] / len(outputs))}
-        for name, (start, stop) in argmax_blocks(codec).items():
+        # The pair's conversation code first: where it is not 0 it decides both addresses, so
+        # the addresses' own codes matter (and are fitted) only on the other records.
+        blocks = sorted(argmax_blocks(codec).items(), key=lambda item: not item[0].endswith(".conversation"))
+        outside, reference_outside = np.ones(len(outputs), bool), np.ones(len(reference), bool)
+        for name, (start, stop) in blocks:
             width = stop - start
-            target = np.bincount(reference[:, start:stop].argmax(axis=1),
-                                 minlength=width) / len(reference)
-            before = np.bincount(outputs[:, start:stop].argmax(axis=1), minlength=width) / len(outputs)
-            bias = fit_biases(outputs[:, start:stop], target)
-            after = np.bincount((outputs[:, start:stop] + bias).argmax(axis=1),
-                                minlength=width) / len(outputs)
+            rows, reference_rows = ((outside, reference_outside) if name in codec.reuse_fields
+                                    else (slice(None), slice(None)))
+            target = np.bincount(reference[reference_rows, start:stop].argmax(axis=1),
+                                 minlength=width) / max(len(reference[reference_rows]), 1)
+            before = np.bincount(outputs[rows, start:stop].argmax(axis=1),
+                                 minlength=width) / max(len(outputs[rows]), 1)
+            bias = fit_biases(outputs[rows, start:stop], target)
+            after = np.bincount((outputs[rows, start:stop] + bias).argmax(axis=1),
+                                minlength=width) / max(len(outputs[rows]), 1)
             biases[name] = (start, stop, bias)
             report[name] = {"training": _top(target), "model": _top(before),
                             "calibrated": _top(after)}
+            if name.endswith(".conversation"):
+                outside = (outputs[:, start:stop] + bias).argmax(axis=1) == 0
+                reference_outside = reference[:, start:stop].argmax(axis=1) == 0
         tokens = {}
         sample = outputs[np.linspace(0, len(outputs) - 1, min(TOKEN_SAMPLE, len(outputs))
                                      ).round().astype(int)]
