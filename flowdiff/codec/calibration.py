@@ -533,11 +533,7 @@ class OutputCalibration:
                             "calibrated": _top(after[np.argsort(-target)])}
         addresses = {}
         # a record in a conversation (its pair's code not 0) copies both addresses: not new
-        paired, reference_paired = np.zeros(len(outputs), bool), np.zeros(len(reference), bool)
-        if "srcip.conversation" in biases:
-            start, stop, bias = biases["srcip.conversation"]
-            paired = (outputs[:, start:stop] + bias).argmax(axis=1) > 0
-            reference_paired = reference[:, start:stop].argmax(axis=1) > 0
+        paired, reference_paired = ~outside, ~reference_outside
         for name in codec.reuse_fields:
             field_start = codec.feature_slices[name].start
             code_stop = field_start + codec.transforms[name].code_width

@@ -203,9 +203,8 @@ class ReusePointers:
         this field (the port of the address field its code points into), the new (S, K)
         histories, and how many records followed a slot with no known value (they keep their
         own)."""
-        n_fields, n_streams, horizon = own.shape
         known = np.empty_like(self.known)
-        for f in range(n_fields):
+        for f in range(own.shape[0]):
             known[f, :, :self.depth] = (UNKNOWN if histories[f] is None else histories[f])
         known[:, :, self.depth:] = own
         wanted = follows & self.reused
