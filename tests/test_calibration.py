@@ -149,7 +149,7 @@ def test_follow_and_conversation_codes_are_fitted_to_the_training_share():
     from conftest import shared_file
 
     from flowdiff.codec import CodecConfig
-    from flowdiff.codec.calibration import argmax_blocks
+    from flowdiff.codec.calibration import FOLLOW_CLASSES, argmax_blocks, follow_classes, follow_spans
     from flowdiff.ingest import read_flows
 
     table, _ = read_flows(shared_file("ugr16/ugr16_sample_20k.csv"))
@@ -188,6 +188,20 @@ def test_follow_and_conversation_codes_are_fitted_to_the_training_share():
     within = (reference[reference_outside, start:stop].argmax(1) == 1).mean()
     assert abs(within - (reference[:, start:stop].argmax(1) == 1).mean()) > 0.02
     assert abs((mapped[outside, start:stop].argmax(1) == 1).mean() - within) < 0.02
+    # the follow codes are fitted within each class of the record's address (new, own code,
+    # same pair, reversed pair): the outputs say "follow" at one rate everywhere, the
+    # training records do not (a reversed pair swaps its ports far more often)
+    for name, (span, code, conversation, depth) in follow_spans(codec).items():
+        (start, stop), mine = span, follow_classes(mapped, code, conversation, depth)
+        theirs = follow_classes(reference, code, conversation, depth)
+        shares = []
+        for c in range(len(FOLLOW_CLASSES)):
+            if min((mine == c).sum(), (theirs == c).sum()) < 200:
+                continue
+            real = (reference[theirs == c, start:stop].argmax(1) == 1).mean()
+            shares.append(real)
+            assert abs((mapped[mine == c, start:stop].argmax(1) == 1).mean() - real) < 0.02, (name, c)
+        assert len(shares) >= 3 and max(shares) - min(shares) > 0.2, (name, shares)
 
 
 def test_calibrated_codec_round_trips_through_codec_json_and_decodes_reproducibly(codec_and_records, tmp_path):

@@ -52,6 +52,10 @@ records, and undoes them before decoding:
   ``onehot`` fields): an
   additive bias per class, fitted so that the arg-max class frequencies over the model's
   outputs match the training frequencies (prior correction).
+* **follows** (the follow code of ``word2vec_follow`` ports): the same biases, fitted
+  separately within each ``FOLLOW_CLASSES`` class of the record's address (decided by the
+  calibrated codes). A reversed conversation swaps its ports far more often than a
+  repeated pair repeats both; one bias for all records gives each class the average share.
 
 The calibration is part of the codec (``codec.json``, key ``calibration``); a codec without
 one decodes as before. It is fitted for one model and one sampler (both recorded in it).
@@ -94,6 +98,36 @@ def numeric_columns(codec) -> dict[str, int]:
     """field -> feature column of the width-1 number fields."""
     return {name: codec.feature_slices[name].start for name, t in codec.transforms.items()
             if t.name in ("quantile", "log_minmax", "minmax") and t.width == 1}
+
+
+FOLLOW_CLASSES = ("new", "own", "same pair", "reversed pair")   # a port's follow-code classes
+MIN_CLASS_RECORDS = 200     # a class with fewer outputs or training records keeps the pooled bias
+
+
+def follow_spans(codec) -> dict[str, tuple]:
+    """'port.follow' -> ((start, stop) of its follow code, (start, stop) of its address's
+    own reuse code, (start, stop) of the pair's conversation code or None, depth K)."""
+    blocks = argmax_blocks(codec)
+    spans = {}
+    for port in codec.follow_fields:
+        address = codec.transforms[port].address
+        conversation = next((span for name, span in blocks.items()     # the pair's one code
+                             if name.endswith(".conversation")), None)
+        spans[f"{port}.follow"] = (blocks[f"{port}.follow"], blocks[address], conversation,
+                                   codec.transforms[address].depth)
+    return spans
+
+
+def follow_classes(array: np.ndarray, code: tuple, conversation: tuple | None, depth: int
+                   ) -> np.ndarray:
+    """(n, F) outputs (their arg-max biases added) -> (n,) index into FOLLOW_CLASSES of what
+    the record's address does: a new address, its own reuse code, or the pair's
+    conversation code (record k's pair, 1..K, or reversed, K+1..2K)."""
+    classes = np.where(array[:, code[0]:code[1]].argmax(axis=1) == 0, 0, 1)
+    if conversation is not None:
+        pair = array[:, conversation[0]:conversation[1]].argmax(axis=1)
+        classes = np.where(pair == 0, classes, np.where(pair <= depth, 2, 3))
+    return classes
 
 
 PATTERN_SCALE = 2.0         # pattern score: -PATTERN_SCALE * squared bit distance
@@ -423,7 +457,7 @@ class OutputCalibration:
                  tokens: dict | None = None, addresses: dict | None = None,
                  patterns: dict | None = None, conditional: dict | None = None,
                  ports: dict | None = None, runs: dict | None = None,
-                 regimes: dict | None = None):
+                 regimes: dict | None = None, follows: dict | None = None):
         # field -> (column, model quantiles (GRID,), training quantiles (GRID,))
         self.numeric = {k: (int(c), np.asarray(mq, np.float64), np.asarray(rq, np.float64))
                         for k, (c, mq, rq) in numeric.items()}
@@ -455,6 +489,11 @@ class OutputCalibration:
         # outputs, not their decoding)
         self.regimes = {kind: {k: float(v) for k, v in values.items()}
                         for kind, values in (regimes or {}).items()}
+        # 'port.follow' -> (follow span, own code span, conversation span or None, depth K,
+        # (len(FOLLOW_CLASSES), width) biases: one row per class of the record's address)
+        self.follows = {k: (tuple(span), tuple(code), None if pair is None else tuple(pair), int(depth),
+                            np.asarray(bias, np.float64))
+                        for k, (span, code, pair, depth, bias) in (follows or {}).items()}
         self.meta = dict(meta or {})
         # uniform numbers per record used by ``apply``: one per number field, one per address
         self.draws = len(self.numeric) + len(self.addresses)
@@ -491,7 +530,9 @@ class OutputCalibration:
                                                            minlength=len(values))[order] / len(outputs))}
         # The pair's conversation code first: where it is not 0 it decides both addresses, so
         # the addresses' own codes matter (and are fitted) only on the other records.
-        blocks = sorted(argmax_blocks(codec).items(), key=lambda item: not item[0].endswith(".conversation"))
+        spans = follow_spans(codec)
+        blocks = sorted(((name, span) for name, span in argmax_blocks(codec).items() if name not in spans),
+                        key=lambda item: not item[0].endswith(".conversation"))
         outside, reference_outside = np.ones(len(outputs), bool), np.ones(len(reference), bool)
         for name, (start, stop) in blocks:
             width = stop - start
@@ -510,6 +551,10 @@ class OutputCalibration:
             if name.endswith(".conversation"):
                 outside = (outputs[:, start:stop] + bias).argmax(axis=1) == 0
                 reference_outside = reference[:, start:stop].argmax(axis=1) == 0
+        follows = {}
+        for name, (span, code, conversation, depth) in spans.items():
+            follows[name], report[name] = fit_follow_biases(
+                outputs, reference, span, code, conversation, depth, biases)
         tokens = {}
         sample = outputs[np.linspace(0, len(outputs) - 1, min(TOKEN_SAMPLE, len(outputs))
                                      ).round().astype(int)]
@@ -560,7 +605,8 @@ class OutputCalibration:
             runs[name], report[f"{name}_runs"] = fit_token_runs(
                 codec.transforms[name], tokens[name], outputs[:, start:start + codec.transforms[name].table.dim],
                 reference[:, start:start + codec.transforms[name].table.dim], horizon)
-        return cls(numeric, biases, meta, tokens, addresses, patterns, conditional, ports, runs)
+        return cls(numeric, biases, meta, tokens, addresses, patterns, conditional, ports, runs,
+                   follows=follows)
 
     def apply(self, array: np.ndarray, uniforms: np.ndarray | None) -> np.ndarray:
         """(n, F) outputs, (n, draws) uniforms in [0, 1) -> (n, F) calibrated copy."""
@@ -584,6 +630,8 @@ class OutputCalibration:
             out[:, start:stop] = vectors[chosen]
         for start, stop, bias in self.biases.values():
             out[:, start:stop] += bias
+        for (start, stop), code, conversation, depth, bias in self.follows.values():
+            out[:, start:stop] += bias[follow_classes(out, code, conversation, depth)]
         for i, ((start, stop), vocabulary) in enumerate(self.addresses.values()):
             draws = None if uniforms is None else uniforms[:, len(self.numeric) + i]
             out[:, start:stop] = vocabulary.snap(out[:, start:stop], draws)
@@ -620,7 +668,8 @@ class OutputCalibration:
                                  self.patterns if "patterns" in parts else {},
                                  self.conditional if {"numbers", "conditional"} <= set(parts) else {},
                                  self.ports if "ports" in parts else {},
-                                 self.runs if "runs" in parts else {}, self.regimes)
+                                 self.runs if "runs" in parts else {}, self.regimes,
+                                 self.follows if "reuse" in parts else {})
 
     def state(self) -> dict:
         return {"numeric": {k: [c, mq.tolist(), rq.tolist()] for k, (c, mq, rq) in self.numeric.items()},
@@ -633,6 +682,9 @@ class OutputCalibration:
                 "ports": {k: v.tolist() for k, v in self.ports.items()},
                 "runs": dict(self.runs),
                 "regimes": {kind: dict(values) for kind, values in self.regimes.items()},
+                "follows": {k: [list(span), list(code), None if pair is None else list(pair), depth,
+                                bias.tolist()]
+                            for k, (span, code, pair, depth, bias) in self.follows.items()},
                 "conditional": {k: [parent, column, edges.tolist(),
                                     [None if m is None else [m[0].tolist(), m[1].tolist()]
                                      for m in maps]]
@@ -647,7 +699,40 @@ class OutputCalibration:
                    {k: (span, AddressVocabulary.from_state(v))
                     for k, (span, v) in state.get("addresses", {}).items()},
                    state.get("patterns"), state.get("conditional"), state.get("ports"),
-                   state.get("runs"), state.get("regimes"))
+                   state.get("runs"), state.get("regimes"), state.get("follows"))
+
+
+def fit_follow_biases(outputs: np.ndarray, reference: np.ndarray, span: tuple, code: tuple,
+                      conversation: tuple | None, depth: int, biases: dict) -> tuple[tuple, dict]:
+    """A port's follow code: one bias row per FOLLOW_CLASSES class, each fitted (as the
+    arg-max blocks) on the records of that class, the class taken from the calibrated codes
+    (``biases``) for the outputs and from the encodings for the reference. A class with too
+    few records of either keeps the bias fitted on all records."""
+    start, stop = span
+    calibrated = np.array(outputs)
+    for a, b, bias in biases.values():
+        calibrated[:, a:b] += bias
+    mine = follow_classes(calibrated, code, conversation, depth)
+    theirs = follow_classes(reference, code, conversation, depth)
+    pooled = fit_biases(outputs[:, start:stop], _shares(reference[:, start:stop], stop - start))
+    rows = np.tile(pooled, (len(FOLLOW_CLASSES), 1))
+    report = {}
+    for c, label in enumerate(FOLLOW_CLASSES):
+        here, there = mine == c, theirs == c
+        target = _shares(reference[there, start:stop], stop - start)
+        if min(here.sum(), there.sum()) >= MIN_CLASS_RECORDS:
+            rows[c] = fit_biases(outputs[here, start:stop], target)
+        report[label] = {"records": round(float(here.mean()), 4),
+                         "training_records": round(float(there.mean()), 4),
+                         "training": _top(target),
+                         "model": _top(_shares(outputs[here, start:stop], stop - start)),
+                         "calibrated": _top(_shares(outputs[here, start:stop] + rows[c], stop - start))}
+    return (span, code, conversation, depth, rows), report
+
+
+def _shares(block: np.ndarray, width: int) -> np.ndarray:
+    """(n, width) outputs -> (width,) share of rows whose arg-max is each class."""
+    return np.bincount(block.argmax(axis=1), minlength=width) / max(len(block), 1)
 
 
 def _expected(decoder, queries: np.ndarray, offset: np.ndarray | None,

@@ -79,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
         if "training" in freq:
             print(f"  {field}: class frequencies training {freq['training']} model "
                   f"{freq['model']} calibrated {freq['calibrated']}")
+        elif all(isinstance(value, dict) for value in freq.values()):  # a port's follow classes
+            for label, part in freq.items():
+                print(f"  {field} ({label}, {part['training_records']:.1%} of training records): "
+                      f"class frequencies training {part['training']} model {part['model']} "
+                      f"calibrated {part['calibrated']}")
         else:  # the address vocabularies report shares, not class frequencies
             print(f"  {field}: " + ", ".join(f"{key} {value}" for key, value in freq.items()))
     return 0
