@@ -70,6 +70,11 @@ def online_weights(work: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return state["online"], state
 
 
+ATOL = 1e-4   # 2 ranks sum the gradient in another order than 1 process; over 12 Adam steps
+# that rounding grew to 1.8e-5 on a few weights (seen on this machine), while one step moves
+# every weight tensor by more than 2.7e-3 here: a lost or repeated step is far above ATOL
+
+
 def assert_close(a: dict, b: dict) -> None:
     """Every weight within float tolerance, except the attention key biases: softmax ignores
     them, their gradient is 0 up to rounding, and Adam (which divides by the gradient's
@@ -79,7 +84,8 @@ def assert_close(a: dict, b: dict) -> None:
     for key, value in a.items():
         if key.endswith("key.bias"):
             continue
-        torch.testing.assert_close(value, b[key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(value, b[key], rtol=1e-4, atol=ATOL,
+                                   msg=lambda m, key=key: f"{key}: {m}")
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +120,8 @@ def test_a_two_rank_run_resumes_with_one_rank(runs):
     assert a_state["step"] == b_state["step"] == 12
     assert a_state["data_position"] == b_state["data_position"]
     assert_close(a, b)  # 2 ranks for steps 1-6 then 1 rank for 7-12 == 1 rank throughout
-    assert any(not torch.allclose(six[k], a[k]) for k in a)  # steps 7-12 did change them
+    # steps 7-12 moved every weight tensor far beyond the tolerance the runs are compared at
+    assert all((six[k] - a[k]).abs().max() > 10 * ATOL for k in a if not k.endswith("key.bias"))
     assert (tmp / "resumed12" / "model.pt").is_file()  # the resuming process wrote the artifact
 
 
