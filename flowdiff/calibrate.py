@@ -70,6 +70,10 @@ def fit_regimes(artifact, reference: np.ndarray, sampler, windows: int, seed: in
 
     if windows == 0:
         return {}, {}
+    if getattr(artifact.model, "blocks", None) is not None:
+        log.info("starting-noise regimes: not fitted, the model is block-conditioned (its "
+                 "streams take their regimes from the bank of training block summaries)")
+        return {}, {"skipped": "block-conditioned model"}
     regimes, report = fit_horizon_noise(
         artifact.model, regime_windows(artifact, reference, windows), artifact.horizon,
         artifact.codec.feature_parts, sampler, seed)

@@ -547,6 +547,11 @@ def _cross_checks(cfg: Config, raw: dict, problems: Problems) -> None:
     if cfg.train is not None and not problems.has("window") and not problems.has("train"):
         for key, message in cfg.train.predict_problems(cfg.window.length):
             problems.add(f"train.{key}", message)
+    block = cfg.model.block_length if cfg.model is not None else 0
+    if block and not problems.has("window") and not problems.has("model") \
+            and (cfg.window.context % block or cfg.window.horizon % block):
+        problems.add("model.block_length", f"a divisor of window.context ({cfg.window.context}) "
+                     f"and window.horizon ({cfg.window.horizon}), got {block}")
 
 
 def read_yaml(path: str | Path) -> tuple[Any, dict[str, int]]:

@@ -176,6 +176,12 @@ def train_flows(cfg: Config, data_path: str | Path, out_dir: str | Path,
 
         model.set_prior(MarginalPrior.fit(encoded_train, codec.feature_parts))
         log.info("marginal prior of the training records: %s", model.prior.summary())
+    if model_cfg.block_length and model.blocks is None:
+        from flowdiff.model.blocks import BlockConditioning
+
+        model.set_blocks(BlockConditioning.fit(encoded_train, model_cfg.block_length,
+                                               model_cfg.block_dims))
+        log.info("block conditioning: %s", model.blocks.summary())
     log.info("training on %d records (%d windows of %d, %d features), %d parameters, "
              "%d steps", len(train_part), len(train_windows), window.length, codec.width,
              model.num_parameters(), train_cfg.steps)

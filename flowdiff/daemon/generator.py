@@ -12,6 +12,9 @@ decoding — so a stream's records (all but their timestamps on the shared timel
 depend on how many other streams run, and a saved generator state resumes them exactly.
 A shard's generator runs the global streams ``first_stream .. first_stream + S - 1``
 (``seed`` is then the base seed plus ``first_stream``; see ``flowdiff.daemon.shard``).
+A block-conditioned model (``flowdiff.model.blocks``) gets each horizon's block summaries
+from its bank: stream i reads it in order from a place drawn from (seed + i, turn //
+WALK_TURNS), so they depend only on the seed and the turn count (already in the state).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import pandas as pd
 import torch
 
 from flowdiff.daemon.state import StreamState
+from flowdiff.model.blocks import WALK_TURNS, expand_blocks
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +89,23 @@ class StreamGenerator:
         if noise is None:
             noise = horizon_noise(codec, getattr(codec.calibration, "regimes", None))
         self.noise = noise
+        # a block-conditioned model: each stream walks the bank of training block summaries
+        self._blocks = getattr(model, "blocks", None)
+        if self._blocks is not None and (context % self._blocks.length
+                                         or horizon % self._blocks.length):
+            raise ValueError(f"block conditioning: context {context} and horizon {horizon} "
+                             f"must be multiples of the block length {self._blocks.length}")
 
     # ------------------------------------------------------------ starting points
     def start_unconditional(self, sampler, start_ts: float) -> None:
         """Fill every context with the last C steps of an unconditional sample drawn with
         ``sampler`` (an unconditional kind: ddim or ddpm)."""
+        blocks = None
+        if self._blocks is not None:  # the first window: blocks 0 .. L/B - 1 of each walk
+            length = self.context + self.horizon
+            blocks = self._walk(0, 0, length)  # (S, L, K)
         with torch.no_grad():
-            window = self.model.sample(self.streams, sampler, self.rngs)  # (S, L, F)
+            window = self.model.sample(self.streams, sampler, self.rngs, blocks)  # (S, L, F)
         self.contexts = window[:, -self.context:, :].clamp(0.0, 1.0).to(self.device)  # (S, C, F)
         self.clocks.fill_(start_ts)
 
@@ -150,11 +164,25 @@ class StreamGenerator:
     def predict(self) -> torch.Tensor:
         """The model half of a turn: the next H encoded steps of every stream (S, H, F) in
         [0, 1], appended to the contexts (the oldest H steps drop out). Not decoded."""
+        horizon_blocks = None
+        if self._blocks is not None:  # turn k's horizon continues the walk after its context
+            per_turn = self.horizon // self._blocks.length
+            first = (self.context + self.horizon) // self._blocks.length \
+                + (self.turns % WALK_TURNS) * per_turn
+            horizon_blocks = self._walk(self.turns, first, self.horizon)  # (S, H, K)
         new = self.model.predict(self.contexts, self.horizon, self.sampler, self.rngs,
-                                 noise=self.noise)
+                                 noise=self.noise, horizon_blocks=horizon_blocks)
         new = new.detach().clamp(0.0, 1.0)  # (S, H, F)
         self.contexts = torch.cat([self.contexts, new], dim=1)[:, -self.context:, :]  # (S, C, F)
         return new
+
+    def _walk(self, turn: int, first_block: int, steps: int) -> torch.Tensor:
+        """Per-step bank summaries (S, steps, K) of every stream's walk (``bank_walk``:
+        stream i's walk is seeded by its global seed, seed + i)."""
+        length = self._blocks.length
+        seeds = [self.seed + i for i in range(self.streams)]
+        blocks = self._blocks.bank_walk(seeds, turn, first_block, -(-steps // length))
+        return expand_blocks(blocks, length, steps).to(self.device)
 
     def _decode(self, steps: np.ndarray, seeds: list[int]) -> tuple[pd.DataFrame, dict]:
         """Decode all streams in ONE codec call (the per-call overhead dominates small

@@ -4,7 +4,8 @@ Contents (only tensors and plain Python values, loadable with torch.load(weights
 ``format``, ``model_config`` (ModelConfig as a dict), ``model`` (the weights to sample with:
 the EMA weights when saved by the trainer) and ``extra`` (caller's plain dict, e.g. the
 scaler, the training state for --resume, metrics), and for an ``edm-prior`` model ``prior``
-(its ``MarginalPrior`` as tensors). Writes are atomic (temp file + rename).
+(its ``MarginalPrior`` as tensors), for a block-conditioned model ``blocks`` (its
+``BlockConditioning``). Writes are atomic (temp file + rename).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from flowdiff.atomic import atomic_file
 from flowdiff.model.config import ConfigError, ModelConfig
 from flowdiff.model.diffusion_ts import DiffusionTS
+from flowdiff.model.blocks import BlockConditioning
 from flowdiff.model.prior import MarginalPrior
 
 FORMAT = "flowdiff-diffusion-ts/1"
@@ -42,6 +44,8 @@ def save_checkpoint(path: str | os.PathLike, model: DiffusionTS, extra: dict | N
            "extra": dict(extra or {})}
     if model.prior is not None:
         raw["prior"] = model.prior.to_state()
+    if model.blocks is not None:
+        raw["blocks"] = model.blocks.to_state()
     atomic_torch_save(raw, path)
 
 
@@ -84,4 +88,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
             model.set_prior(MarginalPrior.from_state(raw["prior"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: unreadable 'prior' entry: {exc}") from exc
+    if cfg.block_length:
+        if "blocks" not in raw:
+            raise CheckpointError(f"{path}: a block-conditioned model without its 'blocks' entry")
+        try:
+            model.set_blocks(BlockConditioning.from_state(raw["blocks"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: unreadable 'blocks' entry: {exc}") from exc
     return model.to(device).eval(), raw["extra"]

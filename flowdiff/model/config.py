@@ -50,6 +50,9 @@ class ModelConfig(Checked):
     sigma_data: float = 0.5           # edm: assumed std of the data in model space [-1, 1]
     loss: str = "l1"                  # l1 | l2: element-wise distance (and of the Fourier term)
     loss_weighting: str = "dts"       # dts: w_t of Diffusion-TS | edm: 1 / c_out(t)^p (p = 1, 2)
+    block_length: int = 0             # > 0: condition on block summaries of this many steps (flowdiff.model.blocks)
+    block_dims: int = 16              # K: dimensions of a block summary
+    block_dropout: float = 0.1        # share of training rows whose summaries are dropped (unconditional)
 
     def check(self) -> list[tuple[str, str]]:
         return _failed([
@@ -75,6 +78,12 @@ class ModelConfig(Checked):
              f"one of {', '.join(PARAMETERIZATIONS)}, got {self.parameterization!r}"),
             ("sigma_data", self.sigma_data > 0, f"a number > 0, got {self.sigma_data}"),
             ("loss", self.loss in LOSSES, f"one of {', '.join(LOSSES)}, got {self.loss!r}"),
+            ("block_length", self.block_length >= 0,
+             f"0 (off) or an integer >= 1 dividing the window's context and horizon, "
+             f"got {self.block_length}"),
+            ("block_dims", self.block_dims >= 1, f"an integer >= 1, got {self.block_dims}"),
+            ("block_dropout", 0.0 <= self.block_dropout < 1.0,
+             f"a number in [0, 1), got {self.block_dropout}"),
             ("loss_weighting", self.loss_weighting in LOSS_WEIGHTINGS,
              f"one of {', '.join(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}"),
         ])

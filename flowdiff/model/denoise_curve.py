@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from flowdiff.atomic import write_atomic_via, write_text_atomic
-from flowdiff.model.diffusion_ts import DiffusionTS, to_model_space
+from flowdiff.model.diffusion_ts import DiffusionTS, to_data_space, to_model_space
 
 ALL = "all"   # the group of every feature, always reported
 DEFAULT_FRACTIONS = (0.0, 0.002, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.9)   # of T
@@ -111,7 +111,9 @@ def denoising_curve(model: DiffusionTS, windows: np.ndarray | torch.Tensor, time
                 x_t = clean_part
             else:
                 x_t = model.process.q_sample(clean_part, t_batch, noise[start:start + batch_size].to(device))
-            x0_hat = model.denoise(x_t, t_batch)                                    # (b, L, F)
+            blocks = model.block_summaries(to_data_space(clean_part))  # as in training
+            x0_hat = (model.denoise(x_t, t_batch) if blocks is None
+                      else model.denoise(x_t, t_batch, blocks))                     # (b, L, F)
             mapped = x_t / model.process.sqrt_alphas_cumprod[t]                      # x~ = x0 + sigma eps
             out_err.append((x0_hat - clean_part).abs().cpu())
             in_err.append((mapped - clean_part).abs().cpu())

@@ -150,7 +150,7 @@ class DecoderBlock(nn.Module):
 
 
 class DiffusionTSNetwork(nn.Module):
-    """x_t (B, L, F) in [-1, 1], t (B,) long -> x0_hat (B, L, F)."""
+    """x_t (B, L, F) in [-1, 1], t (B,) long[, block summaries (B, L, K)] -> x0_hat (B, L, F)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -163,13 +163,23 @@ class DiffusionTSNetwork(nn.Module):
         self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_layer_enc))
         self.decoder = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_layer_dec))
         self.to_features = nn.Conv1d(d, n_feat, kernel_size=3, padding=1)
+        # block conditioning (flowdiff.model.blocks): per-step summaries (B, L, K) -> (B, L, d)
+        self.block_embed = nn.Linear(cfg.block_dims, d) if cfg.block_length else None
         self.combine_means = nn.Conv1d(cfg.n_layer_dec, 1, kernel_size=1, bias=False)
         self.combine_season = nn.Conv1d(d, n_feat, kernel_size=cfg.kernel_size,
                                         padding=cfg.kernel_size // 2, padding_mode="circular",
                                         bias=False)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.embed_dropout(self.embed(x.transpose(1, 2)).transpose(1, 2))  # (B, L, d)
+    def forward(self, x: torch.Tensor, t: torch.Tensor,
+                blocks: torch.Tensor | None = None) -> torch.Tensor:
+        """blocks: per-step block summaries (B, L, K) of a block-conditioned network
+        (None or zeros: unconditional)."""
+        emb = self.embed(x.transpose(1, 2)).transpose(1, 2)          # (B, L, d)
+        if self.block_embed is not None:
+            if blocks is None:
+                blocks = x.new_zeros(x.shape[0], x.shape[1], self.block_embed.in_features)
+            emb = emb + self.block_embed(blocks)
+        emb = self.embed_dropout(emb)
         h = self.pos_dropout(emb + self.pos_enc)
         for block in self.encoder:
             h = block(h, t)                                          # (B, L, d)

@@ -38,6 +38,8 @@ LOG_NAME = "train_log.jsonl"
 CURVE_NAME = "loss_curve.png"
 VAL_WINDOWS = 1024          # validation loss uses at most this many windows
 VAL_REPEATS = 4             # ... each with this many draws of (t, noise)
+VAL_CHUNK = 64              # ... in chunks of this many windows (a 400 + 100 window's attention
+                            # maps at 256 per chunk grew a fresh process to 13-18 GB)
 
 
 @dataclass
@@ -86,8 +88,8 @@ def validation_loss(model: DiffusionTS, data: Dataset | torch.Tensor, seed: int,
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
-    losses = [float(model.loss(x[i:i + 256], generator)) for _ in range(VAL_REPEATS)
-              for i in range(0, x.shape[0], 256)]
+    losses = [float(model.loss(x[i:i + VAL_CHUNK], generator)) for _ in range(VAL_REPEATS)
+              for i in range(0, x.shape[0], VAL_CHUNK)]
     model.train(was_training)
     return float(np.mean(losses))
 
