@@ -56,6 +56,9 @@ records, and undoes them before decoding:
   separately within each ``FOLLOW_CLASSES`` class of the record's address (decided by the
   calibrated codes). A reversed conversation swaps its ports far more often than a
   repeated pair repeats both; one bias for all records gives each class the average share.
+  The second port's classes are also split by the first port's calibrated decision: a
+  repeated pair keeps one of its ports, rarely both, which two decisions fitted each to
+  its own share and taken independently do not give.
 
 The calibration is part of the codec (``codec.json``, key ``calibration``); a codec without
 one decodes as before. It is fitted for one model and one sampler (both recorded in it).
@@ -106,7 +109,8 @@ MIN_CLASS_RECORDS = 200     # a class with fewer outputs or training records kee
 
 def follow_spans(codec) -> dict[str, tuple]:
     """'port.follow' -> ((start, stop) of its follow code, (start, stop) of its address's
-    own reuse code, (start, stop) of the pair's conversation code or None, depth K)."""
+    own reuse code, (start, stop) of the pair's conversation code or None, depth K), in the
+    order they are decided (``follow_fields``)."""
     blocks = argmax_blocks(codec)
     spans = {}
     for port in codec.follow_fields:
@@ -118,15 +122,18 @@ def follow_spans(codec) -> dict[str, tuple]:
     return spans
 
 
-def follow_classes(array: np.ndarray, code: tuple, conversation: tuple | None, depth: int
-                   ) -> np.ndarray:
+def follow_classes(array: np.ndarray, code: tuple, conversation: tuple | None, depth: int,
+                   given: tuple | None = None) -> np.ndarray:
     """(n, F) outputs (their arg-max biases added) -> (n,) index into FOLLOW_CLASSES of what
     the record's address does: a new address, its own reuse code, or the pair's
-    conversation code (record k's pair, 1..K, or reversed, K+1..2K)."""
+    conversation code (record k's pair, 1..K, or reversed, K+1..2K); with ``given`` (the
+    follow span of the port decided first), + len(FOLLOW_CLASSES) where that port follows."""
     classes = np.where(array[:, code[0]:code[1]].argmax(axis=1) == 0, 0, 1)
     if conversation is not None:
         pair = array[:, conversation[0]:conversation[1]].argmax(axis=1)
         classes = np.where(pair == 0, classes, np.where(pair <= depth, 2, 3))
+    if given is not None:
+        classes = classes + len(FOLLOW_CLASSES) * (array[:, given[0] + 1] > array[:, given[0]])
     return classes
 
 
@@ -493,10 +500,13 @@ class OutputCalibration:
         self.regimes = {kind: {k: float(v) for k, v in values.items()}
                         for kind, values in (regimes or {}).items()}
         # 'port.follow' -> (follow span, own code span, conversation span or None, depth K,
-        # (len(FOLLOW_CLASSES), width) biases: one row per class of the record's address)
-        self.follows = {k: (tuple(span), tuple(code), None if pair is None else tuple(pair), int(depth),
-                            np.asarray(bias, np.float64))
-                        for k, (span, code, pair, depth, bias) in (follows or {}).items()}
+        # (classes, width) biases: one row per class of the record's address, given span:
+        # the follow span of the port decided first, whose decision splits the classes, or
+        # None), applied in order
+        self.follows = {k: (tuple(entry[0]), tuple(entry[1]), None if entry[2] is None else tuple(entry[2]),
+                            int(entry[3]), np.asarray(entry[4], np.float64),
+                            None if len(entry) < 6 or entry[5] is None else tuple(entry[5]))
+                        for k, entry in (follows or {}).items()}
         self.meta = dict(meta or {})
         # uniform numbers per record used by ``apply``: one per number field, one per address
         self.draws = len(self.numeric) + len(self.addresses)
@@ -554,10 +564,11 @@ class OutputCalibration:
             if name.endswith(".conversation"):
                 outside = (outputs[:, start:stop] + bias).argmax(axis=1) == 0
                 reference_outside = reference[:, start:stop].argmax(axis=1) == 0
-        follows = {}
+        follows, first = {}, None
         for name, (span, code, conversation, depth) in spans.items():
             follows[name], report[name] = fit_follow_biases(
-                outputs, reference, span, code, conversation, depth, biases)
+                outputs, reference, span, code, conversation, depth, biases, follows, first)
+            first = span if first is None else first
         tokens = {}
         sample = outputs[np.linspace(0, len(outputs) - 1, min(TOKEN_SAMPLE, len(outputs))
                                      ).round().astype(int)]
@@ -633,8 +644,8 @@ class OutputCalibration:
             out[:, start:stop] = vectors[chosen]
         for start, stop, bias in self.biases.values():
             out[:, start:stop] += bias
-        for (start, stop), code, conversation, depth, bias in self.follows.values():
-            out[:, start:stop] += bias[follow_classes(out, code, conversation, depth)]
+        for (start, stop), code, conversation, depth, bias, given in self.follows.values():
+            out[:, start:stop] += bias[follow_classes(out, code, conversation, depth, given)]
         for i, ((start, stop), vocabulary) in enumerate(self.addresses.values()):
             draws = None if uniforms is None else uniforms[:, len(self.numeric) + i]
             out[:, start:stop] = vocabulary.snap(out[:, start:stop], draws)
@@ -686,8 +697,8 @@ class OutputCalibration:
                 "runs": dict(self.runs),
                 "regimes": {kind: dict(values) for kind, values in self.regimes.items()},
                 "follows": {k: [list(span), list(code), None if pair is None else list(pair), depth,
-                                bias.tolist()]
-                            for k, (span, code, pair, depth, bias) in self.follows.items()},
+                                bias.tolist(), None if given is None else list(given)]
+                            for k, (span, code, pair, depth, bias, given) in self.follows.items()},
                 "conditional": {k: [parent, column, edges.tolist(),
                                     [None if m is None else [m[0].tolist(), m[1].tolist()]
                                      for m in maps]]
@@ -706,21 +717,31 @@ class OutputCalibration:
 
 
 def fit_follow_biases(outputs: np.ndarray, reference: np.ndarray, span: tuple, code: tuple,
-                      conversation: tuple | None, depth: int, biases: dict) -> tuple[tuple, dict]:
+                      conversation: tuple | None, depth: int, biases: dict,
+                      earlier: dict | None = None, given: tuple | None = None
+                      ) -> tuple[tuple, dict]:
     """A port's follow code: one bias row per FOLLOW_CLASSES class, each fitted (as the
     arg-max blocks) on the records of that class, the class taken from the calibrated codes
-    (``biases``) for the outputs and from the encodings for the reference. A class with too
-    few records of either keeps the bias fitted on all records."""
+    (``biases``, then the ``earlier`` ports' fitted follows) for the outputs and from the
+    encodings for the reference; with ``given`` (the follow span of the port decided first)
+    the classes are split by that port's decision too. A class with too few records of
+    either keeps the bias fitted on all records."""
     start, stop = span
     calibrated = np.array(outputs)
     for a, b, bias in biases.values():
         calibrated[:, a:b] += bias
-    mine = follow_classes(calibrated, code, conversation, depth)
-    theirs = follow_classes(reference, code, conversation, depth)
+    for (a, b), own, pair, k, bias, before in (earlier or {}).values():
+        calibrated[:, a:b] += bias[follow_classes(calibrated, own, pair, k, before)]
+    mine = follow_classes(calibrated, code, conversation, depth, given)
+    theirs = follow_classes(reference, code, conversation, depth, given)
     pooled = fit_biases(outputs[:, start:stop], _shares(reference[:, start:stop], stop - start))
-    rows = np.tile(pooled, (len(FOLLOW_CLASSES), 1))
+    labels = list(FOLLOW_CLASSES)
+    if given is not None:
+        labels = [f"{label}, first port stays" for label in labels] + \
+                 [f"{label}, first port follows" for label in labels]
+    rows = np.tile(pooled, (len(labels), 1))
     report = {}
-    for c, label in enumerate(FOLLOW_CLASSES):
+    for c, label in enumerate(labels):
         here, there = mine == c, theirs == c
         target = _shares(reference[there, start:stop], stop - start)
         if min(here.sum(), there.sum()) >= MIN_CLASS_RECORDS:
@@ -730,7 +751,7 @@ def fit_follow_biases(outputs: np.ndarray, reference: np.ndarray, span: tuple, c
                          "training": _top(target),
                          "model": _top(_shares(outputs[here, start:stop], stop - start)),
                          "calibrated": _top(_shares(outputs[here, start:stop] + rows[c], stop - start))}
-    return (span, code, conversation, depth, rows), report
+    return (span, code, conversation, depth, rows, given), report
 
 
 def _shares(block: np.ndarray, width: int) -> np.ndarray:
