@@ -161,22 +161,29 @@ def test_calibration_maps_numbers_and_reuse_codes_onto_the_training_distribution
         assert abs((mapped[:, start:stop].argmax(1) == 0).mean() - real) < 0.01
 
 
+def _conversation_codec(records: int):
+    """The conversation codec (pair reuse codes, following ports, the conversation code)
+    fitted on the first ``records`` UGR'16 sample records -> (codec, their encodings)."""
+    from conftest import shared_file
+
+    from flowdiff.codec import CodecConfig
+    from flowdiff.ingest import read_flows
+
+    table, _ = read_flows(shared_file("ugr16/ugr16_sample_20k.csv"))
+    table = table.iloc[:records].reset_index(drop=True)
+    codec = FlowCodec.fit(table, CodecConfig(fields={
+        "srcip": "reuse_pair_bits", "dstip": "reuse_pair_bits",
+        "srcport": "word2vec_follow", "dstport": "word2vec_follow"}, conversations=True))
+    return codec, codec.encode(table)
+
+
 def test_follow_and_conversation_codes_are_fitted_to_the_training_share():
     """word2vec_follow and conversations: the ports' follow codes and the pair's conversation
     code are arg-max blocks of their own ("srcport.follow", "srcip.conversation"); outputs
     that rarely say "follow" or "conversation" are biased back to the training share."""
-    from conftest import shared_file
-
-    from flowdiff.codec import CodecConfig
     from flowdiff.codec.calibration import FOLLOW_CLASSES, argmax_blocks, follow_classes, follow_spans
-    from flowdiff.ingest import read_flows
 
-    table, _ = read_flows(shared_file("ugr16/ugr16_sample_20k.csv"))
-    table = table.iloc[:4000].reset_index(drop=True)
-    codec = FlowCodec.fit(table, CodecConfig(fields={
-        "srcip": "reuse_pair_bits", "dstip": "reuse_pair_bits",
-        "srcport": "word2vec_follow", "dstport": "word2vec_follow"}, conversations=True))
-    reference = codec.encode(table)
+    codec, reference = _conversation_codec(4000)
     outputs = reference.astype(np.float64).copy()
     rng = np.random.default_rng(0)
     blocks = argmax_blocks(codec)
@@ -228,18 +235,9 @@ def test_the_second_ports_follow_is_decided_given_the_firsts():
     dstport 54 %, both 10 %); a model whose two follow codes are independent would give both
     about 30 % if each were only fitted to its own share. dstport's biases are fitted per
     srcport decision too, so the joint share comes back."""
-    from conftest import shared_file
-
-    from flowdiff.codec import CodecConfig
     from flowdiff.codec.calibration import follow_classes, follow_spans
-    from flowdiff.ingest import read_flows
 
-    table, _ = read_flows(shared_file("ugr16/ugr16_sample_20k.csv"))
-    table = table.iloc[:8000].reset_index(drop=True)
-    codec = FlowCodec.fit(table, CodecConfig(fields={
-        "srcip": "reuse_pair_bits", "dstip": "reuse_pair_bits",
-        "srcport": "word2vec_follow", "dstport": "word2vec_follow"}, conversations=True))
-    reference = codec.encode(table)
+    codec, reference = _conversation_codec(8000)
     spans = follow_spans(codec)
     (first, code, conversation, depth), (second, *_) = spans["srcport.follow"], spans["dstport.follow"]
     same_pair = follow_classes(reference, code, conversation, depth) == 2

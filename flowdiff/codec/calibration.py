@@ -564,11 +564,12 @@ class OutputCalibration:
             if name.endswith(".conversation"):
                 outside = (outputs[:, start:stop] + bias).argmax(axis=1) == 0
                 reference_outside = reference[:, start:stop].argmax(axis=1) == 0
-        follows, first = {}, None
+        follows = {}
+        first = next(iter(spans.values()), (None,))[0]   # the port decided first
         for name, (span, code, conversation, depth) in spans.items():
+            given = None if span == first else first
             follows[name], report[name] = fit_follow_biases(
-                outputs, reference, span, code, conversation, depth, biases, follows, first)
-            first = span if first is None else first
+                outputs, reference, span, code, conversation, depth, biases, follows, given)
         tokens = {}
         sample = outputs[np.linspace(0, len(outputs) - 1, min(TOKEN_SAMPLE, len(outputs))
                                      ).round().astype(int)]

@@ -108,9 +108,9 @@ class BlockConditioning:
         order from a place drawn from (its seed, turn // WALK_TURNS), so consecutive turns
         continue one real sequence of regimes and every WALK_TURNS turns it moves elsewhere."""
         n_bank = self.bank.shape[0]
+        epoch = turn // WALK_TURNS
         out = []
         for seed in stream_seeds:
-            epoch = turn // WALK_TURNS
             start = int(np.random.default_rng([int(seed), epoch]).integers(n_bank))
             index = (start + first_block + np.arange(n_blocks)) % n_bank
             out.append(self.bank[torch.as_tensor(index)])

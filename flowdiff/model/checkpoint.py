@@ -82,17 +82,18 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the stored model_config: {exc}") from exc
     if cfg.parameterization == "edm-prior":
-        if "prior" not in raw:
-            raise CheckpointError(f"{path}: an edm-prior model without its 'prior' entry")
-        try:
-            model.set_prior(MarginalPrior.from_state(raw["prior"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: unreadable 'prior' entry: {exc}") from exc
+        model.set_prior(_fitted_part(raw, "prior", MarginalPrior, "an edm-prior model", path))
     if cfg.block_length:
-        if "blocks" not in raw:
-            raise CheckpointError(f"{path}: a block-conditioned model without its 'blocks' entry")
-        try:
-            model.set_blocks(BlockConditioning.from_state(raw["blocks"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: unreadable 'blocks' entry: {exc}") from exc
+        model.set_blocks(_fitted_part(raw, "blocks", BlockConditioning, "a block-conditioned model", path))
     return model.to(device).eval(), raw["extra"]
+
+
+def _fitted_part(raw: dict, key: str, kind, model_kind: str, path):
+    """The part fitted on data that the checkpoint stores under ``key`` (``kind.from_state``),
+    or a CheckpointError naming the file when it is missing or unreadable."""
+    if key not in raw:
+        raise CheckpointError(f"{path}: {model_kind} without its '{key}' entry")
+    try:
+        return kind.from_state(raw[key])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable '{key}' entry: {exc}") from exc
