@@ -1,5 +1,3 @@
-import sys
+from flowdiff.cli import entry
 
-from flowdiff.cli import main
-
-sys.exit(main())
+entry()

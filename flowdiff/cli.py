@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from flowdiff import __version__
@@ -32,8 +33,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command (in process: tests and scripts call this) and return its exit code."""
+    return _run(build_parser().parse_args(argv))
+
+
+def entry() -> None:
+    """The ``flowdiff`` program (console script, ``python -m flowdiff``): ``main``, then exit.
+    A stopped daemon leaves at once: its exporters are closed, its state saved and its
+    stop logged by then, and the interpreter's teardown (torch and the token tables, in C)
+    took 1-2 s more on a loaded machine, past the shutdown bound a supervisor waits for."""
+    args = build_parser().parse_args()
+    code = _run(args)
+    if args.command == "serve":
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # the reader went away (serve | head), or closed
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
+def _run(args: argparse.Namespace) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -43,4 +65,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

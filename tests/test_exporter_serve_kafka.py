@@ -236,7 +236,7 @@ exporters:
         broker.stop()
         wait_for(lambda: not ready(metrics_port), 10, "/readyz 503 once the broker is gone")
         time.sleep(1.0)  # a delivery round is under way against the stopped broker
-        asked = time.monotonic()
+        asked, asked_at = time.monotonic(), time.strftime("%H:%M:%S")
         serve.send_signal(signal.SIGTERM)
         code = serve.wait(timeout=60)
         took = time.monotonic() - asked
@@ -244,7 +244,8 @@ exporters:
     finally:
         _tear_down(serve, broker)
     # the bound, plus a second for the interpreter to exit after the daemon stopped
-    assert took <= shutdown_timeout + 1.0, f"stopped {took:.1f} s after SIGTERM\n{err[-3000:]}"
+    assert took <= shutdown_timeout + 1.0, \
+        f"stopped {took:.1f} s after SIGTERM (sent at {asked_at})\n{err[-3000:]}"
     assert code == 1, err[-3000:]  # records were lost at the bound: not a clean shutdown
     assert "did not drain" in err and not uncaught_tracebacks(err), err[-3000:]
     # the retry wait was cut short (submit returned at once) and the exporter closed without

@@ -230,7 +230,8 @@ class Service:
                 gen.restore(saved, rebase_to=float("-inf"))
                 self._rebase_at = generated
                 log.info("resumed %d streams from %s at acknowledged turn %d: turns %d..%d "
-                         "are generated again with their original timestamps", s.streams,
+                         "(what the crash may have emitted) are generated again with their "
+                         "original timestamps", s.streams,
                          self.state_dir, saved.turns, saved.turns + 1, generated)
             else:
                 gen.restore(saved, rebase_to=now)
@@ -293,7 +294,9 @@ class Service:
             if self.state_dir:
                 self._forget_acknowledged()
                 if gen.turns % s.state_every == 0:
-                    self._save(gen)
+                    # A crash before the next save has generated at most state_every - 1
+                    # turns more: the restart replays them all with their timestamps.
+                    self._save(gen, generated=gen.turns + s.state_every - 1)
 
     def _output_closed(self, exporter: str) -> None:
         """An exporter's reader went away (``serve | head``): end the run like a Unix tool."""
@@ -325,11 +328,15 @@ class Service:
             if turn < acked or len(self._snapshots) > MAX_SNAPSHOTS:
                 del self._snapshots[turn]
 
-    def _save(self, gen: StreamGenerator) -> StreamState:
-        """Save the state after the last turn every exporter acknowledged."""
+    def _save(self, gen: StreamGenerator, generated: int | None = None) -> StreamState:
+        """Save the state after the last turn every exporter acknowledged, with the turns
+        whose records may have been emitted (``generated``: default the turns generated so
+        far, exact at shutdown; a periodic save passes the most a crash before the next
+        save can have generated)."""
         self._forget_acknowledged()
         state = self._snapshots[min(self._snapshots)]
-        state.generated_turns = max(gen.turns, self._rebase_at or 0)  # replaying: its end
+        generated = gen.turns if generated is None else generated
+        state.generated_turns = max(generated, self._rebase_at or 0)  # replaying: its end
         save_state(self.state_dir, state)
         self.metrics.state_saves.inc()
         return state

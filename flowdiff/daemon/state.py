@@ -44,9 +44,10 @@ class StreamState:
     # codec reuse field -> (S, K) int64 last K decoded addresses of each stream (-1: none);
     # absent in states saved before the codec had reuse fields
     history: dict[str, torch.Tensor] = field(default_factory=dict)
-    # Turns generated when this (acknowledged) state was saved; > turns after a crash: the
-    # records of turns (turns, generated_turns] may have been emitted, and a restart emits
-    # them again with the same content (clocks not moved) before rebasing the clocks.
+    # The turns whose records may have been emitted when this (acknowledged) state was
+    # saved: exact at shutdown, at a periodic save the most a crash before the next save
+    # can have generated. > turns: a restart emits turns (turns, generated_turns] again
+    # with the same content (clocks not moved) before rebasing the clocks.
     generated_turns: int | None = None
 
 
