@@ -258,11 +258,12 @@ def block_calibration(base, codec, bank: Bank, horizon: int, seed: int, parts: s
 
 
 def copy_ports(table: pd.DataFrame, codes: np.ndarray, history: dict, rng, newfix: bool,
-               nearest: bool = True) -> None:
+               nearest: bool = True, lag_slack: int | None = None) -> None:
     """``quad``: each port with code k > 0 becomes the port k records back (same protocol);
     with ``newfix`` a code-0 ephemeral port already among the last DEPTH is redrawn.
     ``skeleton`` (codes carry the record's port sides): the port k back if it is on the
-    record's side, else (``nearest``) the nearest earlier one on that side."""
+    record's side, else (``nearest``) the nearest earlier one on that side (``lag_slack``:
+    only lags within that many of k, the closest lag first)."""
     proto = table["proto"].to_numpy()
     for col, ci in (("srcport", 0), ("dstport", 1)):
         values = table[col].to_numpy().copy()
@@ -273,6 +274,9 @@ def copy_ports(table: pd.DataFrame, codes: np.ndarray, history: dict, rng, newfi
                 side = codes[i, ci + 2] == 1
                 near = [j for j in range(1, min(DEPTH, len(seen)) + 1)
                         if protos[-j] == proto[i] and (seen[-j] < 1024) == side]
+                if lag_slack is not None:
+                    near = [j for j in near if abs(j - k) <= lag_slack]
+                    near.sort(key=lambda j: abs(j - k))
                 if k in near or (near and nearest):
                     values[i] = seen[-(k if k in near else near[0])]
             elif k > 0 and len(seen) >= k and protos[-k] == proto[i]:
@@ -299,6 +303,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-port-runs", action="store_true")
     p.add_argument("--exact-lag", action="store_true",
                    help="skeleton: copy a port only from exactly k records back")
+    p.add_argument("--lag-slack", type=int, default=None,
+                   help="skeleton: copy from a lag within this many of k (the closest first)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--records", type=int, default=100_000)
     p.add_argument("--start-ts", type=float, default=1460390400.0)
@@ -347,7 +353,7 @@ def main(argv=None) -> int:
         records = decoder.decode_turn(steps).records
         if parts & {"quad", "skeleton"}:
             copy_ports(records, np.concatenate(calibration.port_codes), history, rng, args.newfix,
-                       not args.exact_lag)
+                       not args.exact_lag, args.lag_slack)
         tables.append(records)
     out = pd.concat(tables, ignore_index=True).iloc[:args.records]
     out.to_parquet(args.out)
