@@ -442,7 +442,8 @@ exporters:
 
 def _saved_and_exported(state: Path, port: int) -> tuple[int, int, int]:
     """(records the saved state counts as done, records the exporters delivered so far,
-    records the saved state counts as generated: more than done when batches waited)."""
+    records of the turns the saved state counts as possibly emitted: the turns generated at
+    the save plus state_every - 1)."""
     import re
 
     payload = torch.load(state / "state.pt", weights_only=True)
@@ -491,10 +492,9 @@ def test_kill_9_while_a_slow_consumer_lags_loses_nothing(tiny_model, tmp_path):
             assert len(first) == 240, (tmp_path / f"err{run}.txt").read_text()[-2000:]
             if run == 0:
                 # Kill while records were delivered after the last save (so some are emitted
-                # twice) and all of them belong to turns that save knew as generated (batches
-                # waited in the queue): the restart emits those again with their timestamps.
-                # Reading slower than the daemon generates fills the pipe and the queue;
-                # until then a save may find the queue empty.
+                # twice) and all of them belong to turns that save counts as possibly emitted:
+                # the restart emits those again with their timestamps. Reading slower than
+                # the daemon generates fills the pipe and the queue (batches wait at the save).
                 deadline = time.monotonic() + 60
                 while True:
                     saved, exported, generated = _saved_and_exported(state, port)
