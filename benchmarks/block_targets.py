@@ -4,8 +4,8 @@
         --data ../shared/data/ugr16/ugr16_day1_train.csv.gz --records 100000 --streams 1 \
         --variants all --cache K.npz --out abl                 # the rollout and its baseline row
     nice -n 10 python benchmarks/block_targets.py --cache K.npz --model flowdiff/default_model \
-        --data ../shared/data/ugr16/ugr16_day1_train.csv.gz --parts numbers reuse joint \
-        --numbers exact --out joint-exact.parquet
+        --data ../shared/data/ugr16/ugr16_day1_train.csv.gz --parts numbers reuse joint side \
+        skeleton --numbers exact --newfix --exact-lag --out T6.parquet   # docs/model.md row T6
 
 Not part of the daemon: a measured answer to "what if every 25-record block of the stream
 had the block-level statistics of a real block?" (docs/model.md, "Block targets in
@@ -38,7 +38,6 @@ the rollout as ``CACHE.cal.pkl``). One stream only.
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import sys
 from pathlib import Path
@@ -114,7 +113,8 @@ class Bank:
                                       ).reshape(-1, BLOCK, 2)   # (blocks, BLOCK, 2)
 
 
-def pattern_scores(bits, patterns):
+def pattern_scores(bits: np.ndarray, patterns: np.ndarray) -> np.ndarray:
+    """flowdiff's flag-mask scores (imported late: main puts the repository on the path)."""
     from flowdiff.codec.calibration import pattern_scores as scores
     return scores(bits, patterns)
 
@@ -246,15 +246,11 @@ def block_calibration(base, codec, bank: Bank, horizon: int, seed: int, parts: s
                 r, c = linear_sum_assignment(-(proto_scores[:, pairs // 1000] + mask_scores[:, pairs % 1000]))
                 chosen = np.empty(BLOCK, np.int64)
                 chosen[r] = pairs[c]
+            (_name, (fa, fb, _values, _bias)), = self.patterns.items()
             out[rows, pa:pb] = decoder.vectors[chosen // 1000]
-            out[rows, fa_fb(self)] = masks[chosen % 1000]
+            out[rows, fa:fb] = masks[chosen % 1000]
 
-    def fa_fb(cal):
-        (_name, (fa, fb, _v, _b)), = cal.patterns.items()
-        return slice(fa, fb)
-
-    calibration = BlockTargets.from_state(base.state())
-    return calibration
+    return BlockTargets.from_state(base.state())
 
 
 def copy_ports(table: pd.DataFrame, codes: np.ndarray, history: dict, rng, newfix: bool,
@@ -362,5 +358,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.exit(main())
