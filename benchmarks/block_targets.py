@@ -120,9 +120,10 @@ def pattern_scores(bits: np.ndarray, patterns: np.ndarray) -> np.ndarray:
 
 
 def block_calibration(base, codec, bank: Bank, horizon: int, seed: int, parts: set,
-                      numbers: str):
-    """An OutputCalibration whose ``apply`` also imposes the bank's block targets."""
-    from flowdiff.codec.calibration import GRID, OutputCalibration
+                      numbers: str, recondition: bool = False):
+    """An OutputCalibration whose ``apply`` also imposes the bank's block targets (``recondition``:
+    numbers only on ts and pkt, bytes and duration mapped again within pkt's new bins)."""
+    from flowdiff.codec.calibration import GRID, OutputCalibration, quantile_map
 
     class BlockTargets(OutputCalibration):
         turn = 0
@@ -154,12 +155,22 @@ def block_calibration(base, codec, bank: Bank, horizon: int, seed: int, parts: s
                 for j, b in enumerate(pos[s]):
                     rows = slice(s * horizon + j * BLOCK, s * horizon + (j + 1) * BLOCK)
                     self._block(out, raw, rows, b)
+            if recondition:  # bytes and duration mapped again within the new packet-count bins
+                for name, (_parent, parent_column, edges, maps) in self.conditional.items():
+                    column, draw = self.numeric[name][0], uniforms[:, list(self.numeric).index(name)]
+                    bins = np.searchsorted(edges, out[:, parent_column], side="right")
+                    for k, pair in enumerate(maps):
+                        rows = np.flatnonzero(bins == k)
+                        if pair is not None and len(rows):
+                            out[rows, column] = quantile_map(raw[rows, column], *pair, draw[rows])
             self.turn += 1
             return out
 
         def _block(self, out, raw, rows, b):
             if "numbers" in parts:
                 for name, (column, _mq, train_q) in self.numeric.items():
+                    if recondition and name in self.conditional:
+                        continue
                     rank = rankdata(out[rows, column] + self.rng.uniform(0, 1e-9, BLOCK), "ordinal") - 1
                     if numbers == "exact":
                         p = bank.ranks[name][b][rank]
@@ -295,6 +306,8 @@ def main(argv=None) -> int:
                    choices=["numbers", "reuse", "patterns", "proto", "joint", "side", "quad", "skeleton"])
     p.add_argument("--numbers", choices=["normal", "knots", "exact"], default="normal",
                    help="a block's numbers: normal-score mean and std, 7 quantiles, or all 25 ranks")
+    p.add_argument("--recondition", action="store_true",
+                   help="block targets for ts and pkt only; byt and td mapped within pkt's bins")
     p.add_argument("--newfix", action="store_true")
     p.add_argument("--no-port-runs", action="store_true")
     p.add_argument("--exact-lag", action="store_true",
@@ -335,7 +348,7 @@ def main(argv=None) -> int:
         if len(table) != len(reference):
             raise SystemExit(f"{args.cache}: {len(reference)} reference records, the split has {len(table)}")
     calibration = block_calibration(base, codec, Bank(base, codec, reference, table), artifact.horizon,
-                                    args.seed, parts, args.numbers)
+                                    args.seed, parts, args.numbers, args.recondition)
     if args.no_port_runs:
         calibration.runs = {k: v for k, v in calibration.runs.items() if k not in ("srcport", "dstport")}
     codec.set_calibration(calibration)
