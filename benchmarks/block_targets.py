@@ -82,6 +82,16 @@ def lse(x: np.ndarray) -> np.ndarray:
 class Bank:
     """Per-block targets of the training records (``reference`` encoded, ``table`` decoded)."""
 
+    def keep_last(self, blocks: int) -> None:
+        """Only the latest ``blocks`` blocks (their targets as computed among all records)."""
+        for name, value in vars(self).items():
+            if isinstance(value, dict):   # field -> (blocks, ...) array or tuple of them
+                for key, part in value.items():
+                    value[key] = tuple(v[-blocks:] for v in part) if isinstance(part, tuple) else part[-blocks:]
+            elif isinstance(value, np.ndarray):
+                setattr(self, name, value[-blocks:])
+        self.blocks = blocks
+
     def __init__(self, cal, codec, reference: np.ndarray, table: pd.DataFrame | None):
         n = (len(reference) // BLOCK) * BLOCK
         ref = reference[:n]
@@ -308,6 +318,8 @@ def main(argv=None) -> int:
                    help="a block's numbers: normal-score mean and std, 7 quantiles, or all 25 ranks")
     p.add_argument("--recondition", action="store_true",
                    help="block targets for ts and pkt only; byt and td mapped within pkt's bins")
+    p.add_argument("--bank-last", type=int, default=None,
+                   help="build the bank from the last N training records only")
     p.add_argument("--newfix", action="store_true")
     p.add_argument("--no-port-runs", action="store_true")
     p.add_argument("--exact-lag", action="store_true",
@@ -347,7 +359,10 @@ def main(argv=None) -> int:
         table = artifact_split(artifact, args.data)[0]
         if len(table) != len(reference):
             raise SystemExit(f"{args.cache}: {len(reference)} reference records, the split has {len(table)}")
-    calibration = block_calibration(base, codec, Bank(base, codec, reference, table), artifact.horizon,
+    bank = Bank(base, codec, reference, table)
+    if args.bank_last:  # the latest blocks only (ranks still among all training records)
+        bank.keep_last(args.bank_last // BLOCK)
+    calibration = block_calibration(base, codec, bank, artifact.horizon,
                                     args.seed, parts, args.numbers, args.recondition)
     if args.no_port_runs:
         calibration.runs = {k: v for k, v in calibration.runs.items() if k not in ("srcport", "dstport")}
