@@ -28,6 +28,7 @@ gives the block the real block's make-up:
 * ``quad``: srcip, dstip, srcport and dstport reuse codes as one class; ports are then
   copied from k records back after decoding (``--newfix``: a 'new' ephemeral port already
   among the last 16 is redrawn; ``--no-port-runs``: independent port draws);
+* no parts: the rollout's plain calibration (the baseline of the decoding time printed);
 * ``skeleton`` (with ``joint side``): the record's whole discrete make-up as one class
   (protocol, flag mask, port sides, the four reuse codes), ports copied as in ``quad``.
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -312,7 +314,7 @@ def main(argv=None) -> int:
     p.add_argument("--cache", type=Path, required=True, help="calibration_ablation.py's --cache")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="the trace the model trained on")
-    p.add_argument("--parts", nargs="+", default=["numbers", "reuse", "joint"],
+    p.add_argument("--parts", nargs="*", default=["numbers", "reuse", "joint"],
                    choices=["numbers", "reuse", "patterns", "proto", "joint", "side", "quad", "skeleton"])
     p.add_argument("--numbers", choices=["normal", "knots", "exact"], default="normal",
                    help="a block's numbers: normal-score mean and std, 7 quantiles, or all 25 ranks")
@@ -372,6 +374,7 @@ def main(argv=None) -> int:
                               seed=args.seed)
     decoder.clocks.fill_(args.start_ts)
     tables, history, rng = [], {}, np.random.default_rng(args.seed + 2000)
+    started = time.perf_counter()
     for steps in raw:
         calibration.port_codes.clear()
         records = decoder.decode_turn(steps).records
@@ -379,9 +382,12 @@ def main(argv=None) -> int:
             copy_ports(records, np.concatenate(calibration.port_codes), history, rng, args.newfix,
                        not args.exact_lag, args.lag_slack)
         tables.append(records)
+    seconds = time.perf_counter() - started
     out = pd.concat(tables, ignore_index=True).iloc[:args.records]
     out.to_parquet(args.out)
-    print(f"{args.out}: {len(out)} records", flush=True)
+    decoded = sum(len(t) for t in tables)
+    print(f"{args.out}: {len(out)} records; decoding {decoded} took {seconds:.0f} s "
+          f"({decoded / seconds:.0f} records/s, parts: {' '.join(sorted(parts)) or 'none'})", flush=True)
     return 0
 
 
