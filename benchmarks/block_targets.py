@@ -132,7 +132,7 @@ def pattern_scores(bits: np.ndarray, patterns: np.ndarray) -> np.ndarray:
 
 
 def block_calibration(base, codec, bank: Bank, horizon: int, seed: int, parts: set,
-                      numbers: str, recondition: bool = False):
+                      numbers: str, recondition: bool = False, in_order: bool = False):
     """An OutputCalibration whose ``apply`` also imposes the bank's block targets (``recondition``:
     numbers only on ts and pkt, bytes and duration mapped again within pkt's new bins)."""
     from flowdiff.codec.calibration import GRID, OutputCalibration, quantile_map
@@ -248,9 +248,10 @@ def block_calibration(base, codec, bank: Bank, horizon: int, seed: int, parts: s
                     (sa, sb, sbias), (da, db, dbias) = self.biases["srcip"], self.biases["dstip"]
                     scores = scores + ((raw[rows, sa:sb] + sbias)[:, quads // 64 ** 3]
                                        + (raw[rows, da:db] + dbias)[:, (quads // 64 ** 2) % 64])
-                r, c = linear_sum_assignment(-scores)
-                slot = np.empty(BLOCK, np.int64)
-                slot[r] = c
+                slot = np.arange(BLOCK)     # --in-order: the real block's records in their order
+                if not in_order:
+                    r, c = linear_sum_assignment(-scores)
+                    slot[r] = c
                 chosen = pairs[slot]
                 if "skeleton" in parts:
                     picked = quads[slot]
@@ -322,6 +323,9 @@ def main(argv=None) -> int:
                    help="block targets for ts and pkt only; byt and td mapped within pkt's bins")
     p.add_argument("--bank-last", type=int, default=None,
                    help="build the bank from the last N training records only")
+    p.add_argument("--in-order", action="store_true",
+                   help="skeleton: no assignment, each record takes the real record at its place "
+                        "(a bound: the discrete make-up replayed, not a generator)")
     p.add_argument("--newfix", action="store_true")
     p.add_argument("--no-port-runs", action="store_true")
     p.add_argument("--exact-lag", action="store_true",
@@ -365,7 +369,8 @@ def main(argv=None) -> int:
     if args.bank_last:  # the latest blocks only (ranks still among all training records)
         bank.keep_last(args.bank_last // BLOCK)
     calibration = block_calibration(base, codec, bank, artifact.horizon,
-                                    args.seed, parts, args.numbers, args.recondition)
+                                    args.seed, parts, args.numbers, args.recondition,
+                                    args.in_order)
     if args.no_port_runs:
         calibration.runs = {k: v for k, v in calibration.runs.items() if k not in ("srcport", "dstport")}
     codec.set_calibration(calibration)
