@@ -161,6 +161,8 @@ def block_calibration(base, codec, bank: Bank, horizon: int, seed: int, parts: s
                 out = super().apply(array, uniforms)
             finally:
                 self.biases, self.patterns = kept
+            if not parts:
+                return out
             raw = np.asarray(array, np.float64)
             pos = self.positions(len(out) // horizon)
             for s in range(len(pos)):
@@ -197,6 +199,15 @@ def block_calibration(base, codec, bank: Bank, horizon: int, seed: int, parts: s
                 for name, (a, c, bias) in self.biases.items():
                     chosen = assign(raw[rows, a:c] + bias, bank.codes[name][b])
                     out[rows, a:c] = np.eye(c - a)[chosen]
+            if "quad" in parts:
+                quads = bank.quads[b]
+                r, c = linear_sum_assignment(-self._address_code_scores(raw, rows, quads))
+                chosen = np.empty(BLOCK, np.int64)
+                chosen[r] = quads[c]
+                self._write_address_codes(out, rows, chosen)
+                self.port_codes.append(np.stack([(chosen // 64) % 64, chosen % 64], axis=1))
+            if not parts & {"patterns", "proto", "joint"}:
+                return
             (fname, (fa, fb, _values, fbias)), = self.patterns.items()
             masks = self._pattern_bits[fname]
             mask_scores = pattern_scores(raw[rows, fa:fb], masks) + fbias
@@ -210,19 +221,20 @@ def block_calibration(base, codec, bank: Bank, horizon: int, seed: int, parts: s
                                                           temperature), -BIG)
             if "proto" in parts:
                 out[rows, pa:pb] = decoder.vectors[assign(proto_scores, bank.protos[b])]
-            if "quad" in parts:
-                (sa, sb, sbias), (da, db, dbias) = self.biases["srcip"], self.biases["dstip"]
-                quads = bank.quads[b]
-                scores = ((raw[rows, sa:sb] + sbias)[:, quads // 64 ** 3]
-                          + (raw[rows, da:db] + dbias)[:, (quads // 64 ** 2) % 64])
-                r, c = linear_sum_assignment(-scores)
-                chosen = np.empty(BLOCK, np.int64)
-                chosen[r] = quads[c]
-                out[rows, sa:sb] = np.eye(sb - sa)[chosen // 64 ** 3]
-                out[rows, da:db] = np.eye(db - da)[(chosen // 64 ** 2) % 64]
-                self.port_codes.append(np.stack([(chosen // 64) % 64, chosen % 64], axis=1))
             if "joint" in parts:
                 self._joint(out, raw, rows, b, mask_scores, proto_scores, masks, decoder, pa, pb)
+
+        def _address_code_scores(self, raw, rows, quads):
+            """(BLOCK, slots) the model's calibrated srcip + dstip code scores of each slot's codes."""
+            (sa, sb, sbias), (da, db, dbias) = self.biases["srcip"], self.biases["dstip"]
+            return ((raw[rows, sa:sb] + sbias)[:, quads // 64 ** 3]
+                    + (raw[rows, da:db] + dbias)[:, (quads // 64 ** 2) % 64])
+
+        def _write_address_codes(self, out, rows, quads):
+            """Set the block's srcip and dstip codes (one-hot) to those of ``quads``."""
+            (sa, sb, _), (da, db, _) = self.biases["srcip"], self.biases["dstip"]
+            out[rows, sa:sb] = np.eye(sb - sa)[quads // 64 ** 3]
+            out[rows, da:db] = np.eye(db - da)[(quads // 64 ** 2) % 64]
 
         def _joint(self, out, raw, rows, b, mask_scores, proto_scores, masks, decoder, pa, pb):
             sides = {}
@@ -245,9 +257,7 @@ def block_calibration(base, codec, bank: Bank, horizon: int, seed: int, parts: s
                     scores = scores + side[:, below[col]]
                     sides[col] = (logw, low, transform, start)
                 if "skeleton" in parts:
-                    (sa, sb, sbias), (da, db, dbias) = self.biases["srcip"], self.biases["dstip"]
-                    scores = scores + ((raw[rows, sa:sb] + sbias)[:, quads // 64 ** 3]
-                                       + (raw[rows, da:db] + dbias)[:, (quads // 64 ** 2) % 64])
+                    scores = scores + self._address_code_scores(raw, rows, quads)
                 slot = np.arange(BLOCK)     # --in-order: the real block's records in their order
                 if not in_order:
                     r, c = linear_sum_assignment(-scores)
@@ -255,8 +265,7 @@ def block_calibration(base, codec, bank: Bank, horizon: int, seed: int, parts: s
                 chosen = pairs[slot]
                 if "skeleton" in parts:
                     picked = quads[slot]
-                    out[rows, sa:sb] = np.eye(sb - sa)[picked // 64 ** 3]
-                    out[rows, da:db] = np.eye(db - da)[(picked // 64 ** 2) % 64]
+                    self._write_address_codes(out, rows, picked)
                     self.port_codes.append(np.stack([(picked // 64) % 64, picked % 64,
                                                      below["srcport"][slot], below["dstport"][slot]], axis=1))
                 for col, (logw, low, transform, start) in sides.items():

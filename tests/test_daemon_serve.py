@@ -501,7 +501,8 @@ def test_kill_9_while_a_slow_consumer_lags_loses_nothing(tiny_model, tmp_path):
                     assert saved <= exported, "progress saved for records not delivered"
                     if saved < exported <= generated:
                         break
-                    assert time.monotonic() < deadline, "the queue never held a batch at a save"
+                    assert time.monotonic() < deadline, \
+                        "no moment with records delivered after a save, all in turns it counts"
                     first += _read_lines(proc.stdout, 6, pause=0.02)
                 proc.send_signal(signal.SIGKILL)
             else:
