@@ -448,7 +448,8 @@ def _saved_and_exported(state: Path, port: int) -> tuple[int, int, int]:
 
     payload = torch.load(state / "state.pt", weights_only=True)
     saved, turns = int(payload["next_seq"].sum()), int(payload["turns"])
-    generated = saved + (int(payload.get("generated_turns", turns)) - turns) * (saved // turns)
+    per_turn = saved // turns if turns else 0  # a save before any acknowledged turn: unknown
+    generated = saved + (int(payload.get("generated_turns", turns)) - turns) * per_turn
     text = http_get(f"http://127.0.0.1:{port}/metrics")[1]
     exported = sum(float(v) for v in re.findall(r"^flowdiff_records_exported_total\{.*\} (\S+)$",
                                                 text, re.M))
