@@ -11,7 +11,10 @@
 3. Decodes those same outputs with each variant (``none``, each part of
    ``OutputCalibration.PARTS`` alone, ``all``, and ``all-PART``: all but that part) exactly
    as the daemon decodes a turn (same
-   decode seeds, shared timeline), and writes ``OUT/<variant>.parquet``.
+   decode seeds, shared timeline), and writes ``OUT/<variant>.parquet``. Variant ``blocks``
+   is ``all`` plus the block targets (``flowdiff.codec.block_targets``, fitted as
+   ``flowdiff calibrate`` fits them, 25-record blocks); ``blocks-no-offsets`` the same
+   without the side draws' offsets.
 
 Score the variants with ``flowdiff eval --real HELDOUT --synthetic none=OUT/none.parquet ...``.
 The artifact itself is not changed.
@@ -54,7 +57,8 @@ def main(argv=None) -> int:
                    help="keep the reference and both rollouts' raw outputs in this .npz and "
                         "reuse them on the next run (to try calibration changes in seconds)")
     p.add_argument("--variants", nargs="+", default=None,
-                   help="decode only these: none, a part, all, or all-PART (all but one part)")
+                   help="decode only these: none, a part, all, all-PART (all but one part) "
+                        "or blocks (all + block targets)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -89,21 +93,36 @@ def main(argv=None) -> int:
 
     parts_ = OutputCalibration.PARTS
     variants = {"none": None, **{part: (part,) for part in parts_}, "all": parts_,
-                **{f"all-{part}": tuple(p for p in parts_ if p != part) for part in parts_}}
+                **{f"all-{part}": tuple(p for p in parts_ if p != part) for part in parts_},
+                "blocks": parts_, "blocks-no-offsets": parts_}
     if args.variants:
         variants = {name: variants[name] for name in args.variants}
+    targets = {}
+    if {"blocks", "blocks-no-offsets"} & set(variants):
+        from flowdiff.calibrate import artifact_split
+        from flowdiff.codec.block_targets import BlockTargets
+
+        table = artifact_split(artifact, args.data)[0]
+        targets = {"blocks": BlockTargets.fit(codec, calibration, reference, table,
+                                              outputs=fit_outputs),
+                   "blocks-no-offsets": BlockTargets.fit(codec, calibration, reference, table)}
     for name, parts in variants.items():
-        codec.set_calibration(None if parts is None else calibration.subset(parts))
+        codec.set_calibration(None if parts is None else
+                              calibration if name in targets else calibration.subset(parts))
+        codec.set_block_targets(targets.get(name))
+        started = time.perf_counter()
         decoder = StreamGenerator(artifact.model, codec, sampler, context=artifact.context,
                                   horizon=artifact.horizon, streams=args.streams, seed=args.seed)
         decoder.clocks.fill_(args.start_ts)
         tables = [decoder.decode_turn(steps).records for steps in raw]
+        seconds = time.perf_counter() - started
         table = pd.concat(tables, ignore_index=True).iloc[:args.records]
         table.to_parquet(args.out / f"{name}.parquet")
         srcip, dstip = table["srcip"].to_numpy(), table["dstip"].to_numpy()
         print(f"{name:>10}: {len(table)} records, repeat srcip {np.mean(srcip[1:] == srcip[:-1]):.3f} "
               f"dstip {np.mean(dstip[1:] == dstip[:-1]):.3f}, distinct srcip {len(set(srcip))}, "
-              f"rate {len(table) / (table['ts'].max() - table['ts'].min()):.2f}/s")
+              f"rate {len(table) / (table['ts'].max() - table['ts'].min()):.2f}/s, "
+              f"decoded at {sum(map(len, tables)) / seconds:.0f} records/s")
     return 0
 
 

@@ -29,6 +29,7 @@ class CalibrationReport:
     seconds: float
     argmax_frequencies: dict
     regimes: dict           # correlation / persistence -> codec part -> value
+    block_targets: str      # what was fitted ("N blocks of L records") or why not
 
 
 def artifact_split(artifact, data_path: str | Path):
@@ -41,12 +42,12 @@ def artifact_split(artifact, data_path: str | Path):
     return train_part, val_part
 
 
-def training_reference(artifact, data_path: str | Path) -> np.ndarray:
+def training_reference(artifact, data_path: str | Path, table=None) -> np.ndarray:
     """The artifact's training records (as its config split the trace), encoded (n, F): all
     of them, the distribution the model learned. (A latest slice is not "the model's own
     period": on UGR'16 day 1 its last 300k records carry 82 % TCP and 6.7 mean log bytes,
     the whole training part 79 % and 6.4, so a calibration towards it shifted the stream.)"""
-    train_part, _val = artifact_split(artifact, data_path)
+    train_part = artifact_split(artifact, data_path)[0] if table is None else table
     return artifact.codec.encode(train_part)
 
 
@@ -101,9 +102,11 @@ def rollout_outputs(artifact, sampler, streams: int, turns: int, seed: int,
 
 def calibrate_artifact(model_dir: str | Path, data_path: str | Path, *, sampler_kind: str,
                        sampler_steps: int, streams: int = 16, turns: int = 30,
-                       seed: int = 0, regime_windows: int = 200) -> CalibrationReport:
+                       seed: int = 0, regime_windows: int = 200,
+                       block_length: int = 25) -> CalibrationReport:
     """regime_windows: training windows the starting-noise correlation is fitted on
-    (0: independent noise, no regimes)."""
+    (0: independent noise, no regimes); block_length: records per block of the block
+    targets (``flowdiff.codec.block_targets``; 0: none)."""
     from flowdiff.artifact import CODEC_DIR, load_artifact
     from flowdiff.codec.calibration import OutputCalibration
     from flowdiff.model import make_sampler
@@ -111,7 +114,9 @@ def calibrate_artifact(model_dir: str | Path, data_path: str | Path, *, sampler_
     started = time.perf_counter()
     artifact = load_artifact(model_dir)
     artifact.codec.set_calibration(None)       # the reference encodes without it anyway
-    reference = training_reference(artifact, data_path)
+    artifact.codec.set_block_targets(None)
+    train_part = artifact_split(artifact, data_path)[0]
+    reference = training_reference(artifact, data_path, train_part)
     sampler = make_sampler(sampler_kind, steps=sampler_steps)
     regimes, regime_report = fit_regimes(artifact, reference, sampler, regime_windows, seed)
     outputs = rollout_outputs(artifact, sampler, streams, turns, seed, regimes)
@@ -122,11 +127,35 @@ def calibrate_artifact(model_dir: str | Path, data_path: str | Path, *, sampler_
         horizon=artifact.horizon)
     calibration.regimes = regimes
     artifact.codec.set_calibration(calibration)
+    blocks = fit_block_targets(artifact, calibration, reference, train_part, block_length,
+                               outputs)
     artifact.codec.save(Path(model_dir) / CODEC_DIR)
     report = CalibrationReport(artifact=Path(model_dir), outputs=len(outputs),
                                reference=len(reference),
                                seconds=round(time.perf_counter() - started, 1),
                                argmax_frequencies=calibration.meta["argmax_frequencies"],
-                               regimes=regimes)
+                               regimes=regimes, block_targets=blocks)
     log.info("calibrated %s: %s", model_dir, json.dumps(report.argmax_frequencies))
     return report
+
+
+def fit_block_targets(artifact, calibration, reference: np.ndarray, table, length: int,
+                      outputs: np.ndarray) -> str:
+    """Fit the codec's block targets (a bank of the training records' ``length``-record
+    blocks; ``outputs``: the rollout the calibration was fitted on) and set them on the
+    artifact's codec; returns what was done, for the report."""
+    from flowdiff.codec.block_targets import BlockTargets
+
+    if length == 0:
+        return "none (--block-length 0)"
+    why = BlockTargets.unsupported(artifact.codec, calibration)
+    if why is None and artifact.horizon < length:
+        why = f"the horizon ({artifact.horizon}) is shorter than a block ({length})"
+    if why is not None:
+        log.warning("block targets: not fitted, %s", why)
+        return f"none ({why})"
+    targets = BlockTargets.fit(artifact.codec, calibration, reference, table, length, outputs)
+    artifact.codec.set_block_targets(targets)
+    log.info("block targets: %d blocks of %d records, %d record classes", targets.blocks,
+             length, len(targets.classes))
+    return f"{targets.blocks} blocks of {length} records, {len(targets.classes)} record classes"

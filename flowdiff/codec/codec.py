@@ -20,6 +20,9 @@ import pandas as pd
 
 from flowdiff import __version__
 from flowdiff.atomic import write_text_atomic
+from flowdiff.codec.block_targets import DEPTH as BLOCK_DEPTH
+from flowdiff.codec.block_targets import FILE as BLOCK_FILE
+from flowdiff.codec.block_targets import BlockTargets, copy_ports
 from flowdiff.codec.calibration import OutputCalibration
 from flowdiff.codec.config import PORT_ADDRESS, CodecConfig
 from flowdiff.codec.quantile import QuantileTransform
@@ -232,6 +235,7 @@ class FlowCodec:
                 self.feature_parts[key] = slice(start, start + width)
                 start += width
         self.calibration = None                      # OutputCalibration, set by calibrate()
+        self.block_targets = None                    # BlockTargets, set by calibrate()
         self._layout_draws()
         self.reuse_fields = tuple(n for n, t in transforms.items()
                                   if isinstance(t, ReuseBitsTransform))
@@ -257,8 +261,10 @@ class FlowCodec:
 
     def set_calibration(self, calibration) -> None:
         """Decode through ``calibration`` (an ``OutputCalibration`` fitted on this codec's
-        model's outputs; None removes it). It draws uniforms after the transforms' own."""
+        model's outputs; None removes it). It draws uniforms after the transforms' own.
+        Block targets fitted with the previous calibration are removed."""
         self.calibration = calibration
+        self.block_targets = None
         for name, transform in self.transforms.items():
             if hasattr(transform, "prior_offset"):
                 offset, temperature = (calibration.tokens.get(name, (None, None))
@@ -267,6 +273,14 @@ class FlowCodec:
             if hasattr(transform, "set_range_buckets"):
                 transform.set_range_buckets(calibration.ports.get(name) if calibration else None)
         self._layout_draws()
+
+    def set_block_targets(self, targets) -> None:
+        """Decode the streams of ``decode_streams(..., walk=...)`` with ``targets`` (a
+        ``flowdiff.codec.block_targets.BlockTargets`` fitted with this codec's calibration;
+        None removes them)."""
+        if targets is not None and self.calibration is None:
+            raise ValueError("block targets need the calibration they were fitted with")
+        self.block_targets = targets
 
     # ------------------------------------------------------------------ fit
     @classmethod
@@ -376,7 +390,8 @@ class FlowCodec:
     def decode_streams(self, steps: np.ndarray, start_ts: np.ndarray,
                        rngs: list[np.random.Generator],
                        history: dict[str, np.ndarray] | None = None,
-                       chain: bool = False) -> "StreamsDecoded":
+                       chain: bool = False,
+                       walk: tuple[list[int], int] | None = None) -> "StreamsDecoded":
         """S streams at once: (S, H, F) floats, (S,) start times (the ts of each stream's
         record before its first one), one generator per stream for the sampled fields, and
         each reuse field's (S, K) history of earlier addresses (None: none known). Records
@@ -384,7 +399,10 @@ class FlowCodec:
         are what ``decode(steps[s], start_ts[s], rngs[s])`` gives when it has no history.
         ``chain``: the streams' blocks are consecutive stretches of one timeline: stream 0
         starts at ``start_ts[0]``, stream s right after stream s - 1's last record (the
-        other start times are ignored), so the records come in time order."""
+        other start times are ignored), so the records come in time order. ``walk`` (the
+        streams' seeds and the turn count) decodes with the block targets, if the codec has
+        them (``flowdiff.codec.block_targets``): each whole block of a stream's H steps gets
+        the make-up of the bank block its walk reaches."""
         steps = np.asarray(steps)
         if steps.ndim != 3 or steps.shape[2] != self.width:
             raise ValueError(f"decode_streams expects an array of shape (S, H, {self.width}),"
@@ -401,9 +419,13 @@ class FlowCodec:
             array = np.where(finite, array, 0.0)
         uniforms = (np.concatenate([rng.random((horizon, self.draws)) for rng in rngs])
                     if self.draws else None)                                # (S*H, draws)
+        plan = None
         if self.calibration is not None:
             uniforms = self.calibration.correlate(uniforms, self.draw_slices, n_streams)
-            array = self.calibration.apply(array, uniforms[:, self.transform_draws:])
+            raw, array = array, self.calibration.apply(array, uniforms[:, self.transform_draws:])
+            if self.block_targets is not None and walk is not None:
+                plan = self.block_targets.apply(self, self.calibration, array,
+                                                np.asarray(raw, np.float64), walk[0], walk[1], rngs)
         history = dict(history or {})
         columns: dict[str, np.ndarray] = {}
         for names in self.reuse_groups:
@@ -441,6 +463,8 @@ class FlowCodec:
             if name in columns and columns[name].dtype.kind == "f":
                 columns[name] = np.rint(columns[name]).astype(np.int64)
         repairs.update(self.profile.repair(columns))
+        if plan is not None:   # ports copied along the blocks' lag codes
+            copy_ports(columns, plan, history, rngs, n_streams)
         return StreamsDecoded(DecodeResult(conform(pd.DataFrame(columns)), repairs), history)
 
     def _decode_following(self, ports: list[str], pointers, array: np.ndarray,
@@ -474,6 +498,8 @@ class FlowCodec:
         port's, with no known port)."""
         depth = {name: self.transforms[name].depth for name in self.reuse_fields}
         depth.update({name: depth[self.transforms[name].address] for name in self.follow_fields})
+        if self.block_targets is not None:
+            depth.update({f"block.{name}": BLOCK_DEPTH for name in ("srcport", "dstport", "proto")})
         return {name: np.full((streams, k), UNKNOWN, dtype=np.int64) for name, k in depth.items()}
 
     # ------------------------------------------------------------------ persistence
@@ -485,6 +511,9 @@ class FlowCodec:
                        for name, t in self.transforms.items()],
             "profile": self.profile.state(),
             **({"calibration": self.calibration.state()} if self.calibration else {}),
+            **({"block_targets": {"file": BLOCK_FILE, "blocks": self.block_targets.blocks,
+                                  "length": self.block_targets.length}}
+               if self.block_targets is not None else {}),
         }
 
     def save(self, directory: str | Path) -> Path:
@@ -492,6 +521,8 @@ class FlowCodec:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.embeddings.save(directory)
+        if self.block_targets is not None:
+            self.block_targets.save(directory / BLOCK_FILE)
         write_text_atomic(directory / STATE_FILE, json.dumps(self.state(), indent=1))
         return directory
 
@@ -536,6 +567,12 @@ class FlowCodec:
                     embeddings, int(state["seed"]))
         if state.get("calibration"):
             codec.set_calibration(OutputCalibration.from_state(state["calibration"]))
+        if state.get("block_targets"):
+            path = directory / state["block_targets"]["file"]
+            if not path.is_file():
+                raise CodecFileError(f"{path}: missing (codec.json names it as the block targets; "
+                                     f"rerun `flowdiff calibrate`)")
+            codec.set_block_targets(BlockTargets.load(path))
         return codec
 
 

@@ -38,6 +38,10 @@ def register(subparsers) -> None:
                         help="training windows the starting noise's persistence and "
                              "correlation (regimes) are fitted on (200; 0 = independent noise, "
                              "no regimes)")
+    parser.add_argument("--block-length", type=int, default=25, metavar="L",
+                        help="records per block of the block targets: each block of a "
+                             "stream's horizon gets the make-up of a real training block "
+                             "(25; 0 = no block targets; docs/model.md)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
@@ -63,15 +67,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"--regime-windows: expected 0 or an integer >= 2, got {args.regime_windows}",
               file=sys.stderr)
         return 2
+    if args.block_length < 0 or args.block_length == 1:
+        print(f"--block-length: expected 0 or an integer >= 2, got {args.block_length}",
+              file=sys.stderr)
+        return 2
     torch.set_num_threads(1)
     from flowdiff.calibrate import calibrate_artifact
 
     report = calibrate_artifact(args.model, args.data, sampler_kind=cfg.serve.sampler.kind,
                                 sampler_steps=cfg.serve.sampler.steps,
                                 streams=args.streams, turns=args.turns, seed=args.seed,
-                                regime_windows=args.regime_windows)
+                                regime_windows=args.regime_windows,
+                                block_length=args.block_length)
     print(f"calibrated {report.artifact}: {report.outputs} model output steps against "
           f"{report.reference} training records, {report.seconds:.0f} s")
+    print(f"  block targets: {report.block_targets}")
     for kind, values in report.regimes.items():
         print(f"  starting-noise {kind} (regimes): " + ", ".join(
             f"{part} {value:.3f}" for part, value in values.items()))

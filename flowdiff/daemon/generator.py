@@ -191,7 +191,9 @@ class StreamGenerator:
         rngs = [np.random.default_rng(seed) for seed in seeds]
         shared = self.timeline == "shared"
         start = np.full(n_streams, self.clocks.numpy().max()) if shared else self.clocks.numpy()
-        decoded = self.codec.decode_streams(steps, start, rngs, self.history, chain=shared)
+        walk = ([self.seed + i for i in range(n_streams)], self.turns)  # block targets' walk
+        decoded = self.codec.decode_streams(steps, start, rngs, self.history, chain=shared,
+                                            walk=walk)
         table = decoded.result.table
         if len(table) != n_streams * horizon:
             raise RuntimeError(f"codec returned {len(table)} records for "

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-WALK_TURNS = 50   # a stream reads the bank from one place for this many turns, then jumps
+from flowdiff.codec.block_targets import WALK_TURNS  # noqa: F401  (one walk for both banks)
 
 
 def block_means(x: torch.Tensor, length: int) -> torch.Tensor:
