@@ -7,8 +7,12 @@
         --data ../shared/data/ugr16/ugr16_day1_train.csv.gz --parts numbers reuse joint side \
         skeleton --numbers exact --newfix --exact-lag --out T6.parquet   # docs/model.md row T6
 
-Not part of the daemon: a measured answer to "what if every 25-record block of the stream
-had the block-level statistics of a real block?" (docs/model.md, "Block targets in
+The design this experiment chose (row T7: skeleton classes, 7 quantiles per number, ports
+copied at their exact lag) is in the daemon since session 14 as ``flowdiff.codec.block_targets``
+(fitted by ``flowdiff calibrate``; ``calibration_ablation.py --variants blocks`` decodes a
+rollout with it). This script keeps the variants of the experiment: a measured answer to
+"what if every 25-record block of the stream had the block-level statistics of a real
+block?" (docs/model.md, "Block targets in
 decoding (session 13)"). The training records' consecutive 25-record blocks form a bank;
 stream i walks it in order from a place drawn from (seed + i, turn // 50), as the model's
 block conditioning does; in each block the decoder keeps the model's preferences but

@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import generate_twice
+from conftest import assert_restore_continues, generate_twice
 
+from flowdiff.artifact import load_artifact
 from flowdiff.cli import main
 from flowdiff.codec import FlowCodec
 from flowdiff.codec.block_targets import DEPTH, BlockTargets, copy_ports, port_lag_codes
@@ -156,4 +157,9 @@ def test_flowdiff_calibrate_fits_block_targets_and_generation_stays_seeded(tiny_
     assert state["block_targets"]["length"] == 4 and (model / "codec" / "block_targets.npz").is_file()
     runs = generate_twice(model, tmp_path, 40)
     assert runs[0] == runs[1] and runs[0].count(b"\n") == 40
+    # a restored stream continues exactly: its walk and its port history are in the state
+    art = load_artifact(model)
+    assert art.codec.block_targets is not None
+    assert {"block.srcport", "block.dstport", "block.proto"} <= set(art.codec.empty_history(1))
+    assert_restore_continues(art)
     assert main(args + ["--block-length", "1"]) == 2

@@ -19,6 +19,7 @@ from flowdiff.config import ExporterConfig, parse_config
 from flowdiff.daemon.service import Service, StopFlag
 from flowdiff.exporters.base import Exporter
 from flowdiff.exporters.stdout import JsonLinesExporter
+from conftest import assert_restore_continues
 from realtools import http_get
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,27 +115,10 @@ def test_a_restored_generator_continues_exactly(tiny_model):
     uninterrupted run's — the saved generator states seed the sampled ports too, and the
     saved address history resolves reuse codes that point into the previous turn."""
     from flowdiff.artifact import load_artifact
-    from flowdiff.daemon.generator import StreamGenerator
-    from flowdiff.model import make_sampler
 
     art = load_artifact(tiny_model)
     assert art.codec.draws and art.codec.reuse_fields   # the default codec samples and reuses
-
-    def generator():
-        return StreamGenerator(art.model, art.codec, make_sampler("replacement", steps=2),
-                               context=art.context, horizon=art.horizon, streams=2, seed=3)
-
-    whole = generator()
-    whole.start_unconditional(make_sampler("ddim", steps=2), start_ts=START)
-    turns = [whole.step().records for _ in range(4)]
-    first = generator()
-    first.start_unconditional(make_sampler("ddim", steps=2), start_ts=START)
-    first.step(), first.step()
-    snapshot = first.snapshot({})
-    resumed = generator()
-    resumed.restore(snapshot, rebase_to=0.0)
-    for expected in turns[2:]:
-        pd.testing.assert_frame_equal(resumed.step().records, expected)
+    assert_restore_continues(art)
 
 
 def test_same_seed_gives_same_records(tiny_model):
