@@ -67,13 +67,6 @@ def low_tokens(transform) -> np.ndarray:
     return ((transform.port_of >= 0) & (transform.port_of < 1024)) | (transform.range_of == 0)
 
 
-def _logsumexp(x: np.ndarray) -> np.ndarray:
-    """Row-wise log-sum-exp of (n, V); an all -inf row gives -1e6."""
-    top = x.max(axis=1, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    return np.maximum(np.log(np.exp(x - top).sum(axis=1) + 1e-300) + top[:, 0], -1e6)
-
-
 class BlockTargets:
     """The bank of training blocks and the per-block decoding rule (module docstring)."""
 
@@ -246,11 +239,15 @@ class BlockTargets:
         for port in PORTS:
             logw, low = port_log_weights(codec, calibration, port, raw)
             offsets = self.side_offsets.get(port, np.zeros((1, 2, logw.shape[1])))
-            # (n, protocols, 2): how well the record's port output fits each protocol's side
-            sides = np.stack([np.stack([_logsumexp(np.where(low == bool(side), logw + row, -np.inf))
-                                        for side, row in enumerate(by_proto)], axis=1)
-                              for by_proto in offsets], axis=1)
-            scores[port] = (logw, low, sides)
+            # (n, protocols, 2): how well the record's port output fits each protocol's side,
+            # log of the sum over the side's tokens of exp(logw + offset): a matrix product
+            sides = np.empty((len(logw), len(offsets), 2))
+            for side, mask in enumerate((~low, low)):
+                part = logw[:, mask]
+                top = part.max(axis=1, keepdims=True)
+                sums = np.exp(part - top) @ np.exp(offsets[:, side, mask]).T   # (n, P)
+                sides[:, :, side] = np.log(np.maximum(sums, 1e-300)) + top
+            scores[port] = (logw, low, np.maximum(sides, -1e6))
         for address in ADDRESSES:
             a, b, bias = calibration.biases[address]
             scores[address] = raw[:, a:b] + bias
