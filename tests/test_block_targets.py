@@ -77,6 +77,19 @@ def test_each_block_decodes_to_its_bank_blocks_make_up(fitted):
             # numbers: the block's spread is the real block's (min and max packet counts)
             assert mine["pkt"].min() == real["pkt"].min() and \
                 abs(np.log(mine["pkt"].max()) - np.log(real["pkt"].max())) < 0.1, (s, j)
+    # bytes follow the packet count: each record's bytes lie in the training range of its
+    # packet count's bin (bytes are mapped within the bin of the block's new packet count)
+    _parent, pkt_column, edges, maps = codec.calibration.conditional["byt"]
+    encoded = np.concatenate([codec.encode(records.iloc[s * HORIZON:(s + 1) * HORIZON])
+                              for s in range(2)])                          # each stream's clock
+    bins = np.searchsorted(edges, encoded[:, pkt_column], side="right")
+    real_bins = np.searchsorted(edges, codec.encode(table)[:, pkt_column], side="right")
+    mapped = [k for k in np.unique(bins) if maps[k] is not None]     # bins with their own map
+    assert len(mapped) >= 3
+    for k in mapped:
+        real = table["byt"].to_numpy()[real_bins == k]
+        mine = records["byt"].to_numpy()[bins == k]
+        assert real.min() <= mine.min() and mine.max() <= real.max(), k
     # without a walk the same outputs decode with the plain calibration: other make-ups
     plain = codec.decode_streams(outputs[:2 * HORIZON].reshape(2, HORIZON, -1), np.zeros(2),
                                  [np.random.default_rng(100 + s) for s in seeds]).result.table

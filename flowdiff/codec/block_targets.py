@@ -8,7 +8,8 @@ and the network follows block summaries given as input only halfway (docs/model.
 "Block conditioning"). So the decoder imposes them (docs/model.md, "Block targets"):
 
 * the **bank** holds, for each consecutive ``length``-record block of the training records,
-  the seven quantiles (``KNOTS``) of each number's training ranks (ts, td, pkt, byt) and
+  the seven quantiles (``KNOTS``) of each number's training ranks (ts, td, pkt, byt; bytes
+  and duration ranked within their packet count's bin, as the calibration maps them) and
   the block's records' discrete make-up, one *skeleton* class per record: protocol, flag
   mask, whether each port is below 1024, the srcip / dstip reuse codes and each port's lag
   code (the smallest k <= ``DEPTH`` with the same port k records back, 0 if none);
@@ -19,7 +20,9 @@ and the network follows block summaries given as input only halfway (docs/model.
   (``scipy.optimize.linear_sum_assignment``): the block's records take the real block's
   25 skeletons, one each, so that the sum of the model's calibrated scores (protocol
   token, flag mask, port side, address reuse codes) is highest; each number's values keep
-  the model's order within the block and take the real block's quantiles;
+  the model's order within the block and take the real block's quantiles (bytes and
+  duration within the bin of the record's new packet count, so bytes per packet stay
+  real);
 * a port is drawn from the model's kernel posterior restricted to its assigned side, with
   log-prior offsets per (protocol, side) fitted so that, over the model's outputs, the
   draws come at training's frequencies within that protocol and side (without them a TCP
@@ -133,6 +136,12 @@ class BlockTargets:
         knots = {}
         for name, (column, _model_q, _train_q) in calibration.numeric.items():
             ranks = (rankdata(ref[:, column], "average") - 0.5) / n
+            if name in calibration.conditional:   # bytes, duration: the rank within pkt's bin
+                _parent, parent_column, edges, _maps = calibration.conditional[name]
+                bins = np.searchsorted(edges, ref[:, parent_column], side="right")
+                for b in np.unique(bins):
+                    mine = bins == b
+                    ranks[mine] = (rankdata(ref[mine, column], "average") - 0.5) / mine.sum()
             knots[name] = np.rint(np.quantile(np.sort(ranks.reshape(-1, length), axis=1), KNOTS,
                                               axis=1).T * QUANT) / QUANT   # as saved
         (flags, (fa, fb, mask_values, _bias)), = calibration.patterns.items()
@@ -267,14 +276,46 @@ class BlockTargets:
 
     def _numbers(self, calibration, out: np.ndarray, rows: np.ndarray, block: int, rng) -> None:
         """Each number keeps the order of its calibrated values in the block (ties in a
-        seeded random order) and takes the bank block's quantiles."""
+        seeded random order) and takes the bank block's quantiles; a number the calibration
+        maps within its parent's bins (bytes and duration within the packet count) is
+        ranked, and takes the block's quantiles, by its rank within its bin, and is mapped
+        within the bin of the parent's new value, so bytes per packet stay real."""
         grid = np.linspace(0.0, 1.0, GRID)
-        for name, (column, _model_q, train_q) in calibration.numeric.items():
+        conditional = calibration.conditional
+        names = sorted(calibration.numeric, key=lambda name: name in conditional)  # parents first
+        given = {}   # a conditional number's rank within its parent's bin, before the parent moves
+        for name, (_parent, parent_column, edges, maps) in conditional.items():
+            column, _model_q, train_q = calibration.numeric[name]
+            given[name] = self._bin_map(out[rows, column], out[rows, parent_column], edges, maps,
+                                        train_q, inverse=True)
+        for name in names:
+            column, _model_q, train_q = calibration.numeric[name]
             if name not in self.knots:
                 continue
-            rank = np.argsort(np.lexsort((rng.random(len(rows)), out[rows, column])))
+            key = given.get(name, out[rows, column])
+            rank = np.argsort(np.lexsort((rng.random(len(rows)), key)))
             p = np.interp(rank / (len(rows) - 1), KNOTS, self.knots[name][block])
-            out[rows, column] = np.interp(p, grid, train_q)
+            if name not in conditional:
+                out[rows, column] = np.interp(p, grid, train_q)
+                continue
+            _parent, parent_column, edges, maps = conditional[name]
+            out[rows, column] = self._bin_map(p, out[rows, parent_column], edges, maps, train_q)
+
+    @staticmethod
+    def _bin_map(values: np.ndarray, parents: np.ndarray, edges: np.ndarray, maps: list,
+                 train_q: np.ndarray, inverse: bool = False) -> np.ndarray:
+        """Ranks within the parent's bin -> training values of that bin (``inverse``:
+        values -> their ranks), each record by its parent's bin (a bin without a map: the
+        marginal training quantiles)."""
+        grid = np.linspace(0.0, 1.0, GRID)
+        bins = np.searchsorted(edges, parents, side="right")
+        mapped = np.empty(len(values))
+        for k in np.unique(bins):
+            mine = bins == k
+            target = train_q if maps[k] is None else maps[k][1]
+            mapped[mine] = np.interp(values[mine], target, grid) if inverse else \
+                np.interp(values[mine], grid, target)
+        return mapped
 
     def _write(self, codec, calibration, out, rows, picked, scores, rng) -> None:
         """Write the picked classes: protocol token, flag mask, address reuse codes, and a
