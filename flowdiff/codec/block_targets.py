@@ -53,7 +53,7 @@ FILE = "block_targets.npz"
 QUANT = 65535.0     # knots are saved as round(p * QUANT), uint16
 PORTS = ("srcport", "dstport")
 ADDRESSES = ("srcip", "dstip")
-CODE_BASE = 64      # reuse and lag codes are packed in base 64
+PROBABILITIES = np.linspace(0.0, 1.0, GRID)   # the calibration's quantile grid
 
 
 def port_lag_codes(ports: np.ndarray) -> np.ndarray:
@@ -62,6 +62,14 @@ def port_lag_codes(ports: np.ndarray) -> np.ndarray:
     for k in range(DEPTH, 0, -1):
         codes[k:][ports[k:] == ports[:-k]] = k
     return codes
+
+
+def walk_blocks(seed: int, turn: int, first_block: int, n_blocks: int, bank_size: int) -> np.ndarray:
+    """(n_blocks,) bank indices ``first_block`` .. of a stream's walk at ``turn``: the stream
+    reads a bank in order from a place drawn from (its seed, turn // WALK_TURNS), wrapping
+    at the end (this bank's and a block-conditioned model's, ``flowdiff.model.blocks``)."""
+    start = int(np.random.default_rng([int(seed), turn // WALK_TURNS]).integers(bank_size))
+    return (start + first_block + np.arange(n_blocks)) % bank_size
 
 
 def low_tokens(transform) -> np.ndarray:
@@ -135,13 +143,15 @@ class BlockTargets:
         ref = np.asarray(reference[:n], np.float64)
         knots = {}
         for name, (column, _model_q, _train_q) in calibration.numeric.items():
-            ranks = (rankdata(ref[:, column], "average") - 0.5) / n
             if name in calibration.conditional:   # bytes, duration: the rank within pkt's bin
                 _parent, parent_column, edges, _maps = calibration.conditional[name]
                 bins = np.searchsorted(edges, ref[:, parent_column], side="right")
+                ranks = np.empty(n)
                 for b in np.unique(bins):
                     mine = bins == b
                     ranks[mine] = (rankdata(ref[mine, column], "average") - 0.5) / mine.sum()
+            else:
+                ranks = (rankdata(ref[:, column], "average") - 0.5) / n
             knots[name] = np.rint(np.quantile(np.sort(ranks.reshape(-1, length), axis=1), KNOTS,
                                               axis=1).T * QUANT) / QUANT   # as saved
         (flags, (fa, fb, mask_values, _bias)), = calibration.patterns.items()
@@ -174,11 +184,10 @@ class BlockTargets:
     def save(self, path: str | Path) -> None:
         # compact: probabilities as 1/65535ths (the quantile maps have 1,024 steps), small ints
         arrays = {f"knots.{name}": np.rint(v * QUANT).astype(np.uint16) for name, v in self.knots.items()}
-        arrays.update({f"codes.{name}": v.astype(np.uint8) for name, v in self.codes.items()})
+        arrays.update({f"codes.{name}": _small(v) for name, v in self.codes.items()})
         arrays.update({f"offsets.{name}": v for name, v in self.side_offsets.items()})
-        index = np.uint16 if len(self.classes) <= np.iinfo(np.uint16).max else np.int32
-        np.savez_compressed(path, length=np.array(self.length), classes=self.classes.astype(np.int16),
-                            skeletons=self.skeletons.astype(index), **arrays)
+        np.savez_compressed(path, length=np.array(self.length), classes=_small(self.classes),
+                            skeletons=_small(self.skeletons), **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> "BlockTargets":
@@ -193,11 +202,8 @@ class BlockTargets:
         """(S, horizon // length) bank blocks of each stream's horizon at ``turn``: stream
         i reads the bank in order from a place drawn from (seeds[i], turn // WALK_TURNS)."""
         per = horizon // self.length
-        out = np.empty((len(seeds), per), np.int64)
-        for s, seed in enumerate(seeds):   # (the bank wraps around at its end)
-            start = np.random.default_rng([int(seed), turn // WALK_TURNS]).integers(self.blocks)
-            out[s] = (start + (turn % WALK_TURNS) * per + np.arange(per)) % self.blocks
-        return out
+        return np.array([walk_blocks(seed, turn, (turn % WALK_TURNS) * per, per, self.blocks)
+                         for seed in seeds], np.int64).reshape(len(seeds), per)
 
     def apply(self, codec, calibration, out: np.ndarray, raw: np.ndarray, seeds: list[int],
               turn: int, rngs: list) -> np.ndarray:
@@ -242,9 +248,11 @@ class BlockTargets:
         offset, temperature = calibration.tokens["proto"]
         scores = {
             "masks": pattern_scores(raw[:, fa:fb], calibration._pattern_bits[flags]) + mask_bias,
-            "mask_index": {int(v): i for i, v in enumerate(mask_values)},
+            # flag mask value -> its row among the calibration's patterns
+            "mask_index": np.zeros(max(mask_values) + 1, np.int64),
             "proto": np.maximum(proto.table.decoder.log_weights(
                 np.clip(raw[:, pa:pa + proto.table.dim], 0, 1), offset, temperature), -1e6)}
+        scores["mask_index"][np.asarray(mask_values, np.int64)] = np.arange(len(mask_values))
         for port in PORTS:
             logw, low = port_log_weights(codec, calibration, port, raw)
             offsets = self.side_offsets.get(port, np.zeros((1, 2, logw.shape[1])))
@@ -264,7 +272,7 @@ class BlockTargets:
 
     def _class_scores(self, scores: dict, rows: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """(L records, L slots) the model's score of giving each record each slot's class."""
-        masks = np.array([scores["mask_index"].get(int(m), 0) for m in classes[:, 1]])
+        masks = scores["mask_index"][classes[:, 1]]
         total = scores["proto"][rows][:, classes[:, 0]] + scores["masks"][rows][:, masks]
         for k, port in enumerate(PORTS):
             sides = scores[port][2][rows]                                   # (L, P, 2)
@@ -280,7 +288,6 @@ class BlockTargets:
         maps within its parent's bins (bytes and duration within the packet count) is
         ranked, and takes the block's quantiles, by its rank within its bin, and is mapped
         within the bin of the parent's new value, so bytes per packet stay real."""
-        grid = np.linspace(0.0, 1.0, GRID)
         conditional = calibration.conditional
         names = sorted(calibration.numeric, key=lambda name: name in conditional)  # parents first
         given = {}   # a conditional number's rank within its parent's bin, before the parent moves
@@ -296,7 +303,7 @@ class BlockTargets:
             rank = np.argsort(np.lexsort((rng.random(len(rows)), key)))
             p = np.interp(rank / (len(rows) - 1), KNOTS, self.knots[name][block])
             if name not in conditional:
-                out[rows, column] = np.interp(p, grid, train_q)
+                out[rows, column] = np.interp(p, PROBABILITIES, train_q)
                 continue
             _parent, parent_column, edges, maps = conditional[name]
             out[rows, column] = self._bin_map(p, out[rows, parent_column], edges, maps, train_q)
@@ -307,14 +314,13 @@ class BlockTargets:
         """Ranks within the parent's bin -> training values of that bin (``inverse``:
         values -> their ranks), each record by its parent's bin (a bin without a map: the
         marginal training quantiles)."""
-        grid = np.linspace(0.0, 1.0, GRID)
         bins = np.searchsorted(edges, parents, side="right")
         mapped = np.empty(len(values))
         for k in np.unique(bins):
             mine = bins == k
             target = train_q if maps[k] is None else maps[k][1]
-            mapped[mine] = np.interp(values[mine], target, grid) if inverse else \
-                np.interp(values[mine], grid, target)
+            mapped[mine] = np.interp(values[mine], target, PROBABILITIES) if inverse else \
+                np.interp(values[mine], PROBABILITIES, target)
         return mapped
 
     def _write(self, codec, calibration, out, rows, picked, scores, rng) -> None:
@@ -324,7 +330,7 @@ class BlockTargets:
         pa = codec.feature_slices["proto"].start
         out[rows, pa:pa + proto.dim] = proto.scaled[picked[:, 0]]
         (flags, (fa, fb, _values, _bias)), = calibration.patterns.items()
-        index = np.array([scores["mask_index"].get(int(m), 0) for m in picked[:, 1]])
+        index = scores["mask_index"][picked[:, 1]]
         out[rows, fa:fb] = calibration._pattern_bits[flags][index]
         for k, address in enumerate(ADDRESSES):
             a, b, _bias = calibration.biases[address]
@@ -353,6 +359,15 @@ SIDE_LIMIT = 12.0
 # whatever its frequency (port JSD 0.21 / 0.19, mean 0.086); at 0.3 the offsets reach
 # training's frequencies (0.187 / 0.165, mean 0.076, as without block targets), 0.5 the same
 SIDE_TEMPERATURE = 0.3
+
+
+def _small(values: np.ndarray) -> np.ndarray:
+    """Non-negative integers in the smallest unsigned type that holds them (for the file)."""
+    values = np.asarray(values)
+    for kind in (np.uint8, np.uint16, np.uint32):
+        if values.size == 0 or values.max() <= np.iinfo(kind).max:
+            return values.astype(kind)
+    return values.astype(np.int64)
 
 
 def port_log_weights(codec, calibration, port: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

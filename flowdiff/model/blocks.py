@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from flowdiff.codec.block_targets import WALK_TURNS  # noqa: F401  (one walk for both banks)
+from flowdiff.codec.block_targets import WALK_TURNS, walk_blocks  # noqa: F401  (one walk for both banks)
 
 
 def block_means(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -108,13 +108,8 @@ class BlockConditioning:
         order from a place drawn from (its seed, turn // WALK_TURNS), so consecutive turns
         continue one real sequence of regimes and every WALK_TURNS turns it moves elsewhere."""
         n_bank = self.bank.shape[0]
-        epoch = turn // WALK_TURNS
-        out = []
-        for seed in stream_seeds:
-            start = int(np.random.default_rng([int(seed), epoch]).integers(n_bank))
-            index = (start + first_block + np.arange(n_blocks)) % n_bank
-            out.append(self.bank[torch.as_tensor(index)])
-        return torch.stack(out)                                                   # (S, nb, K)
+        return torch.stack([self.bank[torch.as_tensor(walk_blocks(seed, turn, first_block, n_blocks, n_bank))]
+                            for seed in stream_seeds])                                                   # (S, nb, K)
 
     def to_state(self) -> dict:
         return {"length": self.length, "center": self.center, "basis": self.basis,
