@@ -18,7 +18,8 @@ from conftest import assert_restore_continues, generate_twice
 from flowdiff.artifact import load_artifact
 from flowdiff.cli import main
 from flowdiff.codec import FlowCodec
-from flowdiff.codec.block_targets import DEPTH, BlockTargets, copy_ports, port_lag_codes
+from flowdiff.codec.block_targets import (DEPTH, FAR, FAR_CODE, BlockTargets, copy_fields,
+                                          lag_codes, tree_sizes)
 from flowdiff.codec.calibration import OutputCalibration
 
 HORIZON = 100
@@ -61,22 +62,47 @@ def test_each_block_decodes_to_its_bank_blocks_make_up(fitted):
     records = _decode(codec, outputs, seeds, turn=3).result.table
     positions = targets.positions(seeds, 3, HORIZON)                       # (2, 4)
     assert positions.shape == (2, 4) and len(set(positions[:, 0])) == 2
+    far = []
     for s in range(2):
         for j, b in enumerate(positions[s]):
             mine = records.iloc[s * HORIZON + j * 25:s * HORIZON + (j + 1) * 25]
             real = table.iloc[b * 25:(b + 1) * 25]
-            # protocol with flag mask, tos and label: the real block's counts exactly
-            for columns in (["proto", "flags"], ["tos"], ["label"]):
+            # protocol with flag mask: the real block's, record by record; tos and label:
+            # the real block's counts exactly
+            assert (mine[["proto", "flags"]].to_numpy() == real[["proto", "flags"]].to_numpy()).all()
+            for columns in (["tos"], ["label"]):
                 assert Counter(map(tuple, mine[columns].to_numpy())) == \
                     Counter(map(tuple, real[columns].to_numpy())), (s, j, columns)
-            # which TCP / UDP ports are below 1024: the real block's counts (copies keep the
+            # which TCP / UDP ports are below 1024: the real record's side (copies keep the
             # side; ICMP's dstport is its type and code, set by the protocol's repair)
             for port in ("srcport", "dstport"):
-                low = [((t[port] < 1024) & t["proto"].isin([6, 17])).sum() for t in (mine, real)]
-                assert low[0] == low[1], (s, j, port)
+                tcp_udp = real["proto"].isin([6, 17]).to_numpy()
+                assert ((mine[port].to_numpy() < 1024) == (real[port].to_numpy() < 1024))[tcp_udp].all()
             # numbers: the block's spread is the real block's (min and max packet counts)
             assert mine["pkt"].min() == real["pkt"].min() and \
                 abs(np.log(mine["pkt"].max()) - np.log(real["pkt"].max())) < 0.1, (s, j)
+        # hosts and ports repeat where the real stretch repeats them: each field whose real
+        # lag code points inside the stream's decoded records (own field or peer) holds
+        # that record's value, and a new address is not among the last DEPTH of either field
+        start = positions[s, 0] * 25
+        real, mine = table.iloc[start:start + HORIZON], records.iloc[s * HORIZON:(s + 1) * HORIZON]
+        fresh = []
+        for name, peer in (("srcip", "dstip"), ("dstip", "srcip"), ("srcport", "dstport"),
+                           ("dstport", "srcport")):
+            codes = lag_codes(real[name].to_numpy(), real[peer].to_numpy(), far=name.endswith("ip"))
+            own, other = mine[name].to_numpy(), mine[peer].to_numpy()
+            tcp_udp = mine["proto"].isin([6, 17]).to_numpy()
+            for i, code in enumerate(codes):
+                if 0 < code <= 2 * DEPTH:
+                    lag = code if code <= DEPTH else code - DEPTH
+                    if lag <= i:
+                        assert own[i] == (own if code <= DEPTH else other)[i - lag], (s, name, i)
+                elif code == 0 and i >= DEPTH and (name.endswith("ip") or tcp_udp[i]):
+                    fresh.append(own[i] not in set(own[i - DEPTH:i]) | set(other[i - DEPTH:i]))
+                elif code == FAR_CODE and i >= FAR:   # an address seen DEPTH < k <= FAR back
+                    far.append(own[i] in set(own[i - FAR:i - DEPTH]) | set(other[i - FAR:i - DEPTH]))
+        assert len(fresh) > 50 and np.mean(fresh) > 0.95, np.mean(fresh)
+    assert len(far) >= 5 and np.mean(far) > 0.9, far
     # bytes follow the packet count: each record's bytes lie in the training range of its
     # packet count's bin (bytes are mapped within the bin of the block's new packet count)
     _parent, pkt_column, edges, maps = codec.calibration.conditional["byt"]
@@ -96,6 +122,27 @@ def test_each_block_decodes_to_its_bank_blocks_make_up(fitted):
     assert not plain[["proto", "flags", "srcport", "pkt"]].equals(records[["proto", "flags", "srcport", "pkt"]])
 
 
+def test_records_move_to_the_place_of_the_skeleton_they_are_given(fitted):
+    """Outputs that are the walked real blocks' own records, shuffled within each block:
+    the assignment gives each its own skeleton and moves it back to its real place, with
+    its numbers and address bits (fails if records stay where the model put them)."""
+    codec, table, _outputs = fitted
+    seeds, turn = [5], 7
+    positions = codec.block_targets.positions(seeds, turn, HORIZON)[0]
+    rows = np.concatenate([np.arange(b * 25, (b + 1) * 25) for b in positions])
+    real = table.iloc[rows].reset_index(drop=True)
+    encoded = codec.encode(real).astype(np.float64)
+    shuffle = np.concatenate([j * 25 + np.random.default_rng(j).permutation(25) for j in range(4)])
+    decoded = _decode(codec, encoded[shuffle], seeds, turn).result.table
+    from scipy.stats import spearmanr
+
+    for j in range(4):
+        block = slice(j * 25, (j + 1) * 25)
+        assert spearmanr(decoded["pkt"][block], real["pkt"][block]).statistic > 0.6, j
+    new = lag_codes(real["srcip"].to_numpy(), real["dstip"].to_numpy(), far=True) == 0
+    assert new.sum() >= 10 and (decoded["srcip"].to_numpy()[new] == real["srcip"].to_numpy()[new]).mean() > 0.6
+
+
 def test_the_walk_depends_only_on_seed_and_turn_and_moves_on(fitted):
     targets = fitted[0].block_targets
     a = targets.positions([3, 4, 5], 10, HORIZON)
@@ -113,11 +160,16 @@ def test_decoding_with_block_targets_is_seeded_and_round_trips_through_the_codec
     pd.testing.assert_frame_equal(first.result.table, again.result.table)
     loaded = FlowCodec.load(codec.save(tmp_path / "codec"))
     assert (tmp_path / "codec" / "block_targets.npz").is_file()
+    # both kinds of port (heads of big copy trees and the rest) have their own offsets
+    assert set(loaded.block_targets.classes[:, 8]) == {0, 1}
+    offsets = loaded.block_targets.side_offsets["dstport"]
+    assert offsets.shape[0] == 2 and not np.array_equal(offsets[0], offsets[1])
     assert json.loads((tmp_path / "codec" / "codec.json").read_text())["block_targets"]["blocks"] == 160
     pd.testing.assert_frame_equal(_decode(loaded, outputs, [1, 2], turn=0).result.table,
                                   first.result.table)
     # the next turn continues each stream's port history
-    assert set(first.history) >= {"block.srcport", "block.dstport", "block.proto"}
+    assert set(first.history) >= {"block.srcip", "block.dstip", "block.srcport", "block.dstport",
+                                  "block.proto"}
     assert (first.history["block.srcport"] >= 0).all()
     # a codec directory whose bank file is gone is refused, naming the file
     (tmp_path / "codec" / "block_targets.npz").unlink()
@@ -125,34 +177,82 @@ def test_decoding_with_block_targets_is_seeded_and_round_trips_through_the_codec
         FlowCodec.load(tmp_path / "codec")
 
 
+def _plan(codes, sides=None, candidates=None):
+    """A copy plan for crafted records: codes (n, 4) for srcip, dstip, srcport, dstport."""
+    codes = np.asarray(codes, np.int64)
+    n = len(codes)
+    return {"codes": codes,
+            "sides": np.full((n, 2), -1, np.int64) if sides is None else np.asarray(sides, np.int64),
+            "candidates": (np.full((n, 4, 2), -2, np.int64) if candidates is None
+                           else np.asarray(candidates, np.int64))}
+
+
 def test_ports_are_copied_along_lag_codes_on_their_side_and_new_ones_are_new():
     proto = np.array([6, 6, 17, 6, 6, 6])
     src = np.array([40000, 80, 53, 40001, 40001, 443])
-    # plan: (srcport lag, dstport lag, srcport below 1024, dstport below 1024)
-    plan = np.array([[0, 0, 0, 0],
-                     [0, 0, 1, 0],
-                     [0, 0, 1, 0],
-                     [3, 0, 0, 0],     # 3 back is record 0 (TCP, 40000, high side): copied
-                     [2, 0, 0, 0],     # 2 back is record 2 (UDP): not copied; 40001 is new?
-                     [4, 0, 1, 0]])    # 4 back is record 1 (TCP 80, low side): copied
-    columns = {"proto": proto, "srcport": src.copy(), "dstport": np.full(6, 5000)}
+    codes = np.zeros((6, 4), np.int64)
+    codes[:, 2] = [0, 0, 0, 3, 2, 4]     # srcport lags
+    sides = np.zeros((6, 2), np.int64)
+    sides[:, 0] = [0, 1, 1, 0, 0, 1]     # srcport below 1024
+    # 3 back from record 3 is record 0 (TCP, 40000, high side): copied; 2 back from record 4
+    # is record 2 (UDP): not copied; 4 back from record 5 is record 1 (TCP 80, low side): copied
+    columns = {"proto": proto, "srcip": np.arange(1, 7), "dstip": np.arange(11, 17),
+               "srcport": src.copy(), "dstport": np.full(6, 5000)}
     history = {}
-    copy_ports(columns, plan, history, [np.random.default_rng(0)], streams=1)
+    copy_fields(columns, _plan(codes, sides), history, [np.random.default_rng(0)], streams=1)
     out = columns["srcport"]
     assert list(out[:4]) == [40000, 80, 53, 40000] and out[5] == 80
     # record 4 keeps no copy and its port 40001 is not among the last 16: kept
     assert out[4] == 40001
     # dstport: every record is new, TCP/UDP, >= 1024: 5000 repeated is redrawn after the first
     assert columns["dstport"][0] == 5000 and len(set(columns["dstport"])) == 6
-    assert history["block.srcport"].shape == (1, DEPTH) and history["block.srcport"][0, -1] == 80
+    assert history["block.srcport"].shape == (1, FAR) and history["block.srcport"][0, -1] == 80
     # the history carries over: a lag reaching into the previous turn copies from it
-    nxt = {"proto": np.array([6]), "srcport": np.array([1234]), "dstport": np.array([9999])}
-    copy_ports(nxt, np.array([[6, 0, 0, 0]]), history, [np.random.default_rng(1)], streams=1)
+    nxt = {"proto": np.array([6]), "srcip": np.array([7]), "dstip": np.array([17]),
+           "srcport": np.array([1234]), "dstport": np.array([9999])}
+    copy_fields(nxt, _plan([[0, 0, 6, 0]], [[0, 0]]), history, [np.random.default_rng(1)], streams=1)
     assert nxt["srcport"][0] == 40000
 
 
-def test_lag_codes_name_the_nearest_equal_port():
-    assert list(port_lag_codes(np.array([5, 6, 5, 5, 7, 6]))) == [0, 0, 2, 1, 0, 4]
+def test_addresses_follow_own_peer_and_far_codes_and_new_ones_are_new():
+    n = 40
+    src, dst = np.arange(100, 100 + n), np.arange(500, 500 + n)
+    codes = np.zeros((n, 4), np.int64)
+    codes[1] = [DEPTH + 1, DEPTH + 1, 0, 0]   # the previous record reversed (peer codes)
+    codes[2] = [2, 0, 0, 0]                   # srcip of 2 back
+    codes[39] = [FAR_CODE, 0, 0, 0]           # an address DEPTH < k <= FAR back, in either field
+    src[5] = src[4]                           # a "new" srcip equal to the previous one ...
+    candidates = np.full((n, 4, 2), -2, np.int64)
+    candidates[5, 0] = [src[3], 7777]         # ... takes its first candidate not among the recent
+    columns = {"proto": np.full(n, 6), "srcip": src.copy(), "dstip": dst.copy(),
+               "srcport": np.arange(2000, 2000 + n), "dstport": np.arange(3000, 3000 + n)}
+    history = {"srcip": np.full((1, DEPTH), -1)}
+    copy_fields(columns, _plan(codes, candidates=candidates), history,
+                [np.random.default_rng(0)], streams=1)
+    s, d = columns["srcip"], columns["dstip"]
+    assert (s[1], d[1]) == (500, 100) and s[2] == 100 and s[5] == 7777
+    assert s[39] in set(s[39 - FAR:39 - DEPTH]) | set(d[39 - FAR:39 - DEPTH])
+    assert s[39] not in set(s[39 - DEPTH:39]) | set(d[39 - DEPTH:39])
+    # records without codes keep their own addresses; the codec's reuse history follows
+    assert list(s[6:39]) == list(range(106, 139)) and list(history["srcip"][0]) == list(s[-DEPTH:])
+
+
+def test_lag_codes_name_the_nearest_equal_value_in_the_field_or_its_peer():
+    assert list(lag_codes(np.array([5, 6, 5, 5, 7, 6]))) == [0, 0, 2, 1, 0, 4]
+    src, dst = np.array([1, 2, 3, 2]), np.array([2, 1, 9, 8])
+    # record 1 is record 0 reversed; record 3's srcip is its own field 2 back (before the
+    # peer field 3 back)
+    assert list(lag_codes(src, dst)) == [0, DEPTH + 1, 0, 2]
+    # copy trees: record 0's srcport 5 is copied by records 2 and 3 (a chain), record 1's
+    # dstport 9 by every later dstport; a peer copy joins the other field's tree
+    ports = np.stack([lag_codes(np.array([5, 6, 5, 5, 7, 6]), np.full(6, 9)),
+                      lag_codes(np.full(6, 9), np.array([5, 6, 5, 5, 7, 6]))], axis=1)
+    assert tree_sizes(ports)[:, 0].tolist() == [3, 2, 2, 1, 1, 1]
+    assert tree_sizes(ports)[:, 1].tolist() == [6, 5, 4, 3, 2, 1]
+    assert tree_sizes(np.array([[0, 0], [DEPTH + 1, 0]]))[0].tolist() == [1, 2]
+    far = np.arange(100)
+    far[60] = far[60 - DEPTH - 5]
+    assert lag_codes(far, far + 1000, far=True)[60] == FAR_CODE and lag_codes(far)[60] == 0
 
 
 def test_flowdiff_calibrate_fits_block_targets_and_generation_stays_seeded(tiny_model, ugr16_sample,

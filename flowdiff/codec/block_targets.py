@@ -10,27 +10,34 @@ and the network follows block summaries given as input only halfway (docs/model.
 * the **bank** holds, for each consecutive ``length``-record block of the training records,
   the seven quantiles (``KNOTS``) of each number's training ranks (ts, td, pkt, byt; bytes
   and duration ranked within their packet count's bin, as the calibration maps them) and
-  the block's records' discrete make-up, one *skeleton* class per record: protocol, flag
-  mask, whether each port is below 1024, the srcip / dstip reuse codes and each port's lag
-  code (the smallest k <= ``DEPTH`` with the same port k records back, 0 if none);
+  the block's records' discrete make-up in their order, one *skeleton* class per record:
+  protocol, flag mask, whether each port is below 1024, a lag code for each of srcip,
+  dstip, srcport and dstport (``lag_codes``: the same value k <= ``DEPTH`` records back in
+  the field itself, or in its peer field -- a reversed flow's srcip is the previous
+  dstip, its srcport the previous dstport --; for an address also "seen DEPTH < k <=
+  ``FAR`` back"; else new) and, per port, whether real traffic went on copying it into a
+  big copy tree (``tree_sizes``);
 * stream i reads the bank in order from a place drawn from (its seed, turn //
   ``WALK_TURNS``), as a block-conditioned model's bank is walked, so the sequence of
   make-ups it gets is a real one;
 * in each block the model keeps its say through an **assignment**
   (``scipy.optimize.linear_sum_assignment``): the block's records take the real block's
   25 skeletons, one each, so that the sum of the model's calibrated scores (protocol
-  token, flag mask, port side, address reuse codes) is highest; each number's values keep
-  the model's order within the block and take the real block's quantiles (bytes and
-  duration within the bin of the record's new packet count, so bytes per packet stay
-  real);
+  token, flag mask, port side, address reuse codes) is highest, and move, with all their
+  fields, to their skeleton's place in the block, so that lag codes point where they
+  pointed in real traffic; each number's values keep the model's order within the block
+  and take the real block's quantiles (bytes and duration within the bin of the record's
+  new packet count, so bytes per packet stay real);
 * a port is drawn from the model's kernel posterior restricted to its assigned side, with
-  log-prior offsets per (protocol, side) fitted so that, over the model's outputs, the
-  draws come at training's frequencies within that protocol and side (without them a TCP
-  record given the low side drew ICMP's port 0 as readily as 80); the assignment scores
-  a record's port output against each protocol's side with them; after decoding, a port
-  whose lag code is k becomes the port k records back when that one has the same
-  protocol and side (``copy_ports``); a new ephemeral port that is already
-  among the stream's last ``DEPTH`` ports is redrawn.
+  log-prior offsets per (kind, protocol, side) fitted so that, over the model's outputs,
+  the draws come at training's frequencies within that kind, protocol and side (without
+  them a TCP record given the low side drew ICMP's port 0 as readily as 80; without the
+  kinds the busiest services lose their share, ``fit_side_offsets``);
+* after decoding (``copy_fields``), each field whose lag code points back takes that value
+  (a port only if that record has the same protocol and the value is on the planned
+  side); a new field whose value is among its or its peer's last ``DEPTH`` values takes
+  the first of its candidates that is not (ports: further draws of the same posterior;
+  addresses: the model's addresses elsewhere in the turn).
 
 The bank stores quantiles and class indices, no records; it is fitted by ``flowdiff
 calibrate`` with the calibration it depends on (flag masks and token offsets) and saved
@@ -47,20 +54,40 @@ from flowdiff.codec.calibration import GRID, pattern_scores
 
 WALK_TURNS = 50     # a stream reads a bank from one place for this many turns, then jumps
 LENGTH = 25         # records per block
-DEPTH = 16          # port lag codes: the same port k <= DEPTH records back
+DEPTH = 16          # lag codes: the same value k <= DEPTH records back
+FAR = 64            # an address's "far" code: seen DEPTH < k <= FAR records back
+FAR_CODE = 2 * DEPTH + 1
+FAR_TRIES = 8
+BIG_TREE = 64       # a port whose copy tree holds at least this many records is drawn as "big"
 KNOTS = np.array([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])   # quantiles kept per block and number
 FILE = "block_targets.npz"
 QUANT = 65535.0     # knots are saved as round(p * QUANT), uint16
 PORTS = ("srcport", "dstport")
 ADDRESSES = ("srcip", "dstip")
+LAGGED = ADDRESSES + PORTS         # the fields with lag codes, class columns 4..7
+PEER = {"srcip": "dstip", "dstip": "srcip", "srcport": "dstport", "dstport": "srcport"}
 PROBABILITIES = np.linspace(0.0, 1.0, GRID)   # the calibration's quantile grid
+CANDIDATES = 8
+NONE = -2          # no candidate (a record outside the whole blocks)
+RANGED = -1        # a port candidate that is a range token: a new ephemeral port
 
 
-def port_lag_codes(ports: np.ndarray) -> np.ndarray:
-    """(n,) ports -> (n,) smallest k <= DEPTH with ports[i - k] == ports[i], else 0."""
-    codes = np.zeros(len(ports), np.int64)
+def lag_codes(values: np.ndarray, peer: np.ndarray | None = None, far: bool = False) -> np.ndarray:
+    """(n,) values (and their peer field's) -> (n,) the smallest k <= DEPTH with the same
+    value k records back: k in the field itself, DEPTH + k in the peer field (a reversed
+    flow's srcip is the previous dstip), the field itself first on a tie; else (``far``)
+    FAR_CODE if the value is in either field DEPTH < k <= FAR records back; else 0."""
+    codes = np.zeros(len(values), np.int64)
+    if far:
+        for k in range(FAR, DEPTH, -1):
+            hit = values[k:] == values[:-k]
+            if peer is not None:
+                hit |= values[k:] == peer[:-k]
+            codes[k:][hit] = FAR_CODE
     for k in range(DEPTH, 0, -1):
-        codes[k:][ports[k:] == ports[:-k]] = k
+        if peer is not None:
+            codes[k:][values[k:] == peer[:-k]] = DEPTH + k
+        codes[k:][values[k:] == values[:-k]] = k
     return codes
 
 
@@ -70,6 +97,39 @@ def walk_blocks(seed: int, turn: int, first_block: int, n_blocks: int, bank_size
     at the end (this bank's and a block-conditioned model's, ``flowdiff.model.blocks``)."""
     start = int(np.random.default_rng([int(seed), turn // WALK_TURNS]).integers(bank_size))
     return (start + first_block + np.arange(n_blocks)) % bank_size
+
+
+def _as_ints(column) -> np.ndarray:
+    return np.asarray(column, np.int64)
+
+
+def _kinds(classes: np.ndarray, k: int) -> np.ndarray:
+    """(L,) the kind of each class's port k: 1 if real traffic kept copying it (a big
+    tree), 0 otherwise (a bank without kinds: all 0)."""
+    return classes[:, 8 + k] if classes.shape[1] > 8 + k else np.zeros(len(classes), np.int64)
+
+
+def tree_sizes(codes: np.ndarray) -> np.ndarray:
+    """(n, 2) srcport / dstport lag codes -> (n, 2) how many records' ports (itself
+    included) take their value from this one, directly or along a chain of copies (own or
+    peer field): the size of the copy tree below it."""
+    n = len(codes)
+    sizes = np.ones(2 * n)                                 # node 2 i + f: record i, port f
+    lags = np.where(codes > DEPTH, codes - DEPTH, codes)
+    parents = np.where(codes > 0, 2 * (np.arange(n)[:, None] - lags)
+                       + np.where(codes > DEPTH, 1 - np.arange(2), np.arange(2)), -1).reshape(-1)
+    parents[parents < 0] = -1
+    for node in range(2 * n - 1, -1, -1):                # children come after their parents
+        parent = parents[node]
+        if parent >= 0:
+            sizes[parent] += sizes[node]
+    return sizes.reshape(n, 2)
+
+
+def model_codes(codes: np.ndarray, width: int) -> np.ndarray:
+    """Lag codes -> the codec's reuse codes (0 = new, k = the field k back): a peer copy is
+    "new" to the field's own reuse code (the copy is made after decoding)."""
+    return np.where((codes > DEPTH) | (codes >= width), 0, codes)
 
 
 def low_tokens(transform) -> np.ndarray:
@@ -89,8 +149,10 @@ class BlockTargets:
         self.codes = {name: np.asarray(v, np.int64) for name, v in (codes or {}).items()}  # (N, L)
         self.classes = np.asarray(classes, np.int64)          # (V, 7) one row per skeleton class
         self.skeletons = np.asarray(skeletons, np.int64)      # (N, length) class per record
-        # port -> (protocol tokens, 2 sides, port tokens) log-prior offsets of the side draws
-        self.side_offsets = {name: np.asarray(v, np.float64) for name, v in (side_offsets or {}).items()}
+        # port -> (2 kinds: small, big copy tree; protocol tokens, 2 sides, port tokens) log-prior
+        # offsets of the side draws (a bank of one kind: the same offsets for both)
+        self.side_offsets = {name: np.broadcast_to(np.asarray(v, np.float64), (2,) + np.shape(v)[-3:])
+                             for name, v in (side_offsets or {}).items()}
         if self.skeletons.ndim != 2 or self.skeletons.shape[1] != self.length:
             raise ValueError(f"block targets: skeletons must be (blocks, {self.length}), got "
                              f"{self.skeletons.shape}")
@@ -162,12 +224,13 @@ class BlockTargets:
         columns = [protos, masks]
         for port in PORTS:
             columns.append((table[port].to_numpy()[:n] < 1024).astype(np.int64))
-        for address in ADDRESSES:
-            a, b, _bias = calibration.biases[address]
-            columns.append(ref[:, a:b].argmax(axis=1))
-        for port in PORTS:
-            columns.append(port_lag_codes(table[port].to_numpy()[:n]))
-        rows = np.stack(columns, axis=1)                                     # (n, 8)
+        for name in LAGGED:
+            columns.append(lag_codes(_as_ints(table[name])[:n], _as_ints(table[PEER[name]])[:n],
+                                     far=name in ADDRESSES))
+        port_codes = np.stack(columns[-2:], axis=1)                          # (n, 2)
+        big = tree_sizes(port_codes) >= BIG_TREE                             # (n, 2)
+        columns.extend(big.T.astype(np.int64))
+        rows = np.stack(columns, axis=1)                                     # (n, 10)
         classes, index = np.unique(rows, axis=0, return_inverse=True)
         codes = {name: ref[:, a:b].argmax(axis=1).reshape(-1, length)     # tos, label
                  for name, (a, b, _bias) in calibration.biases.items() if name not in ADDRESSES}
@@ -176,8 +239,8 @@ class BlockTargets:
             sample = np.asarray(outputs, np.float64)[np.random.default_rng(0).permutation(
                 len(outputs))[:SIDE_SAMPLE]]
             offsets = {port: fit_side_offsets(codec, calibration, port, sample, protos,
-                                              table[port].to_numpy()[:n])
-                       for port in PORTS}
+                                              table[port].to_numpy()[:n], big[:, k])
+                       for k, port in enumerate(PORTS)}
         return cls(knots, classes, index.reshape(-1, length), codes, length, offsets)
 
     # ------------------------------------------------------------------ persistence
@@ -206,22 +269,27 @@ class BlockTargets:
                          for seed in seeds], np.int64).reshape(len(seeds), per)
 
     def apply(self, codec, calibration, out: np.ndarray, raw: np.ndarray, seeds: list[int],
-              turn: int, rngs: list) -> np.ndarray:
+              turn: int, rngs: list) -> dict:
         """Impose the walked blocks' targets on the calibrated outputs ``out`` (S*H, F),
-        stream-major, in place; ``raw`` the model's outputs. Returns the (S*H, 4) port plan
-        (srcport lag, dstport lag, srcport below 1024, dstport below 1024) for
-        ``copy_ports``; rows past the last whole block get lag 0 (no copy)."""
+        stream-major, in place; ``raw`` the model's outputs. Returns the plan for
+        ``copy_fields``: "codes" (S*H, 4) the lag codes of srcip, dstip, srcport, dstport;
+        "sides" (S*H, 2) whether each port is below 1024; "candidates" (S*H, 4, C) other
+        values for a new field that repeats a recent one. Rows past the last whole block
+        get code 0, side -1 and no candidates (NONE)."""
         from scipy.optimize import linear_sum_assignment
 
         streams = len(seeds)
         horizon = len(out) // streams
-        plan = np.zeros((len(out), 4), np.int64)
-        plan[:, 2:] = -1
+        plan = {"codes": np.zeros((len(out), len(LAGGED)), np.int64),
+                "sides": np.full((len(out), len(PORTS)), -1, np.int64),
+                "candidates": np.full((len(out), len(LAGGED), CANDIDATES), NONE, np.int64)}
         scores = self._scores(codec, calibration, raw)
+        addresses = model_addresses(codec, out)          # the turn's addresses, as the model wrote them
         for s, blocks in enumerate(self.positions(seeds, turn, horizon)):
+            rng = rngs[s]
             for j, b in enumerate(blocks):
                 rows = np.arange(s * horizon + j * self.length, s * horizon + (j + 1) * self.length)
-                self._numbers(calibration, out, rows, b, rngs[s])
+                self._numbers(calibration, out, rows, b, rng)
                 for name, codes in self.codes.items():   # tos, label: the block's counts
                     start, stop, bias = calibration.biases[name]
                     slots = codes[b]
@@ -229,13 +297,20 @@ class BlockTargets:
                     chosen = np.empty(len(rows), np.int64)
                     chosen[r] = slots[c]
                     out[rows, start:stop] = np.eye(stop - start)[chosen]
-                classes = self.classes[self.skeletons[b]]                   # (L, 8)
-                cost = self._class_scores(scores, rows, classes)
-                r, c = linear_sum_assignment(-cost)
-                picked = np.empty_like(classes)
-                picked[r] = classes[c]
-                self._write(codec, calibration, out, rows, picked, scores, rngs[s])
-                plan[rows] = picked[:, [6, 7, 2, 3]]
+                classes = self.classes[self.skeletons[b]]                   # (L, 10)
+                r, c = linear_sum_assignment(-self._class_scores(scores, rows, classes))
+                # the record given slot c moves to the bank record's place c, with all its
+                # fields, so the block's lag codes point where they pointed in real traffic
+                order = np.empty(len(rows), np.int64)
+                order[c] = r
+                source = rows[order]
+                out[rows] = out[source]
+                plan["candidates"][rows, 2:] = self._write(codec, calibration, out, rows, classes,
+                                                           scores, rng, source)
+                plan["codes"][rows] = classes[:, 4:8]
+                plan["sides"][rows] = classes[:, 2:4]
+                plan["candidates"][rows, :2] = addresses[rng.integers(len(addresses),
+                                                                      size=(len(rows), 2, CANDIDATES))]
         return plan
 
     def _scores(self, codec, calibration, raw: np.ndarray) -> dict:
@@ -255,15 +330,17 @@ class BlockTargets:
         scores["mask_index"][np.asarray(mask_values, np.int64)] = np.arange(len(mask_values))
         for port in PORTS:
             logw, low = port_log_weights(codec, calibration, port, raw)
-            offsets = self.side_offsets.get(port, np.zeros((1, 2, logw.shape[1])))
-            # (n, protocols, 2): how well the record's port output fits each protocol's side,
-            # log of the sum over the side's tokens of exp(logw + offset): a matrix product
-            sides = np.empty((len(logw), len(offsets), 2))
+            offsets = self.side_offsets.get(port, np.zeros((2, 1, 2, logw.shape[1])))
+            # (n, 2 kinds, protocols, 2 sides): how well the record's port output fits each
+            # kind's protocol's side, log of the sum over the side's tokens of
+            # exp(logw + offset): a matrix product
+            sides = np.empty((len(logw),) + offsets.shape[:3])
             for side, mask in enumerate((~low, low)):
                 part = logw[:, mask]
                 top = part.max(axis=1, keepdims=True)
-                sums = np.exp(part - top) @ np.exp(offsets[:, side, mask]).T   # (n, P)
-                sides[:, :, side] = np.log(np.maximum(sums, 1e-300)) + top
+                for kind in range(2):
+                    sums = np.exp(part - top) @ np.exp(offsets[kind, :, side][:, mask]).T   # (n, P)
+                    sides[:, kind, :, side] = np.log(np.maximum(sums, 1e-300)) + top
             scores[port] = (logw, low, np.maximum(sides, -1e6))
         for address in ADDRESSES:
             a, b, bias = calibration.biases[address]
@@ -275,11 +352,12 @@ class BlockTargets:
         masks = scores["mask_index"][classes[:, 1]]
         total = scores["proto"][rows][:, classes[:, 0]] + scores["masks"][rows][:, masks]
         for k, port in enumerate(PORTS):
-            sides = scores[port][2][rows]                                   # (L, P, 2)
-            total = total + sides[:, np.minimum(classes[:, 0], sides.shape[1] - 1), classes[:, 2 + k]]
+            sides = scores[port][2][rows]                                   # (L, 2, P, 2)
+            total = total + sides[:, _kinds(classes, k),
+                                  np.minimum(classes[:, 0], sides.shape[2] - 1), classes[:, 2 + k]]
         for k, address in enumerate(ADDRESSES):
             codes = scores[address][rows]
-            total = total + codes[:, np.minimum(classes[:, 4 + k], codes.shape[1] - 1)]
+            total = total + codes[:, model_codes(classes[:, 4 + k], codes.shape[1])]
         return total
 
     def _numbers(self, calibration, out: np.ndarray, rows: np.ndarray, block: int, rng) -> None:
@@ -323,9 +401,12 @@ class BlockTargets:
                 np.interp(values[mine], PROBABILITIES, target)
         return mapped
 
-    def _write(self, codec, calibration, out, rows, picked, scores, rng) -> None:
-        """Write the picked classes: protocol token, flag mask, address reuse codes, and a
-        port token drawn from the model's posterior on the picked side."""
+    def _write(self, codec, calibration, out, rows, picked, scores, rng, source) -> np.ndarray:
+        """Write the picked classes into ``out[rows]``: protocol token, flag mask, address
+        reuse codes, and a port token drawn from the model's posterior (of the outputs
+        ``source``, where these records came from) on the picked side, with the offsets of
+        the picked kind. Returns (L, 2, CANDIDATES) port candidates: that draw and more
+        (RANGED for a range token) for ``copy_fields``."""
         proto = codec.transforms["proto"].table
         pa = codec.feature_slices["proto"].start
         out[rows, pa:pa + proto.dim] = proto.scaled[picked[:, 0]]
@@ -334,20 +415,24 @@ class BlockTargets:
         out[rows, fa:fb] = calibration._pattern_bits[flags][index]
         for k, address in enumerate(ADDRESSES):
             a, b, _bias = calibration.biases[address]
-            out[rows, a:b] = np.eye(b - a)[np.minimum(picked[:, 4 + k], b - a - 1)]
+            out[rows, a:b] = np.eye(b - a)[model_codes(picked[:, 4 + k], b - a)]
+        candidates = []
         for k, port in enumerate(PORTS):
             logw, low, _sides = scores[port]
             transform = codec.transforms[port]
             start = codec.feature_slices[port].start
-            logw = logw[rows]
-            if port in self.side_offsets:   # (protocol, side) offsets
-                logw = logw + self.side_offsets[port][picked[:, 0], picked[:, 2 + k]]
+            logw = logw[source]
+            if port in self.side_offsets:   # (kind, protocol, side) offsets
+                logw = logw + self.side_offsets[port][_kinds(picked, k),
+                                                      picked[:, 0], picked[:, 2 + k]]
             w = np.where(low[None, :] == (picked[:, 2 + k] == 1)[:, None], logw, -np.inf)
             w = np.exp(w - w.max(axis=1, keepdims=True))
             cdf = np.cumsum(w, axis=1)
-            draws = rng.random(len(rows)) * cdf[:, -1]
-            tokens = np.minimum((cdf < draws[:, None]).sum(axis=1), cdf.shape[1] - 1)
-            out[rows, start:start + transform.dim] = transform.table.scaled[tokens]
+            draws = rng.random((len(rows), CANDIDATES)) * cdf[:, -1:]
+            tokens = np.minimum((cdf[:, None, :] < draws[:, :, None]).sum(axis=2), cdf.shape[1] - 1)
+            out[rows, start:start + transform.dim] = transform.table.scaled[tokens[:, 0]]
+            candidates.append(transform.port_of[tokens])
+        return np.stack(candidates, axis=1)                                  # (L, 2, C)
 
 
 SIDE_SAMPLE = 10_000     # model outputs the side offsets are fitted on
@@ -385,12 +470,20 @@ def port_log_weights(codec, calibration, port: str, raw: np.ndarray) -> tuple[np
 
 
 def fit_side_offsets(codec, calibration, port: str, outputs: np.ndarray, protos: np.ndarray,
-                     ports: np.ndarray) -> np.ndarray:
-    """(protocol tokens, 2, V) log-prior offsets: for each protocol and side with enough
-    training records, the offsets with which the side-restricted draws over ``outputs``
-    (those whose most likely protocol is that one, or all if too few) have the training
-    records' token frequencies within that protocol and side. ``protos`` / ``ports``: the
-    training records' protocol tokens and ports."""
+                     ports: np.ndarray, big: np.ndarray | None = None) -> np.ndarray:
+    """(2 kinds, protocol tokens, 2 sides, V) log-prior offsets: for each kind of record
+    (1: its port heads a big copy tree, ``tree_sizes`` >= BIG_TREE; 0: not), protocol and
+    side with enough training records, the offsets with which the side-restricted draws
+    over ``outputs`` (those whose most likely protocol is that one, or all if too few) have
+    the token frequencies of the training records of that kind, protocol and side.
+    ``protos`` / ``ports`` / ``big``: the training records' protocol tokens, ports and
+    kinds (None: one kind).
+
+    Why kinds: decoding relabels the bank's copy trees, each tree taking the value drawn
+    at its root. Real traffic's biggest trees are its busiest services (port 80 is among
+    a stream's last 16 ports almost always); drawn from the side's marginal frequencies,
+    a big tree is port 80 only as often as any record is, and the stream's port-80 share
+    falls from 24 % to 14 %. Drawing big trees from big trees' frequencies keeps it."""
     transform = codec.transforms[port]
     logw, low = port_log_weights(codec, calibration, port, outputs)
     tokens = transform.lookup[np.asarray(ports, np.int64)]                    # (n,) token rows
@@ -400,54 +493,117 @@ def fit_side_offsets(codec, calibration, port: str, outputs: np.ndarray, protos:
     likely = proto.table.decoder.log_weights(np.clip(outputs[:, pa:pa + proto.table.dim], 0, 1),
                                              offset, temperature).argmax(axis=1)
     n_protos, n_tokens = len(proto.table.scaled), logw.shape[1]
-    offsets = np.zeros((n_protos, 2, n_tokens))
-    for p in range(n_protos):
+    big = np.zeros(len(ports), bool) if big is None else np.asarray(big, bool)
+    offsets = np.zeros((2, n_protos, 2, n_tokens))
+    for kind, p, side in np.ndindex(2, n_protos, 2):
         queries = logw[likely == p] if (likely == p).sum() >= SIDE_MIN_RECORDS else logw
-        for side in (0, 1):
-            mine = (protos == p) & ((ports < 1024) == bool(side))
-            if mine.sum() < SIDE_MIN_RECORDS:
-                continue
-            target = np.bincount(tokens[mine], minlength=n_tokens) / mine.sum()
-            base = np.where(low[None, :] == bool(side), queries, -np.inf)
-            base = base - base.max(axis=1, keepdims=True)
-            fitted = np.zeros(n_tokens)
-            for _ in range(SIDE_ROUNDS):
-                weights = np.exp(base + fitted)
-                expected = (weights / weights.sum(axis=1, keepdims=True)).mean(axis=0)
-                fitted = np.clip(fitted + np.log(target + 1e-6) - np.log(expected + 1e-6),
-                                 -SIDE_LIMIT, SIDE_LIMIT)
-            offsets[p, side] = fitted
+        mine = (protos == p) & ((ports < 1024) == bool(side)) & (big == bool(kind))
+        if mine.sum() < SIDE_MIN_RECORDS:
+            continue
+        target = np.bincount(tokens[mine], minlength=n_tokens) / mine.sum()
+        base = np.where(low[None, :] == bool(side), queries, -np.inf)
+        base = base - base.max(axis=1, keepdims=True)
+        fitted = np.zeros(n_tokens)
+        for _ in range(SIDE_ROUNDS):
+            weights = np.exp(base + fitted)
+            expected = (weights / weights.sum(axis=1, keepdims=True)).mean(axis=0)
+            fitted = np.clip(fitted + np.log(target + 1e-6) - np.log(expected + 1e-6),
+                             -SIDE_LIMIT, SIDE_LIMIT)
+        offsets[kind, p, side] = fitted
     return offsets
 
 
-def copy_ports(columns: dict, plan: np.ndarray, history: dict, rngs: list, streams: int) -> None:
-    """After decoding: in each stream, a port whose lag code is k becomes the port k records
-    back when that record has the same protocol and the port is on the planned side; a
-    new (lag 0) TCP/UDP port >= 1024 already among the stream's last DEPTH ports is redrawn.
-    ``history`` keeps each stream's last DEPTH ports and protocols (keys
-    ``block.srcport``, ``block.dstport``, ``block.proto``; -1 = unknown) across turns."""
-    proto = columns["proto"].reshape(streams, -1)
+def model_addresses(codec, out: np.ndarray) -> np.ndarray:
+    """(2 n,) the srcip and dstip addresses the bits of the outputs ``out`` (n, F) decode
+    to (a new address that repeats a recent one takes one of these instead: the model's
+    own addresses, with its heavy hitters)."""
+    values = []
+    for address in ADDRESSES:
+        transform = codec.transforms[address]
+        start = codec.feature_slices[address].start + transform.bits_start
+        values.append(transform.bits.decode(out[:, start:start + transform.bits.width])[0])
+    return np.concatenate(values)
+
+
+def copy_fields(columns: dict, plan: dict, history: dict, rngs: list, streams: int) -> None:
+    """After decoding, per stream in record order: a field whose lag code is k (DEPTH + k)
+    takes the value of its own (peer) field k records back, a port only when that record
+    has the same protocol and the value is on the planned side; a field with code 0 (new)
+    whose value is among the last DEPTH values of it or its peer takes its first candidate
+    that is not (a new TCP/UDP port >= 1024 is redrawn until it is not). ``history``
+    keeps each stream's last DEPTH values of each field and of the protocol (keys
+    ``block.<field>``, ``block.proto``; -1 = unknown) across turns; the addresses' reuse
+    histories are set to the copied values."""
+    proto = np.asarray(columns["proto"], np.int64).reshape(streams, -1)
     horizon = proto.shape[1]
-    seen_proto = np.concatenate([history.get("block.proto", np.full((streams, DEPTH), -1)),
-                                 proto], axis=1)
-    for k, port in enumerate(PORTS):
-        values = np.array(columns[port], np.int64).reshape(streams, -1)
-        seen = np.concatenate([history.get(f"block.{port}", np.full((streams, DEPTH), -1)),
-                               values], axis=1)                              # (S, DEPTH + H)
-        lags = plan[:, k].reshape(streams, -1)
-        sides = plan[:, 2 + k].reshape(streams, -1)
-        for s in range(streams):
-            for i in range(horizon):
-                at = DEPTH + i
-                lag = lags[s, i]
-                if lag > 0:
-                    earlier = seen[s, at - lag]
-                    if (earlier >= 0 and seen_proto[s, at - lag] == seen_proto[s, at]
-                            and (earlier < 1024) == (sides[s, i] == 1)):
-                        seen[s, at] = earlier
-                elif seen_proto[s, at] in (6, 17) and seen[s, at] >= 1024:
-                    while seen[s, at] in seen[s, at - DEPTH:at]:
-                        seen[s, at] = rngs[s].integers(1024, 65536)
-        columns[port] = seen[:, DEPTH:].reshape(-1)
-        history[f"block.{port}"] = seen[:, -DEPTH:].copy()
-    history["block.proto"] = seen_proto[:, -DEPTH:].copy()
+    seen_proto = np.concatenate([_kept(history, "block.proto", streams), proto], axis=1)
+    seen = {name: np.concatenate([_kept(history, f"block.{name}", streams),
+                                  np.asarray(columns[name], np.int64).reshape(streams, -1)],
+                                 axis=1) for name in LAGGED}                # (S, FAR + H)
+    codes = plan["codes"].reshape(streams, horizon, len(LAGGED))
+    sides = plan["sides"].reshape(streams, horizon, len(PORTS))
+    candidates = plan["candidates"].reshape(streams, horizon, len(LAGGED), -1)
+    for s in range(streams):
+        rng = rngs[s]
+        for i in range(horizon):
+            at = FAR + i
+            for f, name in enumerate(LAGGED):
+                own, peer = seen[name][s], seen[PEER[name]][s]
+                code = codes[s, i, f]
+                is_port = f >= len(ADDRESSES)
+                if code == FAR_CODE:
+                    recent = _recent(own, peer, at, DEPTH)
+                    for _ in range(FAR_TRIES):   # a value of either field DEPTH < k <= FAR back
+                        lag = int(rng.integers(DEPTH + 1, FAR + 1))
+                        earlier = (own if rng.random() < 0.5 else peer)[at - lag]
+                        if earlier >= 0 and earlier not in recent:
+                            own[at] = earlier
+                            break
+                    else:
+                        code = 0
+                    if code:
+                        continue
+                if code > 0:
+                    lag = code if code <= DEPTH else code - DEPTH
+                    earlier = (own if code <= DEPTH else peer)[at - lag]
+                    if earlier >= 0 and (not is_port or (
+                            seen_proto[s, at - lag] == seen_proto[s, at]
+                            and (earlier < 1024) == (sides[s, i, f - 2] == 1))):
+                        own[at] = earlier
+                    continue
+                if is_port and seen_proto[s, at] not in (6, 17):
+                    continue
+                recent = _recent(own, peer, at, DEPTH)
+                if own[at] not in recent:
+                    continue
+                for candidate in candidates[s, i, f]:
+                    if candidate == NONE:
+                        break
+                    if candidate == RANGED:   # a new port in the planned side's range
+                        own[at] = (rng.integers(1, 1024) if sides[s, i, f - 2] == 1
+                                   else rng.integers(1024, 65536))
+                        break
+                    if candidate not in recent:
+                        own[at] = candidate
+                        break
+                while is_port and own[at] >= 1024 and own[at] in recent:
+                    own[at] = rng.integers(1024, 65536)
+    for name in LAGGED:
+        columns[name] = seen[name][:, FAR:].reshape(-1)
+        history[f"block.{name}"] = seen[name][:, -FAR:].copy()
+        if name in ADDRESSES and name in history:   # the codec's reuse history: the copies
+            width = history[name].shape[1]
+            history[name] = seen[name][:, -width:].copy()
+    history["block.proto"] = seen_proto[:, -FAR:].copy()
+
+
+def _recent(own: np.ndarray, peer: np.ndarray, at: int, depth: int) -> set:
+    """The values of a field and its peer in the ``depth`` records before ``at``."""
+    return set(own[at - depth:at].tolist()) | set(peer[at - depth:at].tolist())
+
+
+def _kept(history: dict, key: str, streams: int) -> np.ndarray:
+    """(S, FAR) a stream's last FAR values under ``key`` (-1 where unknown; a shorter
+    history is padded on the left)."""
+    kept = np.asarray(history.get(key, np.full((streams, 0), -1)), np.int64)[:, -FAR:]
+    return np.concatenate([np.full((streams, FAR - kept.shape[1]), -1, np.int64), kept], axis=1)

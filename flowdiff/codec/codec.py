@@ -20,9 +20,9 @@ import pandas as pd
 
 from flowdiff import __version__
 from flowdiff.atomic import write_text_atomic
-from flowdiff.codec.block_targets import DEPTH as BLOCK_DEPTH
+from flowdiff.codec.block_targets import FAR as BLOCK_HISTORY
 from flowdiff.codec.block_targets import FILE as BLOCK_FILE
-from flowdiff.codec.block_targets import BlockTargets, copy_ports
+from flowdiff.codec.block_targets import BlockTargets, copy_fields
 from flowdiff.codec.calibration import OutputCalibration
 from flowdiff.codec.config import PORT_ADDRESS, CodecConfig
 from flowdiff.codec.quantile import QuantileTransform
@@ -463,8 +463,8 @@ class FlowCodec:
             if name in columns and columns[name].dtype.kind == "f":
                 columns[name] = np.rint(columns[name]).astype(np.int64)
         repairs.update(self.profile.repair(columns))
-        if plan is not None:   # ports copied along the blocks' lag codes
-            copy_ports(columns, plan, history, rngs, n_streams)
+        if plan is not None:   # addresses and ports copied along the blocks' lag codes
+            copy_fields(columns, plan, history, rngs, n_streams)
         return StreamsDecoded(DecodeResult(conform(pd.DataFrame(columns)), repairs), history)
 
     def _decode_following(self, ports: list[str], pointers, array: np.ndarray,
@@ -499,7 +499,8 @@ class FlowCodec:
         depth = {name: self.transforms[name].depth for name in self.reuse_fields}
         depth.update({name: depth[self.transforms[name].address] for name in self.follow_fields})
         if self.block_targets is not None:
-            depth.update({f"block.{name}": BLOCK_DEPTH for name in ("srcport", "dstport", "proto")})
+            depth.update({f"block.{name}": BLOCK_HISTORY
+                          for name in ("srcip", "dstip", "srcport", "dstport", "proto")})
         return {name: np.full((streams, k), UNKNOWN, dtype=np.int64) for name, k in depth.items()}
 
     # ------------------------------------------------------------------ persistence
