@@ -237,6 +237,24 @@ def test_addresses_follow_own_peer_and_far_codes_and_new_ones_are_new():
     assert list(s[6:39]) == list(range(106, 139)) and list(history["srcip"][0]) == list(s[-DEPTH:])
 
 
+def test_on_one_timeline_a_streams_first_records_copy_the_stream_before_it():
+    """chain: stream s's records follow stream s - 1's in the merged output, and stream 0's
+    the last stream's of the previous turn; without chain each copies its own history."""
+    codes = np.zeros((6, 4), np.int64)
+    codes[[0, 3], 0] = 1                     # each stream's first srcip: the previous record's
+    columns = lambda: {"proto": np.full(6, 6), "srcip": np.arange(1, 7), "dstip": np.arange(11, 17),  # noqa: E731
+                       "srcport": np.arange(2001, 2007), "dstport": np.arange(3001, 3007)}
+    history = {"block.srcip": np.array([[-1] * (FAR - 1) + [70], [-1] * (FAR - 1) + [80]])}
+    chained = columns()
+    copy_fields(chained, _plan(codes), dict(history), [np.random.default_rng(s) for s in range(2)],
+                streams=2, chain=True)
+    assert chained["srcip"][0] == 80 and chained["srcip"][3] == chained["srcip"][2] == 3
+    apart = columns()
+    copy_fields(apart, _plan(codes), dict(history), [np.random.default_rng(s) for s in range(2)],
+                streams=2)
+    assert apart["srcip"][0] == 70 and apart["srcip"][3] == 80
+
+
 def test_lag_codes_name_the_nearest_equal_value_in_the_field_or_its_peer():
     assert list(lag_codes(np.array([5, 6, 5, 5, 7, 6]))) == [0, 0, 2, 1, 0, 4]
     src, dst = np.array([1, 2, 3, 2]), np.array([2, 1, 9, 8])

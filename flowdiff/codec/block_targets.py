@@ -525,15 +525,20 @@ def model_addresses(codec, out: np.ndarray) -> np.ndarray:
     return np.concatenate(values)
 
 
-def copy_fields(columns: dict, plan: dict, history: dict, rngs: list, streams: int) -> None:
+def copy_fields(columns: dict, plan: dict, history: dict, rngs: list, streams: int,
+                chain: bool = False) -> None:
     """After decoding, per stream in record order: a field whose lag code is k (DEPTH + k)
     takes the value of its own (peer) field k records back, a port only when that record
-    has the same protocol and the value is on the planned side; a field with code 0 (new)
-    whose value is among the last DEPTH values of it or its peer takes its first candidate
-    that is not (a new TCP/UDP port >= 1024 is redrawn until it is not). ``history``
-    keeps each stream's last DEPTH values of each field and of the protocol (keys
-    ``block.<field>``, ``block.proto``; -1 = unknown) across turns; the addresses' reuse
-    histories are set to the copied values."""
+    has the same protocol and the value is on the planned side; a field with code FAR_CODE
+    a value of either field DEPTH < k <= FAR back that is not among the last DEPTH; a field
+    with code 0 (new) whose value is among the last DEPTH values of it or its peer takes
+    its first candidate that is not (a new TCP/UDP port >= 1024 is redrawn until it is
+    not). ``history`` keeps each stream's last FAR values of each field and of the
+    protocol (keys ``block.<field>``, ``block.proto``; -1 = unknown) across turns; the
+    addresses' reuse histories are set to the copied values. ``chain`` (the streams'
+    records are consecutive stretches of one timeline): the records before stream s's are
+    stream s - 1's (stream 0's: the last stream's of the previous turn), so copies at the
+    seams read the records the merged output has before them."""
     proto = np.asarray(columns["proto"], np.int64).reshape(streams, -1)
     horizon = proto.shape[1]
     seen_proto = np.concatenate([_kept(history, "block.proto", streams), proto], axis=1)
@@ -543,8 +548,16 @@ def copy_fields(columns: dict, plan: dict, history: dict, rngs: list, streams: i
     codes = plan["codes"].reshape(streams, horizon, len(LAGGED))
     sides = plan["sides"].reshape(streams, horizon, len(PORTS))
     candidates = plan["candidates"].reshape(streams, horizon, len(LAGGED), -1)
+    if chain:   # stream 0 continues the last stream of the previous turn
+        seen_proto[0, :FAR] = seen_proto[-1, :FAR]
+        for name in LAGGED:
+            seen[name][0, :FAR] = seen[name][-1, :FAR]
     for s in range(streams):
         rng = rngs[s]
+        if chain and s > 0:   # ... and stream s the copied records of stream s - 1
+            seen_proto[s, :FAR] = seen_proto[s - 1, -FAR:]
+            for name in LAGGED:
+                seen[name][s, :FAR] = seen[name][s - 1, -FAR:]
         for i in range(horizon):
             at = FAR + i
             for f, name in enumerate(LAGGED):

@@ -464,7 +464,7 @@ class FlowCodec:
                 columns[name] = np.rint(columns[name]).astype(np.int64)
         repairs.update(self.profile.repair(columns))
         if plan is not None:   # addresses and ports copied along the blocks' lag codes
-            copy_fields(columns, plan, history, rngs, n_streams)
+            copy_fields(columns, plan, history, rngs, n_streams, chain)
         return StreamsDecoded(DecodeResult(conform(pd.DataFrame(columns)), repairs), history)
 
     def _decode_following(self, ports: list[str], pointers, array: np.ndarray,
