@@ -242,8 +242,11 @@ def test_on_one_timeline_a_streams_first_records_copy_the_stream_before_it():
     the last stream's of the previous turn; without chain each copies its own history."""
     codes = np.zeros((6, 4), np.int64)
     codes[[0, 3], 0] = 1                     # each stream's first srcip: the previous record's
-    columns = lambda: {"proto": np.full(6, 6), "srcip": np.arange(1, 7), "dstip": np.arange(11, 17),  # noqa: E731
-                       "srcport": np.arange(2001, 2007), "dstport": np.arange(3001, 3007)}
+
+    def columns():
+        return {"proto": np.full(6, 6), "srcip": np.arange(1, 7), "dstip": np.arange(11, 17),
+                "srcport": np.arange(2001, 2007), "dstport": np.arange(3001, 3007)}
+
     history = {"block.srcip": np.array([[-1] * (FAR - 1) + [70], [-1] * (FAR - 1) + [80]])}
     chained = columns()
     copy_fields(chained, _plan(codes), dict(history), [np.random.default_rng(s) for s in range(2)],

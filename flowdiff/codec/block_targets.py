@@ -99,10 +99,6 @@ def walk_blocks(seed: int, turn: int, first_block: int, n_blocks: int, bank_size
     return (start + first_block + np.arange(n_blocks)) % bank_size
 
 
-def _as_ints(column) -> np.ndarray:
-    return np.asarray(column, np.int64)
-
-
 def _kinds(classes: np.ndarray, k: int) -> np.ndarray:
     """(L,) the kind of each class's port k: 1 if real traffic kept copying it (a big
     tree), 0 otherwise (a bank without kinds: all 0)."""
@@ -118,7 +114,6 @@ def tree_sizes(codes: np.ndarray) -> np.ndarray:
     lags = np.where(codes > DEPTH, codes - DEPTH, codes)
     parents = np.where(codes > 0, 2 * (np.arange(n)[:, None] - lags)
                        + np.where(codes > DEPTH, 1 - np.arange(2), np.arange(2)), -1).reshape(-1)
-    parents[parents < 0] = -1
     for node in range(2 * n - 1, -1, -1):                # children come after their parents
         parent = parents[node]
         if parent >= 0:
@@ -147,7 +142,7 @@ class BlockTargets:
         self.length = int(length)
         self.knots = {name: np.asarray(v, np.float64) for name, v in knots.items()}  # (N, 7)
         self.codes = {name: np.asarray(v, np.int64) for name, v in (codes or {}).items()}  # (N, L)
-        self.classes = np.asarray(classes, np.int64)          # (V, 7) one row per skeleton class
+        self.classes = np.asarray(classes, np.int64)          # (V, 10) one row per skeleton class
         self.skeletons = np.asarray(skeletons, np.int64)      # (N, length) class per record
         # port -> (2 kinds: small, big copy tree; protocol tokens, 2 sides, port tokens) log-prior
         # offsets of the side draws (a bank of one kind: the same offsets for both)
@@ -221,12 +216,12 @@ class BlockTargets:
             pattern_scores(ref[:, fa:fb], calibration._pattern_bits[flags]).argmax(axis=1)]
         protos = codec.transforms["proto"].table.decoder.exact.rows(np.ascontiguousarray(
             ref[:, codec.feature_slices["proto"]][:, :codec.transforms["proto"].table.dim], np.float32))
+        values = {name: np.asarray(table[name], np.int64)[:n] for name in LAGGED}
         columns = [protos, masks]
         for port in PORTS:
-            columns.append((table[port].to_numpy()[:n] < 1024).astype(np.int64))
+            columns.append((values[port] < 1024).astype(np.int64))
         for name in LAGGED:
-            columns.append(lag_codes(_as_ints(table[name])[:n], _as_ints(table[PEER[name]])[:n],
-                                     far=name in ADDRESSES))
+            columns.append(lag_codes(values[name], values[PEER[name]], far=name in ADDRESSES))
         port_codes = np.stack(columns[-2:], axis=1)                          # (n, 2)
         big = tree_sizes(port_codes) >= BIG_TREE                             # (n, 2)
         columns.extend(big.T.astype(np.int64))
@@ -239,7 +234,7 @@ class BlockTargets:
             sample = np.asarray(outputs, np.float64)[np.random.default_rng(0).permutation(
                 len(outputs))[:SIDE_SAMPLE]]
             offsets = {port: fit_side_offsets(codec, calibration, port, sample, protos,
-                                              table[port].to_numpy()[:n], big[:, k])
+                                              values[port], big[:, k])
                        for k, port in enumerate(PORTS)}
         return cls(knots, classes, index.reshape(-1, length), codes, length, offsets)
 
@@ -495,21 +490,22 @@ def fit_side_offsets(codec, calibration, port: str, outputs: np.ndarray, protos:
     n_protos, n_tokens = len(proto.table.scaled), logw.shape[1]
     big = np.zeros(len(ports), bool) if big is None else np.asarray(big, bool)
     offsets = np.zeros((2, n_protos, 2, n_tokens))
-    for kind, p, side in np.ndindex(2, n_protos, 2):
+    for p in range(n_protos):
         queries = logw[likely == p] if (likely == p).sum() >= SIDE_MIN_RECORDS else logw
-        mine = (protos == p) & ((ports < 1024) == bool(side)) & (big == bool(kind))
-        if mine.sum() < SIDE_MIN_RECORDS:
-            continue
-        target = np.bincount(tokens[mine], minlength=n_tokens) / mine.sum()
-        base = np.where(low[None, :] == bool(side), queries, -np.inf)
-        base = base - base.max(axis=1, keepdims=True)
-        fitted = np.zeros(n_tokens)
-        for _ in range(SIDE_ROUNDS):
-            weights = np.exp(base + fitted)
-            expected = (weights / weights.sum(axis=1, keepdims=True)).mean(axis=0)
-            fitted = np.clip(fitted + np.log(target + 1e-6) - np.log(expected + 1e-6),
-                             -SIDE_LIMIT, SIDE_LIMIT)
-        offsets[kind, p, side] = fitted
+        for kind, side in np.ndindex(2, 2):
+            mine = (protos == p) & ((ports < 1024) == bool(side)) & (big == bool(kind))
+            if mine.sum() < SIDE_MIN_RECORDS:
+                continue
+            target = np.bincount(tokens[mine], minlength=n_tokens) / mine.sum()
+            base = np.where(low[None, :] == bool(side), queries, -np.inf)
+            base = base - base.max(axis=1, keepdims=True)
+            fitted = np.zeros(n_tokens)
+            for _ in range(SIDE_ROUNDS):
+                weights = np.exp(base + fitted)
+                expected = (weights / weights.sum(axis=1, keepdims=True)).mean(axis=0)
+                fitted = np.clip(fitted + np.log(target + 1e-6) - np.log(expected + 1e-6),
+                                 -SIDE_LIMIT, SIDE_LIMIT)
+            offsets[kind, p, side] = fitted
     return offsets
 
 
@@ -564,18 +560,12 @@ def copy_fields(columns: dict, plan: dict, history: dict, rngs: list, streams: i
                 own, peer = seen[name][s], seen[PEER[name]][s]
                 code = codes[s, i, f]
                 is_port = f >= len(ADDRESSES)
+                recent = None
                 if code == FAR_CODE:
                     recent = _recent(own, peer, at, DEPTH)
-                    for _ in range(FAR_TRIES):   # a value of either field DEPTH < k <= FAR back
-                        lag = int(rng.integers(DEPTH + 1, FAR + 1))
-                        earlier = (own if rng.random() < 0.5 else peer)[at - lag]
-                        if earlier >= 0 and earlier not in recent:
-                            own[at] = earlier
-                            break
-                    else:
-                        code = 0
-                    if code:
+                    if _copy_far(own, peer, at, recent, rng):
                         continue
+                    code = 0                  # nothing to copy: a new value
                 if code > 0:
                     lag = code if code <= DEPTH else code - DEPTH
                     earlier = (own if code <= DEPTH else peer)[at - lag]
@@ -586,7 +576,8 @@ def copy_fields(columns: dict, plan: dict, history: dict, rngs: list, streams: i
                     continue
                 if is_port and seen_proto[s, at] not in (6, 17):
                     continue
-                recent = _recent(own, peer, at, DEPTH)
+                if recent is None:
+                    recent = _recent(own, peer, at, DEPTH)
                 if own[at] not in recent:
                     continue
                 for candidate in candidates[s, i, f]:
@@ -608,6 +599,18 @@ def copy_fields(columns: dict, plan: dict, history: dict, rngs: list, streams: i
             width = history[name].shape[1]
             history[name] = seen[name][:, -width:].copy()
     history["block.proto"] = seen_proto[:, -FAR:].copy()
+
+
+def _copy_far(own: np.ndarray, peer: np.ndarray, at: int, recent: set, rng) -> bool:
+    """Copy into ``own[at]`` a value of either field DEPTH < k <= FAR records back that is
+    not among ``recent`` (FAR_TRIES random picks); False if none was found."""
+    for _ in range(FAR_TRIES):
+        lag = int(rng.integers(DEPTH + 1, FAR + 1))
+        earlier = (own if rng.random() < 0.5 else peer)[at - lag]
+        if earlier >= 0 and earlier not in recent:
+            own[at] = earlier
+            return True
+    return False
 
 
 def _recent(own: np.ndarray, peer: np.ndarray, at: int, depth: int) -> set:

@@ -21,6 +21,7 @@ import pandas as pd
 from flowdiff import __version__
 from flowdiff.atomic import write_text_atomic
 from flowdiff.codec.block_targets import FAR as BLOCK_HISTORY
+from flowdiff.codec.block_targets import LAGGED as BLOCK_FIELDS
 from flowdiff.codec.block_targets import FILE as BLOCK_FILE
 from flowdiff.codec.block_targets import BlockTargets, copy_fields
 from flowdiff.codec.calibration import OutputCalibration
@@ -499,8 +500,7 @@ class FlowCodec:
         depth = {name: self.transforms[name].depth for name in self.reuse_fields}
         depth.update({name: depth[self.transforms[name].address] for name in self.follow_fields})
         if self.block_targets is not None:
-            depth.update({f"block.{name}": BLOCK_HISTORY
-                          for name in ("srcip", "dstip", "srcport", "dstport", "proto")})
+            depth.update({f"block.{name}": BLOCK_HISTORY for name in BLOCK_FIELDS + ("proto",)})
         return {name: np.full((streams, k), UNKNOWN, dtype=np.int64) for name, k in depth.items()}
 
     # ------------------------------------------------------------------ persistence
