@@ -43,6 +43,11 @@ def main(argv=None) -> int:
     p.add_argument("--records", type=int, default=100_000)
     p.add_argument("--streams", type=int, default=1)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--decode-seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="decode the same rollout once per seed (the walk and the decoding "
+                        "draws change, the model's outputs do not): OUT/<variant>.parquet for "
+                        "the first, OUT/<variant>-seed<SEED>.parquet for the others; default: "
+                        "--seed")
     p.add_argument("--start-ts", type=float, default=1460390400.0)
     p.add_argument("--sampler", default="conditional")
     p.add_argument("--steps", type=int, default=10)
@@ -106,23 +111,27 @@ def main(argv=None) -> int:
         targets = {"blocks": BlockTargets.fit(codec, calibration, reference, table,
                                               outputs=fit_outputs),
                    "blocks-no-offsets": BlockTargets.fit(codec, calibration, reference, table)}
+    decode_seeds = args.decode_seeds or [args.seed]
     for name, parts in variants.items():
         codec.set_calibration(None if parts is None else
                               calibration if name in targets else calibration.subset(parts))
         codec.set_block_targets(targets.get(name))
-        started = time.perf_counter()
-        decoder = StreamGenerator(artifact.model, codec, sampler, context=artifact.context,
-                                  horizon=artifact.horizon, streams=args.streams, seed=args.seed)
-        decoder.clocks.fill_(args.start_ts)
-        tables = [decoder.decode_turn(steps).records for steps in raw]
-        seconds = time.perf_counter() - started
-        table = pd.concat(tables, ignore_index=True).iloc[:args.records]
-        table.to_parquet(args.out / f"{name}.parquet")
-        srcip, dstip = table["srcip"].to_numpy(), table["dstip"].to_numpy()
-        print(f"{name:>10}: {len(table)} records, repeat srcip {np.mean(srcip[1:] == srcip[:-1]):.3f} "
-              f"dstip {np.mean(dstip[1:] == dstip[:-1]):.3f}, distinct srcip {len(set(srcip))}, "
-              f"rate {len(table) / (table['ts'].max() - table['ts'].min()):.2f}/s, "
-              f"decoded at {sum(map(len, tables)) / seconds:.0f} records/s")
+        for seed in decode_seeds:
+            started = time.perf_counter()
+            decoder = StreamGenerator(artifact.model, codec, sampler, context=artifact.context,
+                                      horizon=artifact.horizon, streams=args.streams, seed=seed)
+            decoder.clocks.fill_(args.start_ts)
+            tables = [decoder.decode_turn(steps).records for steps in raw]
+            seconds = time.perf_counter() - started
+            table = pd.concat(tables, ignore_index=True).iloc[:args.records]
+            label = name if seed == decode_seeds[0] else f"{name}-seed{seed}"
+            table.to_parquet(args.out / f"{label}.parquet")
+            srcip, dstip = table["srcip"].to_numpy(), table["dstip"].to_numpy()
+            print(f"{label:>10}: {len(table)} records, repeat srcip "
+                  f"{np.mean(srcip[1:] == srcip[:-1]):.3f} dstip {np.mean(dstip[1:] == dstip[:-1]):.3f}, "
+                  f"distinct srcip {len(set(srcip))}, "
+                  f"rate {len(table) / (table['ts'].max() - table['ts'].min()):.2f}/s, "
+                  f"decoded at {sum(map(len, tables)) / seconds:.0f} records/s")
     return 0
 
 

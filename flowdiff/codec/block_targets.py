@@ -8,7 +8,9 @@ and the network follows block summaries given as input only halfway (docs/model.
 "Block conditioning"). So the decoder imposes them (docs/model.md, "Block targets"):
 
 * the **bank** holds, for each consecutive ``length``-record block of the training records,
-  the seven quantiles (``KNOTS``) of each number's training ranks (ts, td, pkt, byt; bytes
+  thirteen quantiles (``KNOTS``: every other record's of 25; seven reproduced a block's
+  spread too smoothly, and a window classifier told them from the real records they were
+  taken from, docs/model.md) of each number's training ranks (ts, td, pkt, byt; bytes
   and duration ranked within their packet count's bin, as the calibration maps them) and
   the block's records' discrete make-up in their order, one *skeleton* class per record:
   protocol, flag mask, whether each port is below 1024, a lag code for each of srcip,
@@ -17,9 +19,10 @@ and the network follows block summaries given as input only halfway (docs/model.
   dstip, its srcport the previous dstport --; for an address also "seen DEPTH < k <=
   ``FAR`` back"; else new) and, per port, whether real traffic went on copying it into a
   big copy tree (``tree_sizes``);
-* stream i reads the bank in order from a place drawn from (its seed, turn //
-  ``WALK_TURNS``), as a block-conditioned model's bank is walked, so the sequence of
-  make-ups it gets is a real one;
+* stream i reads the bank in order for ``WALK_TURNS`` turns from one place, then jumps
+  (``walk_blocks``: places in a golden-ratio sequence from a point drawn from its seed, so
+  that its jumps cover the training period evenly), as a block-conditioned model's bank is
+  walked, so the sequence of make-ups it gets is a real one;
 * in each block the model keeps its say through an **assignment**
   (``scipy.optimize.linear_sum_assignment``): the block's records take the real block's
   25 skeletons, one each, so that the sum of the model's calibrated scores (protocol
@@ -53,13 +56,15 @@ import numpy as np
 from flowdiff.codec.calibration import GRID, pattern_scores
 
 WALK_TURNS = 50     # a stream reads a bank from one place for this many turns, then jumps
+GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0   # the walk's step between places, as a fraction of the bank
 LENGTH = 25         # records per block
 DEPTH = 16          # lag codes: the same value k <= DEPTH records back
 FAR = 64            # an address's "far" code: seen DEPTH < k <= FAR records back
 FAR_CODE = 2 * DEPTH + 1
 FAR_TRIES = 8
 BIG_TREE = 64       # a port whose copy tree holds at least this many records is drawn as "big"
-KNOTS = np.array([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])   # quantiles kept per block and number
+KNOTS = np.linspace(0.0, 1.0, 13)    # quantiles kept per block and number (every other record's)
+SEVEN_KNOTS = np.array([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])   # a bank saved before the knots were
 FILE = "block_targets.npz"
 QUANT = 65535.0     # knots are saved as round(p * QUANT), uint16
 PORTS = ("srcport", "dstport")
@@ -93,10 +98,19 @@ def lag_codes(values: np.ndarray, peer: np.ndarray | None = None, far: bool = Fa
 
 def walk_blocks(seed: int, turn: int, first_block: int, n_blocks: int, bank_size: int) -> np.ndarray:
     """(n_blocks,) bank indices ``first_block`` .. of a stream's walk at ``turn``: the stream
-    reads a bank in order from a place drawn from (its seed, turn // WALK_TURNS), wrapping
-    at the end (this bank's and a block-conditioned model's, ``flowdiff.model.blocks``)."""
-    start = int(np.random.default_rng([int(seed), turn // WALK_TURNS]).integers(bank_size))
+    reads a bank in order for ``WALK_TURNS`` turns from a place, wrapping at the end (this
+    bank's and a block-conditioned model's, ``flowdiff.model.blocks``). The places follow
+    a golden-ratio sequence from a point drawn from the seed: place e is at the fraction
+    (u + e / phi) mod 1 of the bank, so any run of jumps spreads over the whole bank (a
+    stream's first twenty places cover the training period evenly, where twenty random
+    ones leave hours out and crowd others)."""
+    start = int(((walk_origin(seed) + (turn // WALK_TURNS) * GOLDEN) % 1.0) * bank_size)
     return (start + first_block + np.arange(n_blocks)) % bank_size
+
+
+def walk_origin(seed: int) -> float:
+    """A stream's first walk place, as a fraction of the bank, drawn from its seed."""
+    return float(np.random.default_rng([int(seed)]).random())
 
 
 def _kinds(classes: np.ndarray, k: int) -> np.ndarray:
@@ -138,8 +152,10 @@ class BlockTargets:
 
     def __init__(self, knots: dict[str, np.ndarray], classes: np.ndarray, skeletons: np.ndarray,
                  codes: dict[str, np.ndarray] | None = None, length: int = LENGTH,
-                 side_offsets: dict[str, np.ndarray] | None = None):
+                 side_offsets: dict[str, np.ndarray] | None = None,
+                 knot_positions: np.ndarray = KNOTS):
         self.length = int(length)
+        self.knot_positions = np.asarray(knot_positions, np.float64)   # (K,) in [0, 1]
         self.knots = {name: np.asarray(v, np.float64) for name, v in knots.items()}  # (N, 7)
         self.codes = {name: np.asarray(v, np.int64) for name, v in (codes or {}).items()}  # (N, L)
         self.classes = np.asarray(classes, np.int64)          # (V, 10) one row per skeleton class
@@ -152,9 +168,9 @@ class BlockTargets:
             raise ValueError(f"block targets: skeletons must be (blocks, {self.length}), got "
                              f"{self.skeletons.shape}")
         for name, k in self.knots.items():
-            if k.shape != (len(self.skeletons), len(KNOTS)):
+            if k.shape != (len(self.skeletons), len(self.knot_positions)):
                 raise ValueError(f"block targets: {name} knots must be ({len(self.skeletons)}, "
-                                 f"{len(KNOTS)}), got {k.shape}")
+                                 f"{len(self.knot_positions)}), got {k.shape}")
         for name, c in self.codes.items():
             if c.shape != self.skeletons.shape:
                 raise ValueError(f"block targets: {name} codes must be {self.skeletons.shape}, "
@@ -186,11 +202,14 @@ class BlockTargets:
 
     @classmethod
     def fit(cls, codec, calibration, reference: np.ndarray, table, length: int = LENGTH,
-            outputs: np.ndarray | None = None) -> "BlockTargets":
+            outputs: np.ndarray | None = None, knot_positions: np.ndarray | None = None
+            ) -> "BlockTargets":
         """``reference`` (n, F): the training records encoded, in time order; ``table``: the
         same records decoded (their ports). ``calibration``: the codec's fitted one;
         ``outputs``: the model outputs it was fitted on (for the side draws' offsets; None:
-        no offsets)."""
+        no offsets); ``knot_positions``: the quantiles kept per block and number (None:
+        ``KNOTS``)."""
+        positions = KNOTS if knot_positions is None else np.asarray(knot_positions, np.float64)
         n = (len(reference) // length) * length
         if n // length < 2:
             raise ValueError(f"block targets: {len(reference)} training records make fewer than "
@@ -209,7 +228,7 @@ class BlockTargets:
                     ranks[mine] = (rankdata(ref[mine, column], "average") - 0.5) / mine.sum()
             else:
                 ranks = (rankdata(ref[:, column], "average") - 0.5) / n
-            knots[name] = np.rint(np.quantile(np.sort(ranks.reshape(-1, length), axis=1), KNOTS,
+            knots[name] = np.rint(np.quantile(np.sort(ranks.reshape(-1, length), axis=1), positions,
                                               axis=1).T * QUANT) / QUANT   # as saved
         (flags, (fa, fb, mask_values, _bias)), = calibration.patterns.items()
         masks = np.asarray(mask_values, np.int64)[
@@ -236,7 +255,7 @@ class BlockTargets:
             offsets = {port: fit_side_offsets(codec, calibration, port, sample, protos,
                                               values[port], big[:, k])
                        for k, port in enumerate(PORTS)}
-        return cls(knots, classes, index.reshape(-1, length), codes, length, offsets)
+        return cls(knots, classes, index.reshape(-1, length), codes, length, offsets, positions)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
@@ -244,7 +263,8 @@ class BlockTargets:
         arrays = {f"knots.{name}": np.rint(v * QUANT).astype(np.uint16) for name, v in self.knots.items()}
         arrays.update({f"codes.{name}": _small(v) for name, v in self.codes.items()})
         arrays.update({f"offsets.{name}": v for name, v in self.side_offsets.items()})
-        np.savez_compressed(path, length=np.array(self.length), classes=_small(self.classes),
+        np.savez_compressed(path, length=np.array(self.length), knot_positions=self.knot_positions,
+                            classes=_small(self.classes),
                             skeletons=_small(self.skeletons), **arrays)
 
     @classmethod
@@ -253,12 +273,14 @@ class BlockTargets:
             knots = {key[6:]: data[key] / QUANT for key in data.files if key.startswith("knots.")}
             codes = {key[6:]: data[key] for key in data.files if key.startswith("codes.")}
             offsets = {key[8:]: data[key] for key in data.files if key.startswith("offsets.")}
-            return cls(knots, data["classes"], data["skeletons"], codes, int(data["length"]), offsets)
+            positions = data["knot_positions"] if "knot_positions" in data.files else SEVEN_KNOTS
+            return cls(knots, data["classes"], data["skeletons"], codes, int(data["length"]), offsets,
+                       positions)
 
     # ------------------------------------------------------------------ decoding
     def positions(self, seeds: list[int], turn: int, horizon: int) -> np.ndarray:
         """(S, horizon // length) bank blocks of each stream's horizon at ``turn``: stream
-        i reads the bank in order from a place drawn from (seeds[i], turn // WALK_TURNS)."""
+        i's walk (``walk_blocks``) is seeded by seeds[i]."""
         per = horizon // self.length
         return np.array([walk_blocks(seed, turn, (turn % WALK_TURNS) * per, per, self.blocks)
                          for seed in seeds], np.int64).reshape(len(seeds), per)
@@ -374,7 +396,7 @@ class BlockTargets:
                 continue
             key = given.get(name, out[rows, column])
             rank = np.argsort(np.lexsort((rng.random(len(rows)), key)))
-            p = np.interp(rank / (len(rows) - 1), KNOTS, self.knots[name][block])
+            p = np.interp(rank / (len(rows) - 1), self.knot_positions, self.knots[name][block])
             if name not in conditional:
                 out[rows, column] = np.interp(p, PROBABILITIES, train_q)
                 continue
