@@ -20,8 +20,9 @@ and the network follows block summaries given as input only halfway (docs/model.
   ``FAR`` back"; else new) and, per port, whether real traffic went on copying it into a
   big copy tree (``tree_sizes``);
 * stream i reads the bank in order for ``WALK_TURNS`` turns from one place, then jumps
-  (``walk_blocks``: places in a golden-ratio sequence from a point drawn from its seed, so
-  that its jumps cover the training period evenly), as a block-conditioned model's bank is
+  (``walk_blocks``: places in a golden-ratio sequence from an origin set by its seed, so
+  that its jumps cover the training period evenly, and the origins of streams with
+  consecutive seeds are spread over it too), as a block-conditioned model's bank is
   walked, so the sequence of make-ups it gets is a real one;
 * in each block the model keeps its say through an **assignment**
   (``scipy.optimize.linear_sum_assignment``): the block's records take the real block's
@@ -57,6 +58,8 @@ from flowdiff.codec.calibration import GRID, pattern_scores
 
 WALK_TURNS = 50     # a stream reads a bank from one place for this many turns, then jumps
 GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0   # the walk's step between places, as a fraction of the bank
+ORIGIN_STEP = np.sqrt(2.0) - 1.0     # between the origins of consecutive seeds' walks (not a
+                                     # rational multiple of GOLDEN: no two walks' places coincide)
 LENGTH = 25         # records per block
 DEPTH = 16          # lag codes: the same value k <= DEPTH records back
 FAR = 64            # an address's "far" code: seen DEPTH < k <= FAR records back
@@ -100,7 +103,7 @@ def walk_blocks(seed: int, turn: int, first_block: int, n_blocks: int, bank_size
     """(n_blocks,) bank indices ``first_block`` .. of a stream's walk at ``turn``: the stream
     reads a bank in order for ``WALK_TURNS`` turns from a place, wrapping at the end (this
     bank's and a block-conditioned model's, ``flowdiff.model.blocks``). The places follow
-    a golden-ratio sequence from a point drawn from the seed: place e is at the fraction
+    a golden-ratio sequence from an origin u set by the seed: place e is at the fraction
     (u + e / phi) mod 1 of the bank, so any run of jumps spreads over the whole bank (a
     stream's first twenty places cover the training period evenly, where twenty random
     ones leave hours out and crowd others)."""
@@ -109,8 +112,12 @@ def walk_blocks(seed: int, turn: int, first_block: int, n_blocks: int, bank_size
 
 
 def walk_origin(seed: int) -> float:
-    """A stream's first walk place, as a fraction of the bank, drawn from its seed."""
-    return float(np.random.default_rng([int(seed)]).random())
+    """A stream's first walk place, as a fraction of the bank: seed * (sqrt 2 - 1) mod 1, so
+    the streams of one daemon (seeds seed + i, also across shards) start spread evenly over
+    the bank, and their merged output mixes the training period's parts as it does (random
+    origins crowd some hours and leave others out until each stream has jumped a few
+    times)."""
+    return float((int(seed) * ORIGIN_STEP) % 1.0)
 
 
 def _kinds(classes: np.ndarray, k: int) -> np.ndarray:

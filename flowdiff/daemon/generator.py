@@ -13,8 +13,9 @@ depend on how many other streams run, and a saved generator state resumes them e
 A shard's generator runs the global streams ``first_stream .. first_stream + S - 1``
 (``seed`` is then the base seed plus ``first_stream``; see ``flowdiff.daemon.shard``).
 A block-conditioned model (``flowdiff.model.blocks``) gets each horizon's block summaries
-from its bank: stream i reads it in order from a place drawn from (seed + i, turn //
-WALK_TURNS), so they depend only on the seed and the turn count (already in the state).
+from its bank: stream i reads it in order from a place set by (seed + i, turn //
+WALK_TURNS) (``block_targets.walk_blocks``), so they depend only on the seed and the turn
+count (already in the state).
 """
 
 from __future__ import annotations
