@@ -16,6 +16,10 @@
    ``flowdiff calibrate`` fits them, 25-record blocks); ``blocks-no-offsets`` the same
    without the side draws' offsets.
 
+``--decode-seeds 7 8 9 10`` decodes the same outputs once per seed (the bank walk and the
+decoding draws change, the model's outputs do not): the classifier's score moves with the
+walk by more than its own noise, so a change is judged over several seeds.
+
 Score the variants with ``flowdiff eval --real HELDOUT --synthetic none=OUT/none.parquet ...``.
 The artifact itself is not changed.
 """
