@@ -212,9 +212,9 @@ def test_decoding_with_block_targets_is_seeded_and_round_trips_through_the_codec
     arrays.update({key: value[:, [0, 1, 3, 6, 9, 11, 12]] for key, value in arrays.items()
                    if key.startswith("knots.")})
     np.savez_compressed(bank, **arrays)
-    seven = FlowCodec.load(tmp_path / "codec").block_targets
-    assert list(seven.knot_positions) == list(SEVEN_KNOTS)
-    assert len(_decode(FlowCodec.load(tmp_path / "codec"), outputs, [1, 2], turn=0).result.table) == 200
+    seven = FlowCodec.load(tmp_path / "codec")
+    assert list(seven.block_targets.knot_positions) == list(SEVEN_KNOTS)
+    assert len(_decode(seven, outputs, [1, 2], turn=0).result.table) == 200
     # a codec directory whose bank file is gone is refused, naming the file
     (tmp_path / "codec" / "block_targets.npz").unlink()
     with pytest.raises(Exception, match="block_targets.npz: missing"):

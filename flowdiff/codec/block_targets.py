@@ -163,7 +163,7 @@ class BlockTargets:
                  knot_positions: np.ndarray = KNOTS):
         self.length = int(length)
         self.knot_positions = np.asarray(knot_positions, np.float64)   # (K,) in [0, 1]
-        self.knots = {name: np.asarray(v, np.float64) for name, v in knots.items()}  # (N, 7)
+        self.knots = {name: np.asarray(v, np.float64) for name, v in knots.items()}  # (N, K knots)
         self.codes = {name: np.asarray(v, np.int64) for name, v in (codes or {}).items()}  # (N, L)
         self.classes = np.asarray(classes, np.int64)          # (V, 10) one row per skeleton class
         self.skeletons = np.asarray(skeletons, np.int64)      # (N, length) class per record

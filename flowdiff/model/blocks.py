@@ -105,8 +105,9 @@ class BlockConditioning:
                   n_blocks: int) -> torch.Tensor:
         """Bank summaries (S, n_blocks, K) for each stream: blocks ``first_block`` ..
         ``first_block + n_blocks - 1`` of its walk at ``turn``. A stream reads the bank in
-        order from a place drawn from (its seed, turn // WALK_TURNS), so consecutive turns
-        continue one real sequence of regimes and every WALK_TURNS turns it moves elsewhere."""
+        order from a place set by (its seed, turn // WALK_TURNS) (``walk_blocks``), so
+        consecutive turns continue one real sequence of regimes and every WALK_TURNS turns
+        it moves elsewhere."""
         n_bank = self.bank.shape[0]
         return torch.stack([self.bank[torch.as_tensor(walk_blocks(seed, turn, first_block, n_blocks, n_bank))]
                             for seed in stream_seeds])                                                   # (S, nb, K)
