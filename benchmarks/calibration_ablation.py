@@ -112,9 +112,9 @@ def main(argv=None) -> int:
         from flowdiff.codec.block_targets import BlockTargets
 
         table = artifact_split(artifact, args.data)[0]
-        targets = {"blocks": BlockTargets.fit(codec, calibration, reference, table,
-                                              outputs=fit_outputs),
-                   "blocks-no-offsets": BlockTargets.fit(codec, calibration, reference, table)}
+        fits = {"blocks": {"outputs": fit_outputs}, "blocks-no-offsets": {}}
+        targets = {name: BlockTargets.fit(codec, calibration, reference, table, **kwargs)
+                   for name, kwargs in fits.items() if name in variants}   # only those asked for
     decode_seeds = args.decode_seeds or [args.seed]
     for name, parts in variants.items():
         codec.set_calibration(None if parts is None else

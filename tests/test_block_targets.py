@@ -47,11 +47,16 @@ def fitted():
     return codec, table, outputs
 
 
+def _walks(seeds, turn):
+    """Streams with their own walks (seed, turn), as on separate timelines."""
+    return [(seed, turn) for seed in seeds]
+
+
 def _decode(codec, outputs, seeds, turn, history=None):
     steps = outputs[:len(seeds) * HORIZON].reshape(len(seeds), HORIZON, -1)
     rngs = [np.random.default_rng(100 + s) for s in seeds]
     history = codec.empty_history(len(seeds)) if history is None else history
-    return codec.decode_streams(steps, np.zeros(len(seeds)), rngs, history, walk=(seeds, turn))
+    return codec.decode_streams(steps, np.zeros(len(seeds)), rngs, history, walk=[(seed, turn) for seed in seeds])
 
 
 def test_each_block_decodes_to_its_bank_blocks_make_up(fitted):
@@ -60,7 +65,7 @@ def test_each_block_decodes_to_its_bank_blocks_make_up(fitted):
     assert targets.blocks == 4000 // 25 and targets.length == 25
     seeds = [7, 8]
     records = _decode(codec, outputs, seeds, turn=3).result.table
-    positions = targets.positions(seeds, 3, HORIZON)                       # (2, 4)
+    positions = targets.positions(_walks(seeds, 3), HORIZON)                       # (2, 4)
     assert positions.shape == (2, 4) and len(set(positions[:, 0])) == 2
     far = []
     for s in range(2):
@@ -131,7 +136,7 @@ def test_a_blocks_packet_counts_are_the_real_blocks_at_every_kept_quantile(fitte
     seeds = [7, 8]
     records = _decode(codec, outputs, seeds, turn=3).result.table
     exact, error = [], []
-    for s, blocks in enumerate(codec.block_targets.positions(seeds, 3, HORIZON)):
+    for s, blocks in enumerate(codec.block_targets.positions(_walks(seeds, 3), HORIZON)):
         for j, b in enumerate(blocks):
             start = s * HORIZON + j * 25
             mine = np.sort(records["pkt"].to_numpy()[start:start + 25]).astype(float)
@@ -147,7 +152,7 @@ def test_records_move_to_the_place_of_the_skeleton_they_are_given(fitted):
     its numbers and address bits (fails if records stay where the model put them)."""
     codec, table, _outputs = fitted
     seeds, turn = [5], 7
-    positions = codec.block_targets.positions(seeds, turn, HORIZON)[0]
+    positions = codec.block_targets.positions(_walks(seeds, turn), HORIZON)[0]
     rows = np.concatenate([np.arange(b * 25, (b + 1) * 25) for b in positions])
     real = table.iloc[rows].reset_index(drop=True)
     encoded = codec.encode(real).astype(np.float64)
@@ -166,25 +171,52 @@ def test_records_move_to_the_place_of_the_skeleton_they_are_given(fitted):
 
 def test_the_walk_depends_only_on_seed_and_turn_and_moves_on(fitted):
     targets = fitted[0].block_targets
-    a = targets.positions([3, 4, 5], 10, HORIZON)
-    assert (targets.positions([4], 10, HORIZON)[0] == a[1]).all()        # other streams do not matter
-    nxt = targets.positions([3, 4, 5], 11, HORIZON)
+    a = targets.positions(_walks([3, 4, 5], 10), HORIZON)
+    assert (targets.positions(_walks([4], 10), HORIZON)[0] == a[1]).all()        # other streams do not matter
+    nxt = targets.positions(_walks([3, 4, 5], 11), HORIZON)
     assert ((nxt - a) % targets.blocks == 4).all()                       # consecutive blocks ...
-    far = targets.positions([3, 4, 5], 50, HORIZON)                       # ... until the walk jumps
+    far = targets.positions(_walks([3, 4, 5], 50), HORIZON)                       # ... until the walk jumps
     assert ((far - a) % targets.blocks != 160).any()
     # a stream's first twenty places spread over the whole bank: no gap between them is
     # wider than 0.09 of it (twenty random places leave 0.18 on average)
     for seed in (3, 4):
-        places = np.sort([targets.positions([seed], e * WALK_TURNS, HORIZON)[0, 0]
+        places = np.sort([targets.positions(_walks([seed], e * WALK_TURNS), HORIZON)[0, 0]
                           for e in range(20)]) / targets.blocks
         assert np.diff(np.r_[places, places[0] + 1]).max() <= 0.095, places
     # the streams of one daemon (consecutive seeds) start spread over the bank too: sixteen
     # origins leave no gap wider than 0.11 of it (sixteen random ones: 0.21 on average)
     for base in (0, 7, 1000):
-        starts = np.sort(targets.positions(list(range(base, base + 16)), 0, HORIZON)[:, 0]) / targets.blocks
+        starts = np.sort(targets.positions(_walks(list(range(base, base + 16)), 0), HORIZON)[:, 0]) / targets.blocks
         assert np.diff(np.r_[starts, starts[0] + 1]).max() <= 0.11, starts
     # and no two of them walk the same places: stream 8's first place is not stream 7's second
-    assert targets.positions([8], 0, HORIZON)[0, 0] != targets.positions([7], WALK_TURNS, HORIZON)[0, 0]
+    assert targets.positions(_walks([8], 0), HORIZON)[0, 0] != targets.positions(_walks([7], WALK_TURNS), HORIZON)[0, 0]
+
+
+def test_on_one_timeline_the_streams_are_slices_of_one_walk_also_across_shards(fitted, tiny_model):
+    """The merged output of a daemon's streams reads the bank in order, one place at a time,
+    as a single stream does (each stream walking its own places laid sixteen hours of the
+    training day side by side in every turn); a shard's streams are the same slices of it
+    as in one daemon with all the shards' streams; per_stream timelines walk their own."""
+    from flowdiff.daemon.generator import StreamGenerator
+    from flowdiff.model import make_sampler
+
+    artifact = load_artifact(tiny_model)
+
+    def walks(**kwargs):
+        return StreamGenerator(artifact.model, artifact.codec, make_sampler("conditional", steps=2),
+                               context=artifact.context, horizon=artifact.horizon, **kwargs).walks
+
+    daemon = walks(streams=4, seed=7)
+    assert daemon(0) == [(7, 0), (7, 1), (7, 2), (7, 3)] and daemon(5) == [(7, s) for s in range(20, 24)]
+    shard = walks(streams=2, seed=7 + 2, first_stream=2, walk_streams=4)     # shard 1 of 2
+    assert shard(5) == daemon(5)[2:]
+    assert walks(streams=4, seed=7, timeline="per_stream")(5) == [(s, 5) for s in range(7, 11)]
+
+    targets = fitted[0].block_targets
+    merged = np.concatenate([targets.positions(daemon(turn), HORIZON).ravel() for turn in range(13)])
+    steps = np.diff(merged) % targets.blocks                    # 13 turns x 4 streams x 4 blocks
+    assert (steps[:WALK_TURNS * 4 - 1] == 1).all()              # in order for WALK_TURNS steps ...
+    assert steps[WALK_TURNS * 4 - 1] != 1                       # ... then the next place
 
 
 def test_decoding_with_block_targets_is_seeded_and_round_trips_through_the_codec_dir(fitted, tmp_path):

@@ -195,21 +195,39 @@ def test_streams_walk_the_bank_in_order_and_the_cli_path_is_seeded(ugr16_sample,
         return predict(*args, **kwargs)
 
     artifact.model.predict = spy
-    gen = StreamGenerator(artifact.model, artifact.codec, make_sampler("conditional", steps=3),
-                          context=24, horizon=8, streams=2, seed=11)
-    gen.start_unconditional(make_sampler("ddim", steps=3), start_ts=0.0)
-    for _ in range(WALK_TURNS + 1):
-        gen.step()
-    bank = blocks.bank
+    bank, n = blocks.bank, len(blocks.bank)
+
+    def first_blocks(timeline):
+        """The first bank block of each turn's horizon, (turns, streams), over WALK_TURNS + 1 turns."""
+        seen.clear()
+        gen = StreamGenerator(artifact.model, artifact.codec, make_sampler("conditional", steps=3),
+                              context=24, horizon=8, streams=2, seed=11, timeline=timeline)
+        gen.start_unconditional(make_sampler("ddim", steps=3), start_ts=0.0)
+        for _ in range(WALK_TURNS + 1):
+            gen.step()
+        for turn in seen:       # a horizon's two blocks are consecutive bank blocks
+            for stream in range(2):
+                first = int(np.flatnonzero((bank == turn[stream, 0]).all(dim=1))[0])
+                torch.testing.assert_close(turn[stream, 4], bank[(first + 1) % n])
+        return np.array([[int(np.flatnonzero((bank == turn[s, 0]).all(dim=1))[0]) for s in range(2)]
+                         for turn in seen])
+
+    # one timeline: the two streams are slices of one walk, stream s at turn k reads its
+    # step 2k + s (two blocks each, after the first window's 32 / 4), so the merged output
+    # reads the bank in order, and the walk jumps after WALK_TURNS steps (WALK_TURNS / 2 turns)
+    firsts = first_blocks("shared")
+    start = firsts[0, 0] - 8
+    for turn in (0, 1, WALK_TURNS // 2 - 1):
+        assert list(firsts[turn]) == [(start + 8 + 2 * (2 * turn + s)) % n for s in range(2)]
+    assert firsts[WALK_TURNS // 2, 0] != (start + 8 + 2 * WALK_TURNS) % n
+    # separate timelines: each stream walks its own places, one step per turn
+    firsts = first_blocks("per_stream")
     for stream in range(2):
-        start = int(np.flatnonzero((bank == seen[0][stream, 0]).all(dim=1))[0]) - 8  # 32 / 4 blocks
+        start = firsts[0, stream] - 8
         for turn in (0, 1, WALK_TURNS - 1):
-            first = start + 8 + 2 * turn
-            torch.testing.assert_close(seen[turn][stream, ::4], bank[[(first) % len(bank),
-                                                                      (first + 1) % len(bank)]])
-        # a new place after WALK_TURNS turns
-        assert not torch.equal(seen[WALK_TURNS][stream, 0], bank[(start + 8 + 2 * WALK_TURNS) % len(bank)])
-    assert not torch.equal(seen[0][0], seen[0][1])                             # streams differ
+            assert firsts[turn, stream] == (start + 8 + 2 * turn) % n
+        assert firsts[WALK_TURNS, stream] != (start + 8 + 2 * WALK_TURNS) % n   # a new place
+    assert firsts[0, 0] != firsts[0, 1]                                       # streams differ
 
     assert main(["calibrate", "--model", str(out), "--data", str(ugr16_sample), "--streams", "2",
                  "--turns", "3"]) == 0

@@ -19,11 +19,13 @@ and the network follows block summaries given as input only halfway (docs/model.
   dstip, its srcport the previous dstport --; for an address also "seen DEPTH < k <=
   ``FAR`` back"; else new) and, per port, whether real traffic went on copying it into a
   big copy tree (``tree_sizes``);
-* stream i reads the bank in order for ``WALK_TURNS`` turns from one place, then jumps
-  (``walk_blocks``: places in a golden-ratio sequence from an origin set by its seed, so
-  that its jumps cover the training period evenly, and the origins of streams with
-  consecutive seeds are spread over it too), as a block-conditioned model's bank is
-  walked, so the sequence of make-ups it gets is a real one;
+* a walk reads the bank in order for ``WALK_TURNS`` steps (one stream's horizon each) from
+  one place, then jumps (``walk_blocks``: places in a golden-ratio sequence from an origin
+  set by its seed, so that its jumps cover the training period evenly, and the origins of
+  walks with consecutive seeds are spread over it too), as a block-conditioned model's
+  bank is walked, so the sequence of make-ups it gets is a real one. The streams of one
+  timeline take consecutive steps of one walk (``StreamGenerator.walks``), so their merged
+  output reads one real stretch at a time; streams on their own timelines walk their own;
 * in each block the model keeps its say through an **assignment**
   (``scipy.optimize.linear_sum_assignment``): the block's records take the real block's
   25 skeletons, one each, so that the sum of the model's calibrated scores (protocol
@@ -285,15 +287,16 @@ class BlockTargets:
                        positions)
 
     # ------------------------------------------------------------------ decoding
-    def positions(self, seeds: list[int], turn: int, horizon: int) -> np.ndarray:
-        """(S, horizon // length) bank blocks of each stream's horizon at ``turn``: stream
-        i's walk (``walk_blocks``) is seeded by seeds[i]."""
+    def positions(self, walks: list[tuple[int, int]], horizon: int) -> np.ndarray:
+        """(S, horizon // length) bank blocks of each stream's horizon: stream i is at step
+        ``walks[i] = (seed, turn)`` of the walk seeded ``seed`` (``walk_blocks``; a daemon's
+        streams on one timeline share one walk, ``StreamGenerator.walks``)."""
         per = horizon // self.length
         return np.array([walk_blocks(seed, turn, (turn % WALK_TURNS) * per, per, self.blocks)
-                         for seed in seeds], np.int64).reshape(len(seeds), per)
+                         for seed, turn in walks], np.int64).reshape(len(walks), per)
 
-    def apply(self, codec, calibration, out: np.ndarray, raw: np.ndarray, seeds: list[int],
-              turn: int, rngs: list) -> dict:
+    def apply(self, codec, calibration, out: np.ndarray, raw: np.ndarray,
+              walks: list[tuple[int, int]], rngs: list) -> dict:
         """Impose the walked blocks' targets on the calibrated outputs ``out`` (S*H, F),
         stream-major, in place; ``raw`` the model's outputs. Returns the plan for
         ``copy_fields``: "codes" (S*H, 4) the lag codes of srcip, dstip, srcport, dstport;
@@ -302,14 +305,14 @@ class BlockTargets:
         get code 0, side -1 and no candidates (NONE)."""
         from scipy.optimize import linear_sum_assignment
 
-        streams = len(seeds)
+        streams = len(walks)
         horizon = len(out) // streams
         plan = {"codes": np.zeros((len(out), len(LAGGED)), np.int64),
                 "sides": np.full((len(out), len(PORTS)), -1, np.int64),
                 "candidates": np.full((len(out), len(LAGGED), CANDIDATES), NONE, np.int64)}
         scores = self._scores(codec, calibration, raw)
         addresses = model_addresses(codec, out)          # the turn's addresses, as the model wrote them
-        for s, blocks in enumerate(self.positions(seeds, turn, horizon)):
+        for s, blocks in enumerate(self.positions(walks, horizon)):
             rng = rngs[s]
             for j, b in enumerate(blocks):
                 rows = np.arange(s * horizon + j * self.length, s * horizon + (j + 1) * self.length)

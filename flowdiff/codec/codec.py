@@ -392,7 +392,7 @@ class FlowCodec:
                        rngs: list[np.random.Generator],
                        history: dict[str, np.ndarray] | None = None,
                        chain: bool = False,
-                       walk: tuple[list[int], int] | None = None) -> "StreamsDecoded":
+                       walk: list[tuple[int, int]] | None = None) -> "StreamsDecoded":
         """S streams at once: (S, H, F) floats, (S,) start times (the ts of each stream's
         record before its first one), one generator per stream for the sampled fields, and
         each reuse field's (S, K) history of earlier addresses (None: none known). Records
@@ -400,8 +400,8 @@ class FlowCodec:
         are what ``decode(steps[s], start_ts[s], rngs[s])`` gives when it has no history.
         ``chain``: the streams' blocks are consecutive stretches of one timeline: stream 0
         starts at ``start_ts[0]``, stream s right after stream s - 1's last record (the
-        other start times are ignored), so the records come in time order. ``walk`` (the
-        streams' seeds and the turn count) decodes with the block targets, if the codec has
+        other start times are ignored), so the records come in time order. ``walk`` (each
+        stream's (walk seed, walk turn)) decodes with the block targets, if the codec has
         them (``flowdiff.codec.block_targets``): each whole block of a stream's H steps gets
         the make-up of the bank block its walk reaches."""
         steps = np.asarray(steps)
@@ -426,7 +426,7 @@ class FlowCodec:
             raw, array = array, self.calibration.apply(array, uniforms[:, self.transform_draws:])
             if self.block_targets is not None and walk is not None:
                 plan = self.block_targets.apply(self, self.calibration, array,
-                                                np.asarray(raw, np.float64), walk[0], walk[1], rngs)
+                                                np.asarray(raw, np.float64), walk, rngs)
         history = dict(history or {})
         columns: dict[str, np.ndarray] = {}
         for names in self.reuse_groups:

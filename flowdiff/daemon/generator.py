@@ -8,14 +8,16 @@ them. Time (``TIMELINES``): by default the streams are slices of one network, th
 laid one after the other on one clock; ``per_stream`` gives each stream its own clock.
 Stream i draws all its noise from its own ``torch.Generator`` seeded with ``seed + i`` —
 the model's noise and, through a seed drawn from it each turn, the codec's sampled
-decoding — so a stream's records (all but their timestamps on the shared timeline) do not
-depend on how many other streams run, and a saved generator state resumes them exactly.
+decoding — and a saved generator state resumes it exactly.
 A shard's generator runs the global streams ``first_stream .. first_stream + S - 1``
 (``seed`` is then the base seed plus ``first_stream``; see ``flowdiff.daemon.shard``).
-A block-conditioned model (``flowdiff.model.blocks``) gets each horizon's block summaries
-from its bank: stream i reads it in order from a place set by (seed + i, turn //
-WALK_TURNS) (``block_targets.walk_blocks``), so they depend only on the seed and the turn
-count (already in the state).
+Block targets (``flowdiff.codec.block_targets``) and a block-conditioned model
+(``flowdiff.model.blocks``) read banks of training blocks along a walk (``walks``): on the
+shared timeline the streams are slices of one walk (global stream g's horizon at turn k is
+its step k * G + g), per_stream each stream walks its own; either way a stream's blocks
+depend only on the seed, its global id, the stream count of all shards and the turn count
+(already in the state), so a shard's stream reads what it would in one daemon running all
+the shards' streams.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def horizon_noise(codec, regimes: dict | None):
 class StreamGenerator:
     def __init__(self, model, codec, sampler, *, context: int, horizon: int, streams: int,
                  seed: int, device: str = "cpu", timeline: str = "shared",
-                 first_stream: int = 0, noise=None):
+                 first_stream: int = 0, walk_streams: int | None = None, noise=None):
         """noise: the horizon's starting-noise dependence (a ``HorizonNoise``,
         ``flowdiff.model.regimes``); default: the codec calibration's fitted ``regimes``
         (none: independent noise)."""
@@ -81,6 +83,7 @@ class StreamGenerator:
             raise ValueError(f"timeline: expected one of {TIMELINES}, got {timeline!r}")
         self.timeline = timeline
         self.first_stream = first_stream  # global id of local stream 0 (sharded serving)
+        self.walk_streams = walk_streams or first_stream + streams  # all shards' streams (``walks``)
         self.rngs = [torch.Generator(device=device).manual_seed(seed + i) for i in range(streams)]
         self.contexts: torch.Tensor | None = None  # (S, C, F)
         self.next_seq = torch.zeros(streams, dtype=torch.int64)  # (S,)
@@ -167,22 +170,38 @@ class StreamGenerator:
         [0, 1], appended to the contexts (the oldest H steps drop out). Not decoded."""
         horizon_blocks = None
         if self._blocks is not None:  # turn k's horizon continues the walk after its context
-            per_turn = self.horizon // self._blocks.length
-            first = (self.context + self.horizon) // self._blocks.length \
-                + (self.turns % WALK_TURNS) * per_turn
-            horizon_blocks = self._walk(self.turns, first, self.horizon)  # (S, H, K)
+            offset = (self.context + self.horizon) // self._blocks.length
+            horizon_blocks = self._walk(self.turns, offset, self.horizon)  # (S, H, K)
         new = self.model.predict(self.contexts, self.horizon, self.sampler, self.rngs,
                                  noise=self.noise, horizon_blocks=horizon_blocks)
         new = new.detach().clamp(0.0, 1.0)  # (S, H, F)
         self.contexts = torch.cat([self.contexts, new], dim=1)[:, -self.context:, :]  # (S, C, F)
         return new
 
-    def _walk(self, turn: int, first_block: int, steps: int) -> torch.Tensor:
-        """Per-step bank summaries (S, steps, K) of every stream's walk (``bank_walk``:
-        stream i's walk is seeded by its global seed, seed + i)."""
+    def walks(self, turn: int) -> list[tuple[int, int]]:
+        """Each stream's (walk seed, walk turn) at ``turn``: where it reads the banks of
+        training blocks (``block_targets.walk_blocks``). On the shared timeline the streams
+        are slices of one network, so they are slices of ONE walk: global stream g's
+        horizon at turn k is step k * G + g of the walk seeded with the base seed (G: the
+        streams of all shards), and the merged output reads one real stretch of the
+        training period at a time, place after place, as a single stream does (each
+        stream walking its own places would lay 16 different hours of the day side by
+        side in every turn). ``per_stream`` (independent networks): stream g walks its
+        own, seeded seed + g, one step per turn."""
+        if self.timeline == "shared":
+            base = self.seed - self.first_stream
+            return [(base, turn * self.walk_streams + self.first_stream + i)
+                    for i in range(self.streams)]
+        return [(self.seed + i, turn) for i in range(self.streams)]
+
+    def _walk(self, turn: int, offset: int, steps: int) -> torch.Tensor:
+        """Per-step bank summaries (S, steps, K) of every stream's walk at ``turn``
+        (``walks``), from block ``offset`` after the first block of its walk step."""
         length = self._blocks.length
-        seeds = [self.seed + i for i in range(self.streams)]
-        blocks = self._blocks.bank_walk(seeds, turn, first_block, -(-steps // length))
+        per_turn = self.horizon // length
+        walks = self.walks(turn)
+        firsts = [offset + (t % WALK_TURNS) * per_turn for _, t in walks]
+        blocks = self._blocks.bank_walk(walks, firsts, -(-steps // length))
         return expand_blocks(blocks, length, steps).to(self.device)
 
     def _decode(self, steps: np.ndarray, seeds: list[int]) -> tuple[pd.DataFrame, dict]:
@@ -192,9 +211,8 @@ class StreamGenerator:
         rngs = [np.random.default_rng(seed) for seed in seeds]
         shared = self.timeline == "shared"
         start = np.full(n_streams, self.clocks.numpy().max()) if shared else self.clocks.numpy()
-        walk = ([self.seed + i for i in range(n_streams)], self.turns)  # block targets' walk
         decoded = self.codec.decode_streams(steps, start, rngs, self.history, chain=shared,
-                                            walk=walk)
+                                            walk=self.walks(self.turns))
         table = decoded.result.table
         if len(table) != n_streams * horizon:
             raise RuntimeError(f"codec returned {len(table)} records for "

@@ -181,7 +181,8 @@ class Service:
                                   context=artifact.context, horizon=artifact.horizon,
                                   streams=s.streams, device=device, timeline=s.timeline,
                                   seed=s.seed + self.shard.first_stream(s.streams),
-                                  first_stream=self.shard.first_stream(s.streams))
+                                  first_stream=self.shard.first_stream(s.streams),
+                                  walk_streams=s.streams * self.shard.count)
             fingerprint = state_fingerprint(artifact, s)
             self._start_streams(gen, artifact, fingerprint)
             self._publish_info(artifact)

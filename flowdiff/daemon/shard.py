@@ -2,7 +2,9 @@
 
 Shard i of N with ``serve.streams`` = S owns the global stream ids ``i*S .. i*S + S - 1``;
 global stream g draws from a generator seeded ``serve.seed + g`` (and, with ``start: real``,
-its seed window is the one stream g of a single N*S-stream daemon would get). A stream does
+its seed window is the one stream g of a single N*S-stream daemon would get; on the shared
+timeline its steps of the walk over the training blocks are stream g's of that daemon's one
+walk, ``StreamGenerator.walks``). A stream does
 not depend on which other streams share its process, the shards' id ranges are disjoint and
 each stream's ``seq`` counts on its own, so no two records of N shards share
 ``(stream_id, seq)``.

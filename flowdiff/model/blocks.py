@@ -101,16 +101,16 @@ class BlockConditioning:
         blocks = (means - self.center.to(x.device)) @ self.basis.to(x.device) / self.scale.to(x.device)
         return expand_blocks(blocks, self.length, x.shape[1])
 
-    def bank_walk(self, stream_seeds: list[int], turn: int, first_block: int,
+    def bank_walk(self, walks: list[tuple[int, int]], first_blocks: list[int],
                   n_blocks: int) -> torch.Tensor:
-        """Bank summaries (S, n_blocks, K) for each stream: blocks ``first_block`` ..
-        ``first_block + n_blocks - 1`` of its walk at ``turn``. A stream reads the bank in
-        order from a place set by (its seed, turn // WALK_TURNS) (``walk_blocks``), so
-        consecutive turns continue one real sequence of regimes and every WALK_TURNS turns
-        it moves elsewhere."""
+        """Bank summaries (S, n_blocks, K) for each stream: blocks ``first_blocks[i]`` ..
+        ``first_blocks[i] + n_blocks - 1`` from the place of step ``walks[i] = (seed,
+        turn)`` of its walk. A walk reads the bank in order from a place set by (seed,
+        turn // WALK_TURNS) (``walk_blocks``), so consecutive steps continue one real
+        sequence of regimes and every WALK_TURNS steps it moves elsewhere."""
         n_bank = self.bank.shape[0]
-        return torch.stack([self.bank[torch.as_tensor(walk_blocks(seed, turn, first_block, n_blocks, n_bank))]
-                            for seed in stream_seeds])                                                   # (S, nb, K)
+        return torch.stack([self.bank[torch.as_tensor(walk_blocks(seed, turn, first, n_blocks, n_bank))]
+                            for (seed, turn), first in zip(walks, first_blocks)])                        # (S, nb, K)
 
     def to_state(self) -> dict:
         return {"length": self.length, "center": self.center, "basis": self.basis,
