@@ -56,7 +56,7 @@ def _decode(codec, outputs, seeds, turn, history=None):
     steps = outputs[:len(seeds) * HORIZON].reshape(len(seeds), HORIZON, -1)
     rngs = [np.random.default_rng(100 + s) for s in seeds]
     history = codec.empty_history(len(seeds)) if history is None else history
-    return codec.decode_streams(steps, np.zeros(len(seeds)), rngs, history, walk=[(seed, turn) for seed in seeds])
+    return codec.decode_streams(steps, np.zeros(len(seeds)), rngs, history, walk=_walks(seeds, turn))
 
 
 def test_each_block_decodes_to_its_bank_blocks_make_up(fitted):
@@ -65,7 +65,7 @@ def test_each_block_decodes_to_its_bank_blocks_make_up(fitted):
     assert targets.blocks == 4000 // 25 and targets.length == 25
     seeds = [7, 8]
     records = _decode(codec, outputs, seeds, turn=3).result.table
-    positions = targets.positions(_walks(seeds, 3), HORIZON)                       # (2, 4)
+    positions = targets.positions(_walks(seeds, 3), HORIZON)               # (2, 4)
     assert positions.shape == (2, 4) and len(set(positions[:, 0])) == 2
     far = []
     for s in range(2):
@@ -172,10 +172,10 @@ def test_records_move_to_the_place_of_the_skeleton_they_are_given(fitted):
 def test_the_walk_depends_only_on_seed_and_turn_and_moves_on(fitted):
     targets = fitted[0].block_targets
     a = targets.positions(_walks([3, 4, 5], 10), HORIZON)
-    assert (targets.positions(_walks([4], 10), HORIZON)[0] == a[1]).all()        # other streams do not matter
+    assert (targets.positions(_walks([4], 10), HORIZON)[0] == a[1]).all()  # other streams do not matter
     nxt = targets.positions(_walks([3, 4, 5], 11), HORIZON)
     assert ((nxt - a) % targets.blocks == 4).all()                       # consecutive blocks ...
-    far = targets.positions(_walks([3, 4, 5], 50), HORIZON)                       # ... until the walk jumps
+    far = targets.positions(_walks([3, 4, 5], 50), HORIZON)                # ... until the walk jumps
     assert ((far - a) % targets.blocks != 160).any()
     # a stream's first twenty places spread over the whole bank: no gap between them is
     # wider than 0.09 of it (twenty random places leave 0.18 on average)
@@ -183,8 +183,8 @@ def test_the_walk_depends_only_on_seed_and_turn_and_moves_on(fitted):
         places = np.sort([targets.positions(_walks([seed], e * WALK_TURNS), HORIZON)[0, 0]
                           for e in range(20)]) / targets.blocks
         assert np.diff(np.r_[places, places[0] + 1]).max() <= 0.095, places
-    # the streams of one daemon (consecutive seeds) start spread over the bank too: sixteen
-    # origins leave no gap wider than 0.11 of it (sixteen random ones: 0.21 on average)
+    # walks with consecutive seeds (streams on their own timelines) start spread over the
+    # bank too: sixteen origins leave no gap wider than 0.11 of it (sixteen random ones: 0.21 on average)
     for base in (0, 7, 1000):
         starts = np.sort(targets.positions(_walks(list(range(base, base + 16)), 0), HORIZON)[:, 0]) / targets.blocks
         assert np.diff(np.r_[starts, starts[0] + 1]).max() <= 0.11, starts

@@ -197,6 +197,9 @@ def test_streams_walk_the_bank_in_order_and_the_cli_path_is_seeded(ugr16_sample,
     artifact.model.predict = spy
     bank, n = blocks.bank, len(blocks.bank)
 
+    def bank_index(summary):
+        return int(np.flatnonzero((bank == summary).all(dim=1))[0])
+
     def first_blocks(timeline):
         """The first bank block of each turn's horizon, (turns, streams), over WALK_TURNS + 1 turns."""
         seen.clear()
@@ -205,12 +208,11 @@ def test_streams_walk_the_bank_in_order_and_the_cli_path_is_seeded(ugr16_sample,
         gen.start_unconditional(make_sampler("ddim", steps=3), start_ts=0.0)
         for _ in range(WALK_TURNS + 1):
             gen.step()
-        for turn in seen:       # a horizon's two blocks are consecutive bank blocks
+        firsts = np.array([[bank_index(turn[s, 0]) for s in range(2)] for turn in seen])
+        for turn, first in zip(seen, firsts):   # a horizon's two blocks are consecutive bank blocks
             for stream in range(2):
-                first = int(np.flatnonzero((bank == turn[stream, 0]).all(dim=1))[0])
-                torch.testing.assert_close(turn[stream, 4], bank[(first + 1) % n])
-        return np.array([[int(np.flatnonzero((bank == turn[s, 0]).all(dim=1))[0]) for s in range(2)]
-                         for turn in seen])
+                torch.testing.assert_close(turn[stream, 4], bank[(first[stream] + 1) % n])
+        return firsts
 
     # one timeline: the two streams are slices of one walk, stream s at turn k reads its
     # step 2k + s (two blocks each, after the first window's 32 / 4), so the merged output
