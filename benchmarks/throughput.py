@@ -43,11 +43,14 @@ def bench_defaults(args) -> dict:
     from prometheus_client import CollectorRegistry
 
     from flowdiff.config import load_config
+    from flowdiff.daemon.preflight import resolve_threads
     from flowdiff.daemon.service import Service, StopFlag
 
     cfg = load_config(args.config)
     cfg.serve.max_records = args.records
-    cfg.serve.threads = args.threads
+    if args.threads:
+        cfg.serve.threads = args.threads
+    threads = resolve_threads(cfg.serve.threads)
     cfg.metrics.listen = "127.0.0.1:0"
     if args.model:
         cfg.serve.model = args.model
@@ -76,7 +79,7 @@ def bench_defaults(args) -> dict:
     after_start = [r for n, r in samples if n > 0]
     row = {"what": f"shipped defaults ({Path(args.config).name})", "streams": cfg.serve.streams,
            "sampler": cfg.serve.sampler.kind, "steps": cfg.serve.sampler.steps,
-           "threads": args.threads, "records": result.records, "seconds": round(seconds, 1),
+           "threads": threads, "records": result.records, "seconds": round(seconds, 1),
            "records_per_s": round(result.records / seconds, 1),
            "predict_s_per_turn": round(predict, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
            "rss_first_mb": round(after_start[0], 1) if after_start else None,
@@ -98,10 +101,12 @@ def bench_grid(args) -> list[dict]:
     from flowdiff.daemon.generator import StreamGenerator
     from flowdiff.daemon.metrics import DaemonMetrics
     from flowdiff.daemon.pacing import Pacer
+    from flowdiff.daemon.preflight import resolve_threads
     from flowdiff.exporters.null import NullConfig, NullExporter
     from flowdiff.model import make_sampler
 
-    torch.set_num_threads(args.threads)
+    threads = resolve_threads(args.threads)
+    torch.set_num_threads(threads)
     art = load_artifact(resolve_model_dir(args.model or "default"))
     rows = []
     print(f"{'streams':>7} {'sampler':>11} {'steps':>5} {'records/s':>10} "
@@ -132,7 +137,7 @@ def bench_grid(args) -> list[dict]:
                        "records": records, "seconds": round(seconds, 2),
                        "records_per_s": round(records / seconds, 1),
                        "predict_s_per_turn": round(predict / turns, 3),
-                       "threads": args.threads}
+                       "threads": threads}
                 rows.append(row)
                 print(f"{streams:>7} {kind:>11} {steps:>5} {row['records_per_s']:>10.1f} "
                       f"{seconds / turns:>8.2f} {row['predict_s_per_turn']:>9.3f} "
@@ -147,7 +152,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "serve-benchmark.yaml",
                         help="defaults: the serve config (e.g. one that also writes the "
                              "records to files, to evaluate drift over the same run)")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: the "
+                        "config's serve.threads; unset, the CPUs this process may use)")
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--rss-every", type=int, default=100_000)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64])

@@ -170,9 +170,10 @@ class ServeConfig:
     health_stale_seconds: float = field(default=60.0, metadata=_range(0.0, low_open=True))
     max_records: int | None = field(default=None, metadata=_range(1))  # stop after N (None: run forever)
     device: str = "cpu"  # cpu | cuda[:N] | auto (CUDA when present)
-    # torch.set_num_threads: 1 leaves the other core(s) to decoding and exporters; on a
-    # shared 2-core machine 1 thread measured 3x faster than 2 (docs/daemon.md)
-    threads: int | None = field(default=1, metadata=_range(1))
+    # torch.set_num_threads; None: the CPUs this process may run on (on an idle 2-core
+    # machine 2 threads predict 1.6x faster than 1; on cores busy with other jobs set 1:
+    # torch's waiting threads then cost more than they give, docs/daemon.md)
+    threads: int | None = field(default=None, metadata=_range(1))
     # this daemon's shard of a multi-daemon setup (flowdiff.daemon.shard; docs/scaling.md)
     shard: ShardConfig = field(default_factory=ShardConfig)
 

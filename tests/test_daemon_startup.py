@@ -206,3 +206,29 @@ def test_command_line_overrides_are_checked_by_the_config_engine(tiny_model, tmp
         assert message in err, err
     assert main(["serve", "--config", str(path), "--streams", "3", "--max-records", "6"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 6
+
+
+def test_unset_threads_follow_the_cpus_the_process_may_run_on():
+    # serve.threads unset: torch gets the CPUs of the process's affinity mask (what systemd's
+    # CPUAffinity= or taskset leave it), not the host's count; a set value is kept.
+    script = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+              "from flowdiff.daemon.preflight import resolve_threads; "
+              "print(resolve_threads(None), resolve_threads(3))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    assert out == ["1", "3"]
+
+
+def test_serve_in_process_gives_the_caller_its_torch_threads_back(tiny_model, tmp_path, capsys):
+    import torch
+
+    path = tmp_path / "serve.yaml"
+    path.write_text(serve_yaml(tiny_model))                        # threads: 1
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert main(["serve", "--config", str(path)]) == 0
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(previous)
+    assert len(capsys.readouterr().out.splitlines()) == 16

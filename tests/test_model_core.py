@@ -86,6 +86,25 @@ def test_fourier_season_keeps_top_k_bins():
     torch.testing.assert_close(season[0, :, 0], 24 * pure, atol=1e-3, rtol=1e-4)
 
 
+def test_fourier_season_is_the_cosine_sum_of_the_kept_bins_at_the_window_length():
+    # The packaged window (L = 500, K = int(ln 249) = 5): the float32 result equals
+    # sum_k 2 |c_k| cos(2 pi k n / L + angle c_k) over each channel's top-K bins,
+    # evaluated in float64 (phases up to pi L, where float32 cosines lose ~1e-4).
+    torch.manual_seed(0)
+    h = torch.randn(2, 500, 3)
+    season = fourier_season(h)
+    spectrum = torch.fft.rfft(h.double(), dim=1)[:, 1:-1]              # bins 1..249
+    _, index = torch.topk(spectrum.abs(), 5, dim=1)                     # (2, 5, 3)
+    coeff = torch.gather(spectrum, 1, index)
+    bins = (index + 1).double()
+    n = torch.arange(500, dtype=torch.float64)
+    expected = (2 * coeff.abs()[:, :, None, :]
+                * torch.cos(2 * math.pi * bins[:, :, None, :] * n[None, None, :, None] / 500
+                            + coeff.angle()[:, :, None, :])).sum(dim=1)  # (2, 500, 3)
+    scale = expected.abs().max().item()
+    assert (season.double() - expected).abs().max().item() < 1e-5 * scale
+
+
 def test_denoise_shapes_and_row_independence(model):
     x = torch.randn(5, 12, 3)
     t = torch.tensor([0, 10, 20, 30, 49])

@@ -88,6 +88,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def resolve_threads(threads: int | None) -> int:
+    """``serve.threads``; None -> the CPUs this process may run on (its affinity mask, so
+    a systemd ``CPUAffinity=`` or ``taskset`` is respected)."""
+    if threads:
+        return threads
+    if hasattr(os, "sched_getaffinity"):
+        return max(len(os.sched_getaffinity(0)), 1)
+    return os.cpu_count() or 1
+
+
 def check_device(device: str) -> str | None:
     import torch
 

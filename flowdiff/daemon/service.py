@@ -34,7 +34,7 @@ from flowdiff.daemon.http import OpsServer
 from flowdiff.daemon.lock import StateDirLock
 from flowdiff.daemon.metrics import DaemonMetrics
 from flowdiff.daemon.pacing import LagWatch, Pacer
-from flowdiff.daemon.preflight import resolve_device
+from flowdiff.daemon.preflight import resolve_device, resolve_threads
 from flowdiff.daemon.sdnotify import SdNotifier
 from flowdiff.daemon.state import StreamState, load_state, save_state
 from flowdiff.exporters.base import Exporter
@@ -157,14 +157,23 @@ class Service:
 
     # ------------------------------------------------------------ run
     def run(self) -> ServeResult:
+        """Serve until stopped (or ``max_records``), on ``serve.threads`` torch threads; the
+        caller's thread count is restored on return (``generate`` and tests run this in
+        their own process)."""
         import torch
 
+        previous = torch.get_num_threads()
+        torch.set_num_threads(resolve_threads(self.cfg.serve.threads))
+        try:
+            return self._serve()
+        finally:
+            torch.set_num_threads(previous)
+
+    def _serve(self) -> ServeResult:
         from flowdiff.artifact import load_artifact, resolve_model_dir
         from flowdiff.daemon.preflight import check_sampler
 
         s = self.cfg.serve
-        if s.threads:
-            torch.set_num_threads(s.threads)
         gen = fingerprint = None
         try:
             if self.state_dir:

@@ -106,22 +106,21 @@ class TrendBlock(nn.Module):
 
 def fourier_season(h: torch.Tensor) -> torch.Tensor:
     """h2 (B, L, d) -> season (B, L, d): per sample and channel keep the top-K rFFT bins
-    (DC and, for even L, Nyquist dropped; K = int(ln #bins)) and rebuild them in time."""
-    b, length, d = h.shape
+    (DC and, for even L, Nyquist dropped; K = int(ln #bins)) and rebuild them in time.
+
+    The rebuild sum_k 2 |c_k| cos(2 pi f_k n + angle c_k) is the inverse real FFT of the
+    spectrum with only those bins kept (unnormalised, ``norm="forward"``): exact, and
+    unlike evaluating the cosines in float32 at phases up to pi L it loses no precision.
+    """
+    length = h.shape[1]
     spectrum = torch.fft.rfft(h, dim=1)                             # (B, L//2+1, d) complex
-    freqs = torch.fft.rfftfreq(length, device=h.device)             # (L//2+1,)
     stop = -1 if length % 2 == 0 else None
-    spectrum, freqs = spectrum[:, 1:stop], freqs[1:stop]            # (B, nb, d), (nb,)
-    top_k = max(int(math.log(spectrum.shape[1])), 1)
-    _, index = torch.topk(spectrum.abs(), top_k, dim=1)             # (B, K, d)
-    picked = torch.gather(spectrum, 1, index)                       # (B, K, d) complex
-    picked_f = freqs[index]                                         # (B, K, d)
-    picked = torch.cat([picked, picked.conj()], dim=1)              # (B, 2K, d)
-    picked_f = torch.cat([picked_f, -picked_f], dim=1)              # (B, 2K, d)
-    steps = torch.arange(length, device=h.device, dtype=h.dtype)    # (L,)
-    phase = 2 * math.pi * picked_f[:, :, None, :] * steps[None, None, :, None] \
-        + picked.angle()[:, :, None, :]                             # (B, 2K, L, d)
-    return (picked.abs()[:, :, None, :] * torch.cos(phase)).sum(dim=1)  # (B, L, d)
+    inner = spectrum[:, 1:stop]                                     # (B, nb, d)
+    top_k = max(int(math.log(inner.shape[1])), 1)
+    _, index = torch.topk(inner.abs(), top_k, dim=1)                # (B, K, d)
+    kept = torch.zeros_like(spectrum)
+    kept[:, 1:stop] = torch.zeros_like(inner).scatter(1, index, torch.gather(inner, 1, index))
+    return torch.fft.irfft(kept, n=length, dim=1, norm="forward")   # (B, L, d)
 
 
 class DecoderBlock(nn.Module):
