@@ -441,40 +441,40 @@ def _saved_and_exported(state: Path, port: int) -> tuple[int, int, int]:
 
 
 def _read_lines(stream, count: int | None, pause: float) -> list[dict]:
-    """``count`` JSON lines (all until EOF when None), ``pause`` s each: a slow consumer."""
+    """``count`` JSON lines (all until EOF when None), ``pause`` s each: a slow consumer. A
+    last line without its newline is a write that kill -9 cut short: not delivered."""
     records = []
     while count is None or len(records) < count:
         line = stream.readline()
-        if not line:
+        if not line.endswith("\n"):
             break
         records.append(json.loads(line))
         time.sleep(pause)
     return records
 
 
-@pytest.mark.slow
-def test_kill_9_while_a_slow_consumer_lags_loses_nothing(tiny_model, tmp_path):
-    """The consumer reads slowly, so batches wait in the queue when the periodic state save
-    happens; kill -9, restart: every seq of every stream arrives, and the records emitted
-    again equal the first ones (timestamps included)."""
+def _kill_9_while_lagging_then_restart(tiny_model, work: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run 0: a slow consumer; kill -9 at a moment when records were delivered after the
+    last save. Run 1: restart on the same state, read 240 records, SIGTERM. Returns the
+    records each run delivered (everything read from its stdout)."""
     import signal
     import subprocess
     import sys
 
     from realtools import free_port
 
-    state, port = tmp_path / "state", free_port()
-    config = _serve_config(tmp_path / "serve.yaml", tiny_model, state, "{kind: stdout, queue: 2}",
-                           port)
+    work.mkdir(parents=True, exist_ok=True)
+    state, port = work / "state", free_port()
+    config = _serve_config(work / "serve.yaml", tiny_model, state, "{kind: stdout, queue: 2}", port)
     command = [sys.executable, "-m", "flowdiff", "serve", "--config", str(config)]
     runs = []
     for run in range(2):
-        with open(tmp_path / f"err{run}.txt", "w") as err:
+        with open(work / f"err{run}.txt", "w") as err:
             proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True,
                                     cwd=REPO)
         try:
             first = _read_lines(proc.stdout, 240, pause=0.004)
-            assert len(first) == 240, (tmp_path / f"err{run}.txt").read_text()[-2000:]
+            assert len(first) == 240, (work / f"err{run}.txt").read_text()[-2000:]
             if run == 0:
                 # Kill while records were delivered after the last save (so some are emitted
                 # twice) and all of them belong to turns that save counts as possibly emitted:
@@ -497,18 +497,37 @@ def test_kill_9_while_a_slow_consumer_lags_loses_nothing(tiny_model, tmp_path):
         finally:
             if proc.poll() is None:
                 proc.kill()
-    assert "generated again with their original timestamps" in (tmp_path / "err1.txt").read_text()
-    first, second = (pd.DataFrame(r) for r in runs)
+    assert "generated again with their original timestamps" in (work / "err1.txt").read_text()
+    return pd.DataFrame(runs[0]), pd.DataFrame(runs[1])
+
+
+@pytest.mark.slow
+def test_kill_9_while_a_slow_consumer_lags_loses_nothing(tiny_model, tmp_path):
+    """The consumer reads slowly, so batches wait in the queue when the periodic state save
+    happens; kill -9, restart: every seq of every stream arrives, and the records emitted
+    again equal the first ones (timestamps included).
+
+    The moment of the kill is picked from the state file and the metrics, read one after
+    the other; a save can land between that reading and the signal (about 1 run in 4
+    here), and then nothing is emitted twice. Such a run still must lose nothing; the
+    scenario is tried again (up to 4 times) until a restart re-emits records to compare."""
     key = ["stream_id", "seq"]
-    for stream in range(3):
-        seqs = np.union1d(first.loc[first["stream_id"] == stream, "seq"],
-                          second.loc[second["stream_id"] == stream, "seq"])
-        np.testing.assert_array_equal(seqs, np.arange(len(seqs)), err_msg=f"stream {stream}")
-    again = first.merge(second, on=key, suffixes=("", "_again"))
-    assert len(again) > 0, "the restart re-emitted nothing: the test did not test anything"
-    for column in (c for c in first.columns if c not in key):
-        np.testing.assert_array_equal(again[column].to_numpy(), again[f"{column}_again"].to_numpy(),
-                                      err_msg=column)
+    compared = 0
+    for attempt in range(4):
+        first, second = _kill_9_while_lagging_then_restart(tiny_model, tmp_path / f"try{attempt}")
+        for stream in range(3):
+            seqs = np.union1d(first.loc[first["stream_id"] == stream, "seq"],
+                              second.loc[second["stream_id"] == stream, "seq"])
+            np.testing.assert_array_equal(seqs, np.arange(len(seqs)),
+                                          err_msg=f"attempt {attempt}, stream {stream}")
+        again = first.merge(second, on=key, suffixes=("", "_again"))
+        for column in (c for c in first.columns if c not in key):
+            np.testing.assert_array_equal(again[column].to_numpy(),
+                                          again[f"{column}_again"].to_numpy(), err_msg=column)
+        compared = len(again)
+        if compared:
+            break
+    assert compared > 0, "no restart re-emitted anything in 4 tries: the test tested nothing"
 
 
 def test_drain_timeout_saves_the_acknowledged_position(tiny_model, tmp_path):
