@@ -118,8 +118,7 @@ def fourier_season(h: torch.Tensor) -> torch.Tensor:
     inner = spectrum[:, 1:stop]                                     # (B, nb, d)
     top_k = max(int(math.log(inner.shape[1])), 1)
     _, index = torch.topk(inner.abs(), top_k, dim=1)                # (B, K, d)
-    kept = torch.zeros_like(spectrum)
-    kept[:, 1:stop] = torch.zeros_like(inner).scatter(1, index, torch.gather(inner, 1, index))
+    kept = torch.zeros_like(spectrum).scatter(1, index + 1, torch.gather(inner, 1, index))  # bin = index + 1
     return torch.fft.irfft(kept, n=length, dim=1, norm="forward")   # (B, L, d)
 
 
