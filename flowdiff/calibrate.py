@@ -156,6 +156,10 @@ def fit_block_targets(artifact, calibration, reference: np.ndarray, table, lengt
         return f"none ({why})"
     targets = BlockTargets.fit(artifact.codec, calibration, reference, table, length, outputs)
     artifact.codec.set_block_targets(targets)
-    log.info("block targets: %d blocks of %d records, %d record classes", targets.blocks,
-             length, len(targets.classes))
-    return f"{targets.blocks} blocks of {length} records, {len(targets.classes)} record classes"
+    profile = ("no number profile (no conditional numbers)" if targets.number_profile is None else
+               f"number profile of {len(targets.number_profile[0])} class keys x "
+               f"{targets.number_profile[1].shape[1]} number bins")
+    summary = (f"{targets.blocks} blocks of {length} records, {len(targets.classes)} record "
+               f"classes, {profile}")
+    log.info("block targets: %s", summary)
+    return summary

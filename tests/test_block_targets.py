@@ -18,8 +18,10 @@ from conftest import assert_restore_continues, generate_twice
 from flowdiff.artifact import load_artifact
 from flowdiff.cli import main
 from flowdiff.codec import FlowCodec
-from flowdiff.codec.block_targets import (DEPTH, FAR, FAR_CODE, SEVEN_KNOTS, WALK_TURNS,
-                                          BlockTargets, copy_fields, lag_codes, tree_sizes)
+import flowdiff.codec.block_targets as block_targets
+from flowdiff.codec.block_targets import (DEPTH, FAR, FAR_CODE, NUMBER_SMOOTHING, SEVEN_KNOTS,
+                                          WALK_TURNS, BlockTargets, copy_fields, lag_codes,
+                                          number_profile, tree_sizes)
 from flowdiff.codec.calibration import OutputCalibration
 
 HORIZON = 100
@@ -146,6 +148,38 @@ def test_a_blocks_packet_counts_are_the_real_blocks_at_every_kept_quantile(fitte
     assert np.mean(exact) > 0.9 and np.mean(error) < 0.05, (np.mean(exact), np.mean(error))
 
 
+def test_number_profile_is_the_smoothed_share_of_each_keys_records_in_each_bin():
+    keys = np.array([[6, 27, 0, 1]] * 30 + [[17, 0, 1, 0]] * 10)
+    bins = np.array([2] * 20 + [0] * 10 + [1] * 10)
+    unique, logp = number_profile(keys, bins, 3)
+    assert unique.tolist() == [[6, 27, 0, 1], [17, 0, 1, 0]]
+    marginal = (np.array([10, 10, 20]) + 1) / (40 + 3)
+    tcp = (np.array([10, 0, 20]) + NUMBER_SMOOTHING * marginal) / (30 + NUMBER_SMOOTHING)
+    udp = (np.array([0, 10, 0]) + NUMBER_SMOOTHING * marginal) / (10 + NUMBER_SMOOTHING)
+    np.testing.assert_allclose(np.exp(logp), [tcp, udp])
+    np.testing.assert_allclose(np.exp(logp).sum(axis=1), 1.0)
+
+
+def test_a_class_takes_the_records_whose_numbers_its_real_records_have(fitted, monkeypatch):
+    """Each block's numbers are set before its classes are assigned; the number profile
+    gives a flag mask the records whose packet counts, bytes and durations its real records
+    have (SYN-only flows are short, full conversations long). Without it the pairing is
+    the model's scores alone, and the fixture's noised outputs barely pair them."""
+    codec, table, outputs = fitted
+    real = table.assign(lp=np.log1p(table["pkt"])).groupby("flags")["lp"].mean()
+
+    def error(weight):   # mean |mean log pkt per flag mask - real|, weighted by records
+        monkeypatch.setattr(block_targets, "NUMBER_WEIGHT", weight)
+        records = pd.concat([_decode(codec, outputs, list(range(8)), turn=t).result.table
+                             for t in range(0, 20, 5)])
+        mine = records.assign(lp=np.log1p(records["pkt"])).groupby("flags")["lp"]
+        common = mine.mean().index.intersection(real.index)
+        return np.average(np.abs(mine.mean()[common] - real[common]), weights=mine.size()[common])
+
+    without, with_profile = error(0.0), error(1.0)
+    assert with_profile < 0.75 * without and with_profile < 0.2, (without, with_profile)
+
+
 def test_records_move_to_the_place_of_the_skeleton_they_are_given(fitted):
     """Outputs that are the walked real blocks' own records, shuffled within each block:
     the assignment gives each its own skeleton and moves it back to its real place, with
@@ -244,8 +278,12 @@ def test_decoding_with_block_targets_is_seeded_and_round_trips_through_the_codec
     arrays.update({key: value[:, [0, 1, 3, 6, 9, 11, 12]] for key, value in arrays.items()
                    if key.startswith("knots.")})
     np.savez_compressed(bank, **arrays)
-    seven = FlowCodec.load(tmp_path / "codec")
+    assert loaded.block_targets.number_profile is not None
+    arrays = {key: value for key, value in arrays.items() if not key.startswith("numbers.")}
+    np.savez_compressed(bank, **arrays)
+    seven = FlowCodec.load(tmp_path / "codec")      # and without the number profile
     assert list(seven.block_targets.knot_positions) == list(SEVEN_KNOTS)
+    assert seven.block_targets.number_profile is None
     assert len(_decode(seven, outputs, [1, 2], turn=0).result.table) == 200
     # a codec directory whose bank file is gone is refused, naming the file
     (tmp_path / "codec" / "block_targets.npz").unlink()
@@ -362,7 +400,8 @@ def test_flowdiff_calibrate_fits_block_targets_and_generation_stays_seeded(tiny_
     assert "block targets: none (the horizon (8) is shorter than a block (25))" in capsys.readouterr().out
     assert not (model / "codec" / "block_targets.npz").exists()
     assert main(args + ["--block-length", "4"]) == 0
-    assert "block targets: " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "block targets: " in out and "number profile of " in out
     state = json.loads((model / "codec" / "codec.json").read_text())
     assert state["block_targets"]["length"] == 4 and (model / "codec" / "block_targets.npz").is_file()
     runs = generate_twice(model, tmp_path, 40)

@@ -12,7 +12,8 @@ from flowdiff import schema
 from flowdiff.eval import marginals, structure, temporal, validity
 from flowdiff.eval.compare import EvalConfig, RealReference, compare, headline
 from flowdiff.eval.discriminative import (DiscriminativeConfig, DiscriminativeError,
-                                          discriminative_score, labelled_window_features,
+                                          discriminative_score, labelled_record_features,
+                                          labelled_window_features, record_score,
                                           window_features)
 from flowdiff.eval.drift import drift, segment_bounds
 from flowdiff.eval.temporal import conversation_port_rates, host_pair_error, host_pair_rates
@@ -153,6 +154,7 @@ def test_shuffle_keeps_marginals_but_loses_temporal_dependence():
     assert shuf["dependence_error"] > 0.3
     assert same["discriminative"] <= 0.05
     assert shuf["discriminative"] > 0.3
+    assert same["record_discriminative"] <= 0.05
 
 
 def test_flows_per_second_and_autocorrelation():
@@ -175,6 +177,31 @@ def test_discriminative_is_seeded():
     a, b = synthetic_trace(3000, seed=6), synthetic_trace(3000, seed=7)
     config = DiscriminativeConfig(window=20, seed=3)
     assert discriminative_score(a, b, config) == discriminative_score(a, b, config)
+
+
+def test_record_score_sees_which_numbers_go_with_one_flow_where_windows_do_not():
+    """Bytes shuffled among the records of each 20-record window: every window's features
+    and every marginal are unchanged, so the window score is 0; the record score sees
+    bytes no longer follow packets. Another trace of the same kind scores near 0."""
+    t = synthetic_trace(6000, seed=4)
+    mixed = t.copy()
+    rng = np.random.default_rng(0)
+    byt = t["byt"].to_numpy().reshape(-1, 20)
+    mixed["byt"] = np.take_along_axis(byt, rng.permuted(np.tile(np.arange(20), (len(byt), 1)),
+                                                        axis=1), axis=1).reshape(-1)
+    config = DiscriminativeConfig(window=20)
+    assert discriminative_score(t, mixed, config)["score"] == 0.0
+    assert record_score(t, synthetic_trace(6000, seed=5), config)["score"] < 0.05
+    scored = record_score(t, mixed, config)
+    assert scored["score"] > 0.12, scored
+    assert scored["records_per_side"] == 6000 and scored["test_records"] == 2 * 1800
+    assert record_score(t, mixed, config) == scored                           # seeded
+    names, features = labelled_record_features(t)
+    assert features.shape == (6000, len(names))
+    assert features[:, names.index("bytes_per_packet")] == pytest.approx(
+        np.log1p(t["byt"].to_numpy(float)) - np.log1p(t["pkt"].to_numpy(float)))
+    with pytest.raises(DiscriminativeError, match="at least 10 records"):
+        record_score(t.iloc[:5], t)
 
 
 # ----------------------------------------------------------------------------- drift
@@ -271,5 +298,6 @@ def test_drift_flags_a_stream_that_degrades():
     assert bad["relative_change"]["jsd_mean"] > 5
     assert bad["segments"][1]["jsd_mean"] > bad["segments"][0]["jsd_mean"]
     assert bad["max_relative_change"] == max(bad["relative_change"].values())
-    assert set(bad["absolute_change"]) == {"violation_fraction", "discriminative"}
+    assert set(bad["absolute_change"]) == {"violation_fraction", "discriminative",
+                                           "record_discriminative"}
     assert bad["absolute_change"]["violation_fraction"] == 0.0

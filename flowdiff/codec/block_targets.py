@@ -29,7 +29,10 @@ and the network follows block summaries given as input only halfway (docs/model.
 * in each block the model keeps its say through an **assignment**
   (``scipy.optimize.linear_sum_assignment``): the block's records take the real block's
   25 skeletons, one each, so that the sum of the model's calibrated scores (protocol
-  token, flag mask, port side, address reuse codes) is highest, and move, with all their
+  token, flag mask, port side, address reuse codes) and of the **number profile** (log
+  P(the record's number bin | the skeleton's protocol, flag mask and port sides) over the
+  training records, ``number_profile``: a SYN-only skeleton goes to a one-packet record,
+  a full conversation's to a long one) is highest, and move, with all their
   fields, to their skeleton's place in the block, so that lag codes point where they
   pointed in real traffic; each number's values keep the model's order within the block
   and take the real block's quantiles (bytes and duration within the bin of the record's
@@ -80,6 +83,9 @@ PROBABILITIES = np.linspace(0.0, 1.0, GRID)   # the calibration's quantile grid
 CANDIDATES = 8
 NONE = -2          # no candidate (a record outside the whole blocks)
 RANGED = -1        # a port candidate that is a range token: a new ephemeral port
+NUMBER_QUARTERS = np.array([0.25, 0.5, 0.75])   # a conditional number's rank within its bin, cut
+NUMBER_SMOOTHING = 20.0   # pseudo-records of the marginal in each class key's number profile
+NUMBER_WEIGHT = 1.0       # weight of the number profile in the assignment (0: the model alone)
 
 
 def lag_codes(values: np.ndarray, peer: np.ndarray | None = None, far: bool = False) -> np.ndarray:
@@ -162,7 +168,8 @@ class BlockTargets:
     def __init__(self, knots: dict[str, np.ndarray], classes: np.ndarray, skeletons: np.ndarray,
                  codes: dict[str, np.ndarray] | None = None, length: int = LENGTH,
                  side_offsets: dict[str, np.ndarray] | None = None,
-                 knot_positions: np.ndarray = KNOTS):
+                 knot_positions: np.ndarray = KNOTS,
+                 number_profile: tuple[np.ndarray, np.ndarray] | None = None):
         self.length = int(length)
         self.knot_positions = np.asarray(knot_positions, np.float64)   # (K,) in [0, 1]
         self.knots = {name: np.asarray(v, np.float64) for name, v in knots.items()}  # (N, K knots)
@@ -173,6 +180,18 @@ class BlockTargets:
         # offsets of the side draws (a bank of one kind: the same offsets for both)
         self.side_offsets = {name: np.broadcast_to(np.asarray(v, np.float64), (2,) + np.shape(v)[-3:])
                              for name, v in (side_offsets or {}).items()}
+        # (keys (K, 4) protocol, flag mask, port sides; (K + 1, B) log P(number bin | key),
+        # the last row 0 for a class without a key): how a class's records' numbers fall
+        # (``number_bins``); None: a bank saved before it, the model's order alone
+        self.number_profile = None
+        self.class_keys = None
+        if number_profile is not None:
+            keys, logp = (np.asarray(v) for v in number_profile)
+            self.number_profile = (keys.astype(np.int64), np.vstack(   # float32, as saved
+                [np.asarray(logp, np.float32).astype(np.float64), np.zeros((1, logp.shape[1]))]))
+            lookup = {tuple(k): i for i, k in enumerate(self.number_profile[0])}
+            self.class_keys = np.array([lookup.get(tuple(c[:4]), len(keys)) for c in self.classes],
+                                       np.int64)
         if self.skeletons.ndim != 2 or self.skeletons.shape[1] != self.length:
             raise ValueError(f"block targets: skeletons must be (blocks, {self.length}), got "
                              f"{self.skeletons.shape}")
@@ -226,7 +245,7 @@ class BlockTargets:
         from scipy.stats import rankdata
 
         ref = np.asarray(reference[:n], np.float64)
-        knots = {}
+        knots, training_ranks = {}, {}
         for name, (column, _model_q, _train_q) in calibration.numeric.items():
             if name in calibration.conditional:   # bytes, duration: the rank within pkt's bin
                 _parent, parent_column, edges, _maps = calibration.conditional[name]
@@ -237,6 +256,7 @@ class BlockTargets:
                     ranks[mine] = (rankdata(ref[mine, column], "average") - 0.5) / mine.sum()
             else:
                 ranks = (rankdata(ref[:, column], "average") - 0.5) / n
+            training_ranks[name] = ranks
             knots[name] = np.rint(np.quantile(np.sort(ranks.reshape(-1, length), axis=1), positions,
                                               axis=1).T * QUANT) / QUANT   # as saved
         (flags, (fa, fb, mask_values, _bias)), = calibration.patterns.items()
@@ -264,7 +284,10 @@ class BlockTargets:
             offsets = {port: fit_side_offsets(codec, calibration, port, sample, protos,
                                               values[port], big[:, k])
                        for k, port in enumerate(PORTS)}
-        return cls(knots, classes, index.reshape(-1, length), codes, length, offsets, positions)
+        bins = number_bins(calibration, ref, training_ranks)
+        profile = None if bins is None else number_profile(rows[:, :4], *bins)
+        return cls(knots, classes, index.reshape(-1, length), codes, length, offsets, positions,
+                   profile)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
@@ -272,6 +295,9 @@ class BlockTargets:
         arrays = {f"knots.{name}": np.rint(v * QUANT).astype(np.uint16) for name, v in self.knots.items()}
         arrays.update({f"codes.{name}": _small(v) for name, v in self.codes.items()})
         arrays.update({f"offsets.{name}": v for name, v in self.side_offsets.items()})
+        if self.number_profile is not None:
+            arrays.update({"numbers.keys": _small(self.number_profile[0]),
+                           "numbers.logp": self.number_profile[1][:-1].astype(np.float32)})
         np.savez_compressed(path, length=np.array(self.length), knot_positions=self.knot_positions,
                             classes=_small(self.classes),
                             skeletons=_small(self.skeletons), **arrays)
@@ -283,8 +309,10 @@ class BlockTargets:
             codes = {key[6:]: data[key] for key in data.files if key.startswith("codes.")}
             offsets = {key[8:]: data[key] for key in data.files if key.startswith("offsets.")}
             positions = data["knot_positions"] if "knot_positions" in data.files else SEVEN_KNOTS
+            profile = ((data["numbers.keys"], data["numbers.logp"])
+                       if "numbers.keys" in data.files else None)   # a bank saved before: None
             return cls(knots, data["classes"], data["skeletons"], codes, int(data["length"]), offsets,
-                       positions)
+                       positions, profile)
 
     # ------------------------------------------------------------------ decoding
     def positions(self, walks: list[tuple[int, int]], horizon: int) -> np.ndarray:
@@ -316,7 +344,7 @@ class BlockTargets:
             rng = rngs[s]
             for j, b in enumerate(blocks):
                 rows = np.arange(s * horizon + j * self.length, s * horizon + (j + 1) * self.length)
-                self._numbers(calibration, out, rows, b, rng)
+                ranks = self._numbers(calibration, out, rows, b, rng)
                 for name, codes in self.codes.items():   # tos, label: the block's counts
                     start, stop, bias = calibration.biases[name]
                     slots = codes[b]
@@ -325,7 +353,15 @@ class BlockTargets:
                     chosen[r] = slots[c]
                     out[rows, start:stop] = np.eye(stop - start)[chosen]
                 classes = self.classes[self.skeletons[b]]                   # (L, 10)
-                r, c = linear_sum_assignment(-self._class_scores(scores, rows, classes))
+                fit = self._class_scores(scores, rows, classes)
+                # each record's numbers are set: a slot whose class's real records have such
+                # numbers fits it better (log P(record's number bin | slot's class))
+                bins = (number_bins(calibration, out[rows], ranks)
+                        if self.number_profile is not None and NUMBER_WEIGHT else None)
+                if bins is not None:
+                    profile = self.number_profile[1][self.class_keys[self.skeletons[b]]]  # (L, B)
+                    fit = fit + NUMBER_WEIGHT * profile[:, bins[0]].T
+                r, c = linear_sum_assignment(-fit)
                 # the record given slot c moves to the bank record's place c, with all its
                 # fields, so the block's lag codes point where they pointed in real traffic
                 order = np.empty(len(rows), np.int64)
@@ -395,6 +431,7 @@ class BlockTargets:
         within the bin of the parent's new value, so bytes per packet stay real."""
         conditional = calibration.conditional
         names = sorted(calibration.numeric, key=lambda name: name in conditional)  # parents first
+        ranks = {}   # name -> (L,) the training rank each record took (within its bin: conditional)
         given = {}   # a conditional number's rank within its parent's bin, before the parent moves
         for name, (_parent, parent_column, edges, maps) in conditional.items():
             column, _model_q, train_q = calibration.numeric[name]
@@ -407,11 +444,13 @@ class BlockTargets:
             key = given.get(name, out[rows, column])
             rank = np.argsort(np.lexsort((rng.random(len(rows)), key)))
             p = np.interp(rank / (len(rows) - 1), self.knot_positions, self.knots[name][block])
+            ranks[name] = p
             if name not in conditional:
                 out[rows, column] = np.interp(p, PROBABILITIES, train_q)
                 continue
             _parent, parent_column, edges, maps = conditional[name]
             out[rows, column] = self._bin_map(p, out[rows, parent_column], edges, maps, train_q)
+        return ranks
 
     @staticmethod
     def _bin_map(values: np.ndarray, parents: np.ndarray, edges: np.ndarray, maps: list,
@@ -471,6 +510,39 @@ SIDE_LIMIT = 12.0
 # whatever its frequency (port JSD 0.21 / 0.19, mean 0.086); at 0.3 the offsets reach
 # training's frequencies (0.187 / 0.165, mean 0.076, as without block targets), 0.5 the same
 SIDE_TEMPERATURE = 0.3
+
+
+def number_bins(calibration, encoded: np.ndarray, ranks: dict) -> tuple[np.ndarray, int] | None:
+    """((n,) number bin of each record, number of bins): the bin of its parent number (the
+    packet count, on the calibration's conditional edges) x the quarter of each conditional
+    number's (bytes, duration) rank within that bin (``ranks``: name -> (n,) training
+    ranks, within the parent's bin for a conditional number). None: the calibration has no
+    conditional numbers, or a rank is missing."""
+    conditional = {name: c for name, c in sorted(calibration.conditional.items())}
+    if not conditional or any(name not in ranks for name in conditional):
+        return None
+    parent_column, edges = next(iter(conditional.values()))[1:3]
+    bins = np.searchsorted(edges, encoded[:, parent_column], side="right")
+    count = len(edges) + 1
+    for name in conditional:
+        bins = bins * (len(NUMBER_QUARTERS) + 1) + np.searchsorted(NUMBER_QUARTERS, ranks[name])
+        count *= len(NUMBER_QUARTERS) + 1
+    return bins.astype(np.int64), count
+
+
+def number_profile(keys: np.ndarray, bins: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 4) class keys (protocol, flag mask, port sides) and (n,) number bins of the
+    training records -> (unique keys (K, 4), (K, count) log P(bin | key)), each key's
+    profile smoothed toward the marginal by NUMBER_SMOOTHING pseudo-records (a rare key
+    says little)."""
+    unique, index = np.unique(keys, axis=0, return_inverse=True)
+    index = index.reshape(-1)
+    table = np.zeros((len(unique), count))
+    np.add.at(table, (index, bins), 1.0)
+    marginal = (table.sum(axis=0) + 1.0) / (table.sum() + count)          # (count,)
+    profile = (table + NUMBER_SMOOTHING * marginal) / (table.sum(axis=1, keepdims=True)
+                                                        + NUMBER_SMOOTHING)
+    return unique, np.log(profile)
 
 
 def _small(values: np.ndarray) -> np.ndarray:

@@ -139,7 +139,12 @@ def follow_classes(array: np.ndarray, code: tuple, conversation: tuple | None, d
 
 PATTERN_SCALE = 2.0         # pattern score: -PATTERN_SCALE * squared bit distance
 CONDITIONAL_NUMBERS = {"byt": "pkt", "td": "pkt"}   # number -> the number it is mapped within
-PARENT_BINS = 16            # bins of the parent: training quantiles (ties merged)
+# bins of the parent: training quantiles (ties merged). Within a bin a record's bytes and
+# duration are mapped by their rank alone, whatever its packet count in the bin: 16 (12
+# bins on UGR'16: 2-3, 8-10, ..., 40+ packets) left bytes uncorrelated with packets inside
+# the wide bins (real: Spearman 0.14-0.64); 64 (26 bins) leaves an in-bin correlation of
+# 0.035 of training's records (16: 0.175; docs/model.md, session 19)
+PARENT_BINS = 64
 MIN_BIN_RECORDS = 200       # a bin with fewer outputs or training records uses the marginal map
 
 
@@ -185,11 +190,12 @@ def quantile_map(u: np.ndarray, model_q: np.ndarray, train_q: np.ndarray,
     return np.interp(p, grid, train_q)
 
 
-def parent_edges(parent_reference: np.ndarray, parent_values: np.ndarray) -> np.ndarray:
+def parent_edges(parent_reference: np.ndarray, parent_values: np.ndarray,
+                 bins: int = PARENT_BINS) -> np.ndarray:
     """Bin edges in the parent's encoded space: between the encodings of the training
-    values on either side of each of PARENT_BINS training quantiles of the decoded values
+    values on either side of each of ``bins`` training quantiles of the decoded values
     (so a bin holds whole values, however their encodings are jittered)."""
-    cuts = np.unique(np.quantile(parent_values, np.linspace(0, 1, PARENT_BINS + 1)[1:-1]))
+    cuts = np.unique(np.quantile(parent_values, np.linspace(0, 1, bins + 1)[1:-1]))
     edges = []
     for cut in cuts:
         below, above = parent_reference[parent_values < cut], parent_reference[parent_values >= cut]
@@ -781,7 +787,10 @@ def fit_conditional(codec, numeric: dict, outputs: np.ndarray, reference: np.nda
         parent_out = quantile_map(outputs[:, parent_column], *numeric[parent][1:],
                                   rng.random(len(outputs)))
         parent_ref = reference[:, parent_column].astype(np.float64)
-        edges = parent_edges(parent_ref, codec.transforms[parent].decode(parent_ref[:, None])[0])
+        # PARENT_BINS, or fewer for a small fit: a bin should hold twice MIN_BIN_RECORDS
+        # of both the outputs and the training records, else it falls back to the marginal
+        bins = int(np.clip(min(len(outputs), len(parent_ref)) // (2 * MIN_BIN_RECORDS), 2, PARENT_BINS))
+        edges = parent_edges(parent_ref, codec.transforms[parent].decode(parent_ref[:, None])[0], bins)
         bins_out = np.searchsorted(edges, parent_out, side="right")
         bins_ref = np.searchsorted(edges, parent_ref, side="right")
         probabilities = np.linspace(0.0, 1.0, GRID)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from flowdiff.eval import fields, marginals, structure, temporal, validity
 from flowdiff.eval.discriminative import (DiscriminativeConfig, DiscriminativeError,
-                                          discriminative_score)
+                                          discriminative_score, record_score)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,11 @@ def compare(reference: RealReference, synthetic: pd.DataFrame, config: EvalConfi
     except DiscriminativeError as exc:
         log.warning("discriminative score skipped: %s", exc)
         out["discriminative"] = {"score": None, "skipped": str(exc)}
+    try:
+        out["record_discriminative"] = record_score(real, synthetic, config.discriminative)
+    except DiscriminativeError as exc:
+        log.warning("record score skipped: %s", exc)
+        out["record_discriminative"] = {"score": None, "skipped": str(exc)}
     return out
 
 
@@ -100,4 +105,6 @@ def headline(metrics: dict) -> dict[str, float | None]:
     row["fps_emd_sf"] = t["fps_emd_scale_free"]
     row["fps_acf_diff"] = t["fps_acf_diff"]
     row["discriminative"] = metrics["discriminative"]["score"]
+    # metrics written before the record score have none
+    row["record_discriminative"] = metrics.get("record_discriminative", {}).get("score")
     return row

@@ -5,7 +5,7 @@ than half a segment joins the last one). Each segment is compared with the whole
 trace. ``relative_change`` is ``|last - first| / first`` for the distance metrics (mean
 JSD, largest scale-free EMD, temporal-dependence error), so "the last segment's metrics
 are within 10 % of the first" reads as ``max_relative_change <= 0.1``. The violation
-fraction and the discriminative score are near 0 for a good stream, where a ratio is noise;
+fraction and the discriminative scores (windows, records) are near 0 for a good stream, where a ratio is noise;
 they get ``absolute_change`` = ``|last - first|`` instead.
 """
 
@@ -17,7 +17,7 @@ import pandas as pd
 from flowdiff.eval.compare import EvalConfig, RealReference, compare, headline
 
 RELATIVE_METRICS = ("jsd_mean", "emd_sf_max", "dependence_error")
-ABSOLUTE_METRICS = ("violation_fraction", "discriminative")
+ABSOLUTE_METRICS = ("violation_fraction", "discriminative", "record_discriminative")
 DRIFT_METRICS = RELATIVE_METRICS + ABSOLUTE_METRICS
 
 
