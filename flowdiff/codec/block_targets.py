@@ -358,7 +358,7 @@ class BlockTargets:
                 # numbers fits it better (log P(record's number bin | slot's class))
                 bins = (number_bins(calibration, out[rows], ranks)
                         if self.number_profile is not None and NUMBER_WEIGHT else None)
-                if bins is not None:
+                if bins is not None and bins[1] == self.number_profile[1].shape[1]:  # its bins
                     profile = self.number_profile[1][self.class_keys[self.skeletons[b]]]  # (L, B)
                     fit = fit + NUMBER_WEIGHT * profile[:, bins[0]].T
                 r, c = linear_sum_assignment(-fit)
@@ -518,7 +518,7 @@ def number_bins(calibration, encoded: np.ndarray, ranks: dict) -> tuple[np.ndarr
     number's (bytes, duration) rank within that bin (``ranks``: name -> (n,) training
     ranks, within the parent's bin for a conditional number). None: the calibration has no
     conditional numbers, or a rank is missing."""
-    conditional = {name: c for name, c in sorted(calibration.conditional.items())}
+    conditional = dict(sorted(calibration.conditional.items()))
     if not conditional or any(name not in ranks for name in conditional):
         return None
     parent_column, edges = next(iter(conditional.values()))[1:3]
