@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 from flowdiff.schema import ICMP, TCP, UDP
 
 MIN_WINDOWS = 10
+FLAG_BITS = (("fin", 1), ("syn", 2), ("rst", 4), ("psh", 8), ("ack", 16), ("urg", 32))
 
 
 class DiscriminativeError(ValueError):
@@ -74,16 +75,13 @@ def labelled_window_features(table: pd.DataFrame, window: int
     if "flags" in table.columns:
         flags = _windows(table["flags"].to_numpy(np.int64), window)
         cols.update({f"flag_{name}": ((flags & bit) > 0).mean(axis=1)
-                     for name, bit in (("fin", 1), ("syn", 2), ("rst", 4), ("psh", 8), ("ack", 16))})
+                     for name, bit in FLAG_BITS[:5]})   # URG: too rare to share per window
     return list(cols), np.column_stack(list(cols.values())).astype(np.float64)  # (N, F)
 
 
 def window_features(table: pd.DataFrame, window: int) -> np.ndarray:
     """(N, F) feature matrix, one row per window of consecutive records."""
     return labelled_window_features(table, window)[1]
-
-
-RECORD_FLAGS = (("fin", 1), ("syn", 2), ("rst", 4), ("psh", 8), ("ack", 16), ("urg", 32))
 
 
 def labelled_record_features(table: pd.DataFrame) -> tuple[list[str], np.ndarray]:
@@ -102,7 +100,7 @@ def labelled_record_features(table: pd.DataFrame) -> tuple[list[str], np.ndarray
             cols[c] = table[c].to_numpy(float)
     if "flags" in table.columns:
         flags = table["flags"].to_numpy(np.int64)
-        cols.update({f"flag_{name}": ((flags & bit) > 0).astype(float) for name, bit in RECORD_FLAGS})
+        cols.update({f"flag_{name}": ((flags & bit) > 0).astype(float) for name, bit in FLAG_BITS})
     for c in ("srcport", "dstport"):
         if c in table.columns:
             port = table[c].to_numpy(np.int64)
@@ -130,12 +128,7 @@ def record_score(real: pd.DataFrame, synthetic: pd.DataFrame,
     if n < MIN_WINDOWS:
         raise DiscriminativeError(f"the record score needs at least {MIN_WINDOWS} records per "
                                   f"trace; got {len(x_real)} real and {len(x_syn)} synthetic")
-    x_real, x_syn = _pick(x_real, n, config.seed), _pick(x_syn, n, config.seed)
-    n_train = int(round(n * (1 - config.test_fraction)))
-    split = {"x_train": np.vstack([x_real[:n_train], x_syn[:n_train]]),
-             "x_test": np.vstack([x_real[n_train:], x_syn[n_train:]]),
-             "y_train": np.r_[np.zeros(n_train), np.ones(n_train)],
-             "y_test": np.r_[np.zeros(n - n_train), np.ones(n - n_train)]}
+    split = _time_split(x_real, x_syn, n, config, "records")
     accuracy = classifier_accuracy(split, config)
     return {"score": abs(accuracy - 0.5), "accuracy": accuracy,
             "classifier": "HistGradientBoostingClassifier", "features": names,
@@ -166,13 +159,19 @@ def window_split(real: pd.DataFrame, synthetic: pd.DataFrame,
         raise DiscriminativeError(
             f"discriminative score needs at least {MIN_WINDOWS} windows of {config.window} "
             f"records per trace; got {len(x_real)} real and {len(x_syn)} synthetic")
+    return {"names": names, "windows": n, **_time_split(x_real, x_syn, n, config, "windows")}
+
+
+def _time_split(x_real: np.ndarray, x_syn: np.ndarray, n: int, config: DiscriminativeConfig,
+                unit: str) -> dict:
+    """n rows of each side (``_pick``), the earlier ``1 - test_fraction`` to train on, the
+    rest to test on: x_train, y_train, x_test, y_test (y = 1: synthetic)."""
     x_real, x_syn = _pick(x_real, n, config.seed), _pick(x_syn, n, config.seed)
     n_train = int(round(n * (1 - config.test_fraction)))
     if n_train < 1 or n_train >= n:
-        raise DiscriminativeError(f"test_fraction {config.test_fraction} leaves no windows "
+        raise DiscriminativeError(f"test_fraction {config.test_fraction} leaves no {unit} "
                                   f"to train or to test on ({n} per side)")
-    return {"names": names, "windows": n,
-            "x_train": np.vstack([x_real[:n_train], x_syn[:n_train]]),  # (2 n_train, F)
+    return {"x_train": np.vstack([x_real[:n_train], x_syn[:n_train]]),  # (2 n_train, F)
             "x_test": np.vstack([x_real[n_train:], x_syn[n_train:]]),   # (2 (n - n_train), F)
             "y_train": np.r_[np.zeros(n_train), np.ones(n_train)],
             "y_test": np.r_[np.zeros(n - n_train), np.ones(n - n_train)]}
